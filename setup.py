@@ -1,0 +1,38 @@
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = re.search(r"__version__ = '([^']+)'",
+                    (here / 'mmdet_cam' / 'version.py').read_text()).group(1)
+
+setup(
+    name='mmdet-cam',
+    version=version,
+    description='Per-detection class-activation maps (Grad-CAM and friends) '
+    'for MMDetection 3.x detectors',
+    long_description=(here / 'README.md').read_text(encoding='utf-8'),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.8',
+    packages=find_packages(include=['mmdet_cam', 'mmdet_cam.*']),
+    install_requires=[
+        # torch/torchvision and mmcv are installed first by scripts/install.sh (they need a
+        # matched pair and a source build); these ranges only check what is there.
+        'torch>=1.8',
+        'torchvision>=0.9',
+        'mmcv>=2.0.0,<2.2.0',  # mmdet 3.3 asserts mmcv < 2.2
+        'mmengine>=0.7.1,<1.0',
+        'mmdet>=3.0.0,<4.0',
+        'grad-cam>=1.5,<2',
+        'opencv-python>=4.5',
+        'numpy',
+    ],
+    extras_require={'tests': ['pytest>=7']},
+    entry_points={'console_scripts': ['mmdet-cam=mmdet_cam.cli:main']},
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
+)
