@@ -1,4 +1,19 @@
-"""mmdet-cam: per-detection class-activation maps for MMDetection 3.x."""
+"""mmdet-cam: per-detection class-activation maps for MMDetection 3.x detectors.
+
+``import mmdet_cam`` (or ``custom_imports = dict(imports=['mmdet_cam'])`` in an mmdet config)
+registers the plugin's CAM methods, targets and reshape transforms.
+"""
+from . import methods, reshape, targets  # noqa: F401  (register the built-in entries)
+from .api import DetCAM, DetCAMResult
+from .detector import build_detector, resolve_config
+from .engine import ZeroGradientWarning
+from .errors import DetCAMError
+from .layers import get_layer, list_layers
+from .registry import CAM_METHODS, CAM_TARGETS, RESHAPE_TRANSFORMS
 from .version import __version__
 
-__all__ = ['__version__']
+__all__ = [
+    'DetCAM', 'DetCAMResult', 'build_detector', 'resolve_config', 'get_layer', 'list_layers',
+    'DetCAMError', 'ZeroGradientWarning', 'CAM_METHODS', 'CAM_TARGETS', 'RESHAPE_TRANSFORMS',
+    '__version__'
+]

@@ -1,0 +1,152 @@
+"""Python API: ``DetCAM`` explains every detection of an image with its own heatmap."""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from mmengine.structures import InstanceData
+from torch import nn
+
+from .detector import ConfigLike, build_detector, build_test_pipeline, preprocess, read_image
+from .engine import explain
+from .errors import UnknownNameError
+from .geometry import to_original_image
+from .layers import layer_name, resolve_layers
+from .methods import build_cam_method
+from .registry import CAM_TARGETS, lookup
+from .reshape import build_reshape_transform
+
+
+@dataclass
+class DetCAMResult:
+    """Detections of one image and one map per detection.
+
+    Attributes:
+        detections: ``bboxes`` (x1, y1, x2, y2 in original-image pixels), ``scores`` and
+            ``labels`` as the detector reports them, highest score first.
+        cams: float32 ``(N, H, W)`` maps in [0, 1] for the ``H x W`` original image,
+            ``cams[i]`` explaining ``detections[i]``.
+        image: the BGR image the maps belong to.
+        zero_gradient_layers: per detection, target layers that got no gradient from it.
+    """
+    detections: InstanceData
+    cams: np.ndarray
+    image: np.ndarray
+    zero_gradient_layers: List[List[str]]
+
+    def __len__(self) -> int:
+        return len(self.detections)
+
+
+class DetCAM:
+    """Per-detection class-activation maps for an mmdet 3.x detector.
+
+    One forward pass per image; then each detection's own target value (its score by
+    default) is back-propagated to the target layers only, and a pytorch_grad_cam formula
+    turns activations and that detection's gradients into its map.
+
+    Args:
+        model_or_config: a built mmdet detector (with ``model.cfg``, as from
+            ``init_detector``), a config path, or the name of a config shipped with mmdet
+            (``'yolox_s_8xb8-300e_coco'``).
+        checkpoint: path or URL, or None for an untrained model (``init_weights()``).
+        target_layers: layer names (``'neck'``, ``'neck.out_convs[-1]'``) or modules; None
+            picks every neck level (every detection gets a non-zero map). A layer that
+            outputs a tuple (a whole FPN) gives one map per element.
+        method: a ``CAM_METHODS`` name, any case: gradcam, gradcam++, xgradcam, hirescam,
+            layercam, eigengradcam, gradcamelementwise, eigencam, kpca_cam, fem, randomcam.
+            ``eigencam``, ``kpca_cam`` and ``fem`` ignore gradients, so their map is the same
+            for every detection (not box-specific).
+        device: where to build the model (an already built model stays where it is).
+        score_thr: explain detections scoring at least this much.
+        topk: explain at most this many (highest scores).
+        classes: keep only these class ids or names.
+        target: ``'score'``, ``'logit'``, ``'bbox'`` (a ``CAM_TARGETS`` name, a config dict
+            such as ``dict(type='bbox', coord='x2')``, or a callable ``pred_instances ->
+            values``).
+        fuse: ``'mean'`` or ``'max'`` over layers and pyramid levels.
+        eigen_smooth: pytorch_grad_cam's first-principal-component smoothing.
+        reshape_transform: ``'auto'`` (token sequences -> maps) or a callable.
+        batch_size: detections whose gradients are kept in memory at once.
+        cfg_options: config overrides when building from a config.
+        trust_checkpoint: allow a full (unsafe) unpickle of a checkpoint a weights-only load
+            refuses.
+    """
+
+    def __init__(self,
+                 model_or_config: Union[nn.Module, ConfigLike],
+                 checkpoint: Optional[str] = None,
+                 target_layers=None,
+                 method='gradcam',
+                 device: str = 'cpu',
+                 score_thr: float = 0.3,
+                 topk: Optional[int] = None,
+                 classes: Optional[Sequence[Union[int, str]]] = None,
+                 target: Union[str, dict, Callable] = 'score',
+                 fuse: str = 'mean',
+                 eigen_smooth: bool = False,
+                 reshape_transform: Union[str, Callable] = 'auto',
+                 batch_size: int = 16,
+                 cfg_options: Optional[dict] = None,
+                 trust_checkpoint: bool = False):
+        if isinstance(model_or_config, nn.Module):
+            self.model = model_or_config.eval()
+        else:
+            self.model = build_detector(model_or_config, checkpoint, device, cfg_options,
+                                        trust_checkpoint)
+        if not hasattr(self.model, 'cfg'):
+            raise UnknownNameError(
+                'the model has no .cfg: build it with mmdet.apis.init_detector or '
+                'mmdet_cam.build_detector so its test pipeline is known')
+        if fuse not in ('mean', 'max'):
+            raise UnknownNameError(f"fuse must be 'mean' or 'max', got {fuse!r}")
+        self.layers = resolve_layers(self.model, target_layers)
+        self.layer_names = [layer_name(self.model, layer) for layer in self.layers]
+        self.method = build_cam_method(method, self.model)
+        self.target = _build_target(target)
+        self.reshape = build_reshape_transform(reshape_transform)
+        self.pipeline = build_test_pipeline(self.model.cfg)
+        self.class_names = list(self.model.dataset_meta.get('classes', []))
+        self.score_thr, self.topk = score_thr, topk
+        self.class_ids = None if classes is None else self._class_ids(classes)
+        self.fuse, self.eigen_smooth, self.batch_size = fuse, eigen_smooth, batch_size
+
+    def __call__(self, img: Union[str, Path, np.ndarray]) -> DetCAMResult:
+        """Maps for every kept detection of ``img`` (a path or an HxWx3 BGR uint8 array)."""
+        image = read_image(img)
+        inputs, data_samples = preprocess(self.model, self.pipeline, image)
+        out = explain(self.model, inputs, data_samples, self.layers, self.layer_names,
+                      self.method, self.target, self.select, self.reshape, self.fuse,
+                      self.eigen_smooth, self.batch_size)
+        cams = to_original_image(out.maps, out.data_sample.metainfo)
+        return DetCAMResult(out.detections, cams, image, out.zero_gradient_layers)
+
+    def select(self, pred: InstanceData) -> torch.Tensor:
+        """Indices of the detections to explain, highest score first."""
+        scores = pred.scores.detach()
+        keep = scores >= self.score_thr
+        if self.class_ids is not None:
+            keep &= torch.isin(pred.labels, torch.as_tensor(self.class_ids, device=scores.device))
+        index = keep.nonzero().flatten()
+        index = index[scores[index].argsort(descending=True, stable=True)]
+        return index if self.topk is None else index[:self.topk]
+
+    def _class_ids(self, classes) -> List[int]:
+        ids = []
+        for c in classes:
+            if isinstance(c, str) and not c.isdigit():
+                if c not in self.class_names:
+                    raise UnknownNameError(
+                        f'unknown class {c!r}; the model knows {", ".join(self.class_names)}')
+                ids.append(self.class_names.index(c))
+            else:
+                ids.append(int(c))
+        return ids
+
+
+def _build_target(target):
+    if callable(target):
+        return target
+    cfg = dict(type=target) if isinstance(target, str) else dict(target)
+    return lookup(CAM_TARGETS, cfg.pop('type'))(**cfg)

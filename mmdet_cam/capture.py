@@ -1,0 +1,138 @@
+"""One forward pass that keeps what per-detection gradients need.
+
+* :func:`differentiable_inference` undoes mmdet's inference-time ``detach`` of head outputs,
+  so a reported score stays connected to the exact prediction that produced it (NMS only
+  gathers).
+* :func:`frozen_parameters` stops autograd from tracking weights: only activations need
+  gradients, so the backward pass of each detection touches the head alone.
+* :class:`LayerCapture` turns every output of the target layers into a gradient leaf, which
+  cuts the graph there (the backbone below it is never back-propagated).
+"""
+import contextlib
+import sys
+from typing import Iterator, List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .errors import UnsupportedModelError
+
+
+@contextlib.contextmanager
+def differentiable_inference() -> Iterator[None]:
+    """Make mmdet's ``select_single_mlvl(..., detach=True)`` keep the graph while active.
+
+    Heads import the function by name, so it is swapped in every loaded mmdet module that
+    holds it (no mmdet file is edited) and restored on exit.
+    """
+    from mmdet.models.utils import misc
+    original = misc.select_single_mlvl
+
+    def keep_graph(mlvl_tensors, batch_id, detach=True):
+        return original(mlvl_tensors, batch_id, detach=False)
+
+    holders = [module for name, module in list(sys.modules.items())
+               if name.split('.')[0] == 'mmdet'
+               and getattr(module, 'select_single_mlvl', None) is original]
+    for module in holders:
+        module.select_single_mlvl = keep_graph
+    try:
+        yield
+    finally:
+        for module in holders:
+            module.select_single_mlvl = original
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Set ``requires_grad=False`` on all parameters while active, then restore the flags."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+class LayerCapture:
+    """Forward hooks that record the outputs of ``layers`` as tensors gradients can reach.
+
+    A layer returning a tuple/list of tensors (a whole FPN neck) contributes one entry per
+    element, and a layer called several times (a head conv shared across levels) one entry per
+    call. ``activations[k]`` came from ``layers[owners[k]]``.
+
+    Use as a context manager; the hooks are removed on exit.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], names: Sequence[str]):
+        self.layers = list(layers)
+        self.names = list(names)
+        self.activations: List[Tensor] = []
+        self.owners: List[int] = []
+        self._handles = []
+
+    def __enter__(self) -> 'LayerCapture':
+        for index, layer in enumerate(self.layers):
+            self._handles.append(layer.register_forward_hook(self._make_hook(index)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _make_hook(self, index: int):
+        def hook(module, inputs, output):
+            if isinstance(output, Tensor):
+                return self._record(index, output)
+            if isinstance(output, (tuple, list)) and output and all(
+                    isinstance(o, Tensor) for o in output):
+                return type(output)(self._record(index, o) for o in output)
+            raise UnsupportedModelError(
+                f'layer {self.names[index]!r} returns {type(output).__name__}, not a tensor '
+                'or a tuple/list of tensors: choose another target layer')
+        return hook
+
+    def _record(self, index: int, output: Tensor) -> Tensor:
+        # Below the first target layer nothing requires grad (weights are frozen), so the
+        # output becomes a fresh leaf: the graph is cut here. A layer downstream of another
+        # target layer is already in the graph and is recorded as it is. The clone keeps
+        # in-place ops of the consumer (e.g. ``out += identity``) off the recorded tensor.
+        if not output.requires_grad:
+            output = output.detach().requires_grad_()
+        self.activations.append(output)
+        self.owners.append(index)
+        return output.clone()
+
+
+class FeatureShapes:
+    """Records the spatial sizes ``(h, w)`` of a module's 4-D outputs (e.g. the neck's pyramid
+    levels), which is what maps transformer token sequences back onto a grid."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.shapes: List[Tuple[int, int]] = []
+        self._handle = None
+
+    def __enter__(self) -> 'FeatureShapes':
+        if self.module is not None:
+            self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+
+    def _hook(self, module, inputs, output):
+        outputs = output if isinstance(output, (tuple, list)) else [output]
+        self.shapes = [tuple(o.shape[-2:]) for o in outputs
+                       if isinstance(o, Tensor) and o.dim() == 4]
+
+
+def grads_for(value: Tensor, activations: Sequence[Tensor]) -> List[Tensor]:
+    """Gradients of a scalar w.r.t. each activation (zeros where it does not depend on it)."""
+    grads = torch.autograd.grad(value, activations, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(a) if g is None else g for g, a in zip(grads, activations)]

@@ -1,0 +1,256 @@
+"""Build or load a detector and turn an image into its network input.
+
+* Configs: a file path, or the name of a config shipped inside the installed mmdet package
+  (``yolox_s_8xb8-300e_coco``, ``yolox/yolox_s_8xb8-300e_coco.py``, ``mmdet::yolox/...``).
+* Checkpoints: a path or URL (fetched by mmengine's loader), loaded **weights-only** by default.
+  A checkpoint is a pickle; a full unpickle can run code from the file, so it is only done on
+  the explicit ``trust_checkpoint=True``. The few non-tensor types that mmengine's Runner
+  writes into checkpoints are allow-listed.
+* No checkpoint: ``Pretrained`` init configs (downloads) are dropped and ``init_weights()``
+  gives the model its proper random initialisation.
+"""
+import contextlib
+import copy
+import difflib
+import logging
+import os
+import pickle
+import warnings
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+import mmcv
+import numpy as np
+import torch
+from mmcv.transforms import Compose
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.registry import init_default_scope
+from mmengine.runner import load_checkpoint as mmengine_load_checkpoint
+from torch import nn
+
+from .errors import BadImageError, CheckpointError, InputNotFoundError, UnknownNameError
+
+ConfigLike = Union[str, Path, Config]
+
+
+def mmdet_config_root() -> Path:
+    """The ``configs`` folder shipped inside the installed mmdet package."""
+    import mmdet
+    return Path(mmdet.__file__).parent / '.mim' / 'configs'
+
+
+@lru_cache(maxsize=1)
+def _shipped_configs() -> Tuple[Path, ...]:
+    return tuple(sorted(p for p in mmdet_config_root().rglob('*.py') if '_base_' not in p.parts))
+
+
+def resolve_config(config: ConfigLike) -> Config:
+    """Load ``config`` from a file or from the configs shipped with mmdet (by name)."""
+    if isinstance(config, Config):
+        return copy.deepcopy(config)
+    path = Path(config)
+    if path.is_file():
+        return Config.fromfile(str(path))
+    name = str(config).replace('mmdet::', '', 1)
+    name = name if name.endswith('.py') else name + '.py'
+    root = mmdet_config_root()
+    if (root / name).is_file():
+        return Config.fromfile(str(root / name))
+    by_stem = [p for p in _shipped_configs() if p.name == Path(name).name]
+    if len(by_stem) == 1:
+        return Config.fromfile(str(by_stem[0]))
+    stems = [p.stem for p in _shipped_configs()]
+    close = difflib.get_close_matches(Path(name).stem, stems, n=3, cutoff=0.6)
+    hint = f' Close mmdet configs: {", ".join(close)}.' if close else ''
+    raise InputNotFoundError(
+        f'config not found: {config!r} is neither a file nor a config shipped with mmdet.{hint}')
+
+
+def _drop_pretrained(cfg) -> None:
+    """Remove ``init_cfg=dict(type='Pretrained', ...)`` anywhere in a model config."""
+    if isinstance(cfg, dict):
+        init_cfg = cfg.get('init_cfg')
+        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
+            cfg['init_cfg'] = None
+        for value in cfg.values():
+            _drop_pretrained(value)
+    elif isinstance(cfg, (list, tuple)):
+        for value in cfg:
+            _drop_pretrained(value)
+
+
+def build_detector(config: ConfigLike,
+                   checkpoint: Optional[str] = None,
+                   device: str = 'cpu',
+                   cfg_options: Optional[dict] = None,
+                   trust_checkpoint: bool = False) -> nn.Module:
+    """Build an mmdet detector in eval mode with ``model.cfg`` and ``model.dataset_meta`` set.
+
+    Args:
+        config: config path, shipped config name, or :class:`Config`.
+        checkpoint: path or URL; None (or ``'none'``) for an untrained model.
+        cfg_options: overrides merged into the config (as ``--cfg-options``).
+        trust_checkpoint: allow a full (unsafe) unpickle of a checkpoint that a weights-only
+            load refuses. Only for files you trust.
+    """
+    cfg = resolve_config(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    _drop_pretrained(cfg.model)
+
+    from mmdet.registry import MODELS
+    from mmengine.model import revert_sync_batchnorm
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    meta = {}
+    if checkpoint is None or str(checkpoint).lower() == 'none':
+        with _quiet_mmengine_logger():  # init_weights logs every parameter at INFO level
+            model.init_weights()
+        warnings.warn('no checkpoint: the detector has random weights, so its detections and '
+                      'maps carry no meaning (fine for testing the plumbing)')
+    else:
+        meta = load_checkpoint(model, checkpoint, trust=trust_checkpoint).get('meta', {})
+    model.cfg = cfg
+    model.dataset_meta = _dataset_meta(cfg, meta)
+    return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def _quiet_mmengine_logger():
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _dataset_meta(cfg: Config, checkpoint_meta: dict) -> dict:
+    """Class names and palette: the checkpoint's, else the test dataset's, else COCO's."""
+    from mmdet.registry import DATASETS
+    from mmdet.evaluation import get_classes
+    meta = {k.lower(): v for k, v in checkpoint_meta.get('dataset_meta', {}).items()}
+    try:
+        dataset_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
+        dataset_cfg['lazy_init'] = True
+        dataset_meta = DATASETS.build(dataset_cfg).metainfo
+    except Exception:  # a config without a usable test dataset still describes a model
+        dataset_meta = {}
+    for key in ('classes', 'palette'):
+        if key not in meta and key in dataset_meta:
+            meta[key] = dataset_meta[key]
+    meta.setdefault('classes', get_classes('coco'))
+    meta.setdefault('palette', 'random')
+    return meta
+
+
+def _history_buffer_getattr(obj, name):
+    """The only ``getattr`` a weights-only load may run: mmengine's ``HistoryBuffer`` pickles
+    its statistics methods (``min``, ``mean``, ...) as ``getattr(HistoryBuffer, name)``."""
+    from mmengine.logging import HistoryBuffer
+    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f'refused getattr({type(obj).__name__}, {name!r})')
+
+
+def _safe_globals() -> list:
+    """Non-tensor types found in mmengine Runner checkpoints that are safe to rebuild."""
+    from mmengine.logging import HistoryBuffer
+    numpy_core = np._core if hasattr(np, '_core') else np.core
+    safe = [HistoryBuffer, np.ndarray, np.dtype, numpy_core.multiarray.scalar,
+            numpy_core.multiarray._reconstruct, (_history_buffer_getattr, 'builtins.getattr')]
+    safe += [type(np.dtype(t)) for t in
+             ('float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8', 'uint8', 'bool')]
+    return safe
+
+
+@contextlib.contextmanager
+def _weights_only(enabled: bool):
+    """Force torch.load's ``weights_only`` for every load inside (mmengine's loaders do not
+    pass it: local files get torch's default, URLs get ``False``)."""
+    key = 'TORCH_FORCE_WEIGHTS_ONLY_LOAD' if enabled else 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
+    old = os.environ.get(key)
+    os.environ[key] = '1'
+    try:
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='Environment variable TORCH_FORCE')
+            yield
+    finally:
+        if old is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = old
+
+
+def load_checkpoint(model: nn.Module, checkpoint: str, trust: bool = False) -> dict:
+    """Load ``checkpoint`` (path or URL) into ``model`` with mmengine's loader; returns it."""
+    is_url = str(checkpoint).startswith(('http://', 'https://'))
+    if not is_url and not Path(checkpoint).is_file():
+        raise InputNotFoundError(f'checkpoint not found: {checkpoint}')
+    try:
+        with _weights_only(not trust):
+            return mmengine_load_checkpoint(model, str(checkpoint), map_location='cpu')
+    except pickle.UnpicklingError as error:
+        culprit = next((line.strip() for line in str(error).splitlines()
+                        if 'Unsupported global' in line or 'refused' in line), 'unknown type')
+        raise CheckpointError(
+            f'checkpoint {checkpoint} was refused by a weights-only load ({culprit}). '
+            'It holds pickled objects that can run code when loaded: if you trust the file, '
+            'pass trust_checkpoint=True (CLI: --trust-checkpoint)') from None
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f'cannot load checkpoint {checkpoint}: {error}') from None
+
+
+def read_image(img: Union[str, Path, np.ndarray]) -> np.ndarray:
+    """An ``H x W x 3`` BGR uint8 image from a path or an array (like ``mmcv.imread``).
+
+    Grayscale and RGBA files or arrays are converted to BGR, 16-bit ones scaled to 8 bits.
+    """
+    if isinstance(img, (str, Path)):
+        if not Path(img).is_file():
+            raise InputNotFoundError(f'image not found: {img}')
+        try:
+            array = mmcv.imread(str(img), flag='color')
+        except Exception:
+            array = None
+        if array is None:
+            raise BadImageError(f'cannot read image {img}: not a valid image file')
+        return array
+    if not isinstance(img, np.ndarray):
+        raise BadImageError(f'expected an image path or a numpy array, got {type(img).__name__}')
+    array = img
+    if array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise BadImageError(f'expected a uint8 (or uint16) image array, got {array.dtype}')
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 1):
+        return mmcv.gray2bgr(array.reshape(array.shape[:2]))
+    if array.ndim == 3 and array.shape[2] == 4:
+        return np.ascontiguousarray(array[..., :3])
+    if array.ndim == 3 and array.shape[2] == 3:
+        return array
+    raise BadImageError(f'expected an HxW, HxWx3 or HxWx4 image array, got shape {array.shape}')
+
+
+def build_test_pipeline(cfg: Config) -> Compose:
+    """The config's test pipeline, fed with arrays and without annotation loading."""
+    from mmdet.utils import get_test_pipeline_cfg
+    pipeline = copy.deepcopy(get_test_pipeline_cfg(cfg))
+    pipeline = [t for t in pipeline if 'LoadAnnotations' not in t['type']]
+    loaders = [i for i, t in enumerate(pipeline) if 'LoadImageFrom' in t['type']]
+    if not loaders:
+        raise UnknownNameError('the test pipeline has no image loading transform')
+    pipeline[loaders[0]] = dict(type='mmdet.LoadImageFromNDArray')
+    return Compose(pipeline)
+
+
+def preprocess(model: nn.Module, pipeline: Compose, image: np.ndarray) -> Tuple[torch.Tensor, List]:
+    """Network input ``[1, 3, H, W]`` and data samples for one BGR image."""
+    data = pipeline(dict(img=image, img_id=0))
+    batch = model.data_preprocessor(
+        dict(inputs=[data['inputs']], data_samples=[data['data_samples']]), False)
+    return batch['inputs'], batch['data_samples']

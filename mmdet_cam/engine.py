@@ -1,0 +1,162 @@
+"""Per-detection CAMs from one forward pass.
+
+``explain`` runs the detector once with the target layers captured as gradient leaves, then
+back-propagates each selected detection's own target value (its score, by default) to those
+layers only, and hands the stacked per-box gradients to the pytorch_grad_cam method's own
+``get_cam_image`` in chunks. The maps it returns live on the padded network input;
+``geometry.to_original_image`` maps them onto the original image.
+"""
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, List, Sequence
+
+import numpy as np
+import torch
+from mmengine.structures import InstanceData
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
+from torch import Tensor, nn
+
+from .capture import (FeatureShapes, LayerCapture, differentiable_inference, frozen_parameters,
+                      grads_for)
+from .errors import UnsupportedModelError
+
+
+class ZeroGradientWarning(UserWarning):
+    """A target layer received no gradient from a detection (its map there is all zero)."""
+
+
+@dataclass
+class BoxCAMs:
+    """Output of :func:`explain`: the selected detections (detached) and their maps on the
+    padded network input, ``maps[i]`` belonging to ``detections[i]``."""
+    detections: InstanceData
+    maps: np.ndarray  # float32 (N, H_in, W_in)
+    data_sample: object = None
+    zero_gradient_layers: List[List[str]] = field(default_factory=list)
+
+
+def explain(model: nn.Module,
+            inputs: Tensor,
+            data_samples: list,
+            layers: Sequence[nn.Module],
+            layer_names: Sequence[str],
+            method: BaseCAM,
+            target: Callable[[InstanceData], Tensor],
+            select: Callable[[InstanceData], Tensor],
+            reshape: Callable,
+            fuse: str = 'mean',
+            eigen_smooth: bool = False,
+            batch_size: int = 16) -> BoxCAMs:
+    """Maps for the detections of one preprocessed image (a batch of size 1).
+
+    Args:
+        inputs, data_samples: the output of the model's data preprocessor.
+        layers, layer_names: target layers and their names (for messages).
+        method: a pytorch_grad_cam method instance; only its ``get_cam_image`` is used.
+        target: detections -> one differentiable value per detection.
+        select: detections -> indices of the detections to explain, in output order.
+        reshape: raw layer output -> list of ``[B, C, H, W]`` maps (see ``reshape.py``).
+        fuse: ``'mean'`` or ``'max'`` over all layer outputs (pyramid levels count as outputs).
+        batch_size: detections whose gradients are held in memory at once.
+    """
+    if fuse not in ('mean', 'max'):
+        raise ValueError(f"fuse must be 'mean' or 'max', got {fuse!r}")
+    neck_or_backbone = getattr(model, 'neck', None) or getattr(model, 'backbone', None)
+    with frozen_parameters(model), differentiable_inference(), torch.enable_grad(), \
+            LayerCapture(layers, layer_names) as capture, \
+            FeatureShapes(neck_or_backbone) as shapes:
+        data_sample = model.predict(inputs, data_samples, rescale=True)[0]
+        pred = data_sample.pred_instances
+        keep = select(pred)
+        values = target(pred)[keep] if len(keep) else None
+        detections = _detached(pred[keep])
+        height, width = inputs.shape[-2:]
+        if values is None:
+            return BoxCAMs(detections, np.zeros((0, height, width), np.float32), data_sample)
+        if not capture.activations:
+            raise UnsupportedModelError(
+                f'the target layers {list(layer_names)} were not called in the forward pass')
+        if method.uses_gradients and not values.requires_grad:
+            raise UnsupportedModelError(
+                f'the detections of {type(model).__name__} carry no gradient to '
+                f'{list(layer_names)}: its head detaches its predictions in a way mmdet-cam '
+                'cannot undo, so exact per-detection maps are not possible for it')
+
+        layer_maps = _LayerMaps(capture, reshape, shapes.shapes, method, inputs, eigen_smooth,
+                                (width, height))
+        maps, zero_layers = [], []
+        for start in range(0, len(keep), batch_size):
+            chunk = range(start, min(start + batch_size, len(keep)))
+            per_output, zero = layer_maps.for_boxes(values, chunk)
+            maps.append(_fuse(per_output, fuse))
+            zero_layers.extend(zero)
+    maps = np.concatenate(maps)
+    _warn_zero_gradients(zero_layers, detections, layer_names)
+    return BoxCAMs(detections, maps, data_sample, zero_layers)
+
+
+class _LayerMaps:
+    """Turns captured activations plus per-box gradients into per-output, input-sized maps."""
+
+    def __init__(self, capture, reshape, feature_shapes, method, inputs, eigen_smooth, size):
+        self.capture, self.reshape, self.shapes = capture, reshape, feature_shapes
+        self.method, self.inputs, self.eigen_smooth, self.size = method, inputs, eigen_smooth, size
+        # [(owner layer index, activation [1, C, H, W] as numpy)] after the reshape transform
+        self.outputs = [(owner, piece.detach().cpu().numpy())
+                        for owner, act in zip(capture.owners, capture.activations)
+                        for piece in reshape(act, feature_shapes)]
+        if not self.method.uses_gradients:  # activation-only methods are not box-specific
+            self._shared = self._maps([np.zeros_like(a) for _, a in self.outputs])
+
+    def for_boxes(self, values: Tensor, boxes: range):
+        """Maps ``[(K, H_in, W_in)]`` per layer output, and per box the layers with no
+        gradient from it."""
+        if not self.method.uses_gradients:
+            return [np.repeat(m, len(boxes), axis=0) for m in self._shared], [[]] * len(boxes)
+        per_box = [grads_for(values[i], self.capture.activations) for i in boxes]
+        zero = [sorted({self.capture.names[self.capture.owners[k]]
+                        for k in range(len(grads))} -
+                       {self.capture.names[self.capture.owners[k]]
+                        for k, g in enumerate(grads) if bool(g.any())})
+                for grads in per_box]
+        stacked = [torch.cat(gs) for gs in zip(*per_box)]  # one [K, C, H, W] per activation
+        grads = [piece.cpu().numpy() for g in stacked for piece in self.reshape(g, self.shapes)]
+        return self._maps(grads), zero
+
+    def _maps(self, grads: List[np.ndarray]) -> List[np.ndarray]:
+        maps = []
+        for (owner, act), grad in zip(self.outputs, grads):
+            act = np.broadcast_to(act, grad.shape)
+            cam = self.method.get_cam_image(self.inputs, self.capture.layers[owner], None,
+                                            act, grad, self.eigen_smooth)
+            maps.append(scale_cam_image(np.maximum(cam, 0), self.size))
+        return maps
+
+
+def _fuse(per_output: List[np.ndarray], how: str) -> np.ndarray:
+    """pytorch_grad_cam's multi-layer aggregation (ReLU, mean or max, min-max per map)."""
+    stacked = np.maximum(np.stack(per_output, axis=1), 0)
+    fused = stacked.mean(axis=1) if how == 'mean' else stacked.max(axis=1)
+    return scale_cam_image(fused)
+
+
+def _detached(pred: InstanceData) -> InstanceData:
+    out = InstanceData(metainfo=pred.metainfo)
+    for key, value in pred.items():
+        out[key] = value.detach() if isinstance(value, Tensor) else value
+    return out
+
+
+def _warn_zero_gradients(zero_layers, detections, layer_names):
+    for i, layers in enumerate(zero_layers):
+        if not layers:
+            continue
+        box = ', '.join(f'{v:.0f}' for v in detections.bboxes[i].tolist())
+        what = ('so its map is all zero' if len(layers) == len(set(layer_names))
+                else 'so those layers add nothing to its map')
+        warnings.warn(
+            f'detection {i} (label {int(detections.labels[i])}, box [{box}]) has no gradient '
+            f'at {", ".join(layers)} (it comes from another pyramid level or branch), {what}. '
+            'Target all levels (e.g. the whole neck) to cover every detection.',
+            ZeroGradientWarning, stacklevel=3)

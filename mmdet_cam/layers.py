@@ -1,0 +1,116 @@
+"""Dotted layer names -> modules, without ``eval``.
+
+Accepted forms: ``neck``, ``neck.out_convs.2``, ``neck.out_convs[2]``, ``neck.out_convs[-1]``,
+``backbone.layer4``. Indices work on ``nn.Sequential`` / ``nn.ModuleList`` (negative ones too).
+"""
+import difflib
+import re
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .errors import UnknownNameError
+
+_PART = re.compile(r'[A-Za-z_]\w*|-?\d+')
+
+
+def _split(name: str) -> List[str]:
+    parts = name.replace('[', '.').replace(']', '').split('.')
+    if not name or not all(_PART.fullmatch(p) for p in parts):
+        raise UnknownNameError(
+            f'bad layer name {name!r}: use dotted attribute names and integer indices, '
+            "e.g. 'neck.out_convs.2' or 'neck.out_convs[-1]'")
+    return parts
+
+
+def list_layers(model: nn.Module) -> List[str]:
+    """All layer names of ``model`` that :func:`get_layer` accepts, in definition order."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module of ``model`` called ``name``.
+
+    Raises:
+        UnknownNameError: naming the closest existing layers when there is no such layer.
+    """
+    module = model
+    for part in _split(name):
+        child = None
+        if part.lstrip('-').isdigit():
+            if isinstance(module, (nn.Sequential, nn.ModuleList)):
+                index = int(part)
+                if -len(module) <= index < len(module):
+                    child = module[index]
+        else:
+            child = module._modules.get(part)
+        if child is None:
+            raise UnknownNameError(_not_found_message(model, name))
+        module = child
+    return module
+
+
+def _not_found_message(model: nn.Module, name: str) -> str:
+    wanted = '.'.join(_split(name))
+    close = difflib.get_close_matches(wanted, list_layers(model), n=5, cutoff=0.6)
+    hint = f' Close matches: {", ".join(close)}.' if close else ''
+    return (f'{type(model).__name__} has no layer {name!r}.{hint} '
+            'List them with mmdet_cam.list_layers(model) or --list-layers.')
+
+
+def layer_name(model: nn.Module, layer: nn.Module) -> str:
+    """The canonical dotted name of ``layer`` inside ``model``."""
+    for name, module in model.named_modules():
+        if module is layer:
+            return name
+    raise ValueError(f'{type(layer).__name__} is not a sub-module of {type(model).__name__}')
+
+
+def default_target_layers(model: nn.Module) -> List[str]:
+    """Layers used when none are given: the whole neck (every pyramid level gets its own map,
+    so each detection has a non-zero map whatever level produced it), else the whole backbone."""
+    if getattr(model, 'neck', None) is not None:
+        return ['neck']
+    if getattr(model, 'backbone', None) is not None:
+        return ['backbone']
+    raise UnknownNameError(
+        f'{type(model).__name__} has neither a neck nor a backbone: pass target_layers')
+
+
+def resolve_layers(model: nn.Module,
+                   layers: Optional[Union[str, nn.Module, Sequence[Union[str, nn.Module]]]]
+                   ) -> List[nn.Module]:
+    """Modules for ``layers``: names, modules, a mix of both, or None for the defaults."""
+    if layers is None:
+        layers = default_target_layers(model)
+    elif isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    if not layers:
+        raise UnknownNameError('target_layers is empty: give at least one layer or None')
+    return [get_layer(model, layer) if isinstance(layer, str) else layer for layer in layers]
+
+
+def layer_output_shapes(model: nn.Module, inputs, data_samples) -> List[Tuple[str, str, str]]:
+    """``(name, type, output shape)`` of every layer for one preprocessed image, in call
+    order of first use (layers the forward pass never calls are left out)."""
+    rows, handles = {}, []
+
+    def describe(output) -> str:
+        if isinstance(output, torch.Tensor):
+            return str(list(output.shape))
+        if isinstance(output, (tuple, list)):
+            return '(' + ', '.join(describe(o) for o in output) + ')'
+        return type(output).__name__
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(
+                lambda m, i, o, name=name: rows.setdefault(name, (type(m).__name__, describe(o)))))
+    try:
+        with torch.no_grad():
+            model.predict(inputs, data_samples)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(name, kind, shape) for name, (kind, shape) in rows.items()]

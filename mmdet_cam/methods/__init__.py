@@ -1,0 +1,44 @@
+"""CAM methods, by registry name.
+
+The formulas are pytorch_grad_cam's own classes; the engine calls only their
+``get_cam_image`` with a detection's activations and gradients. Methods that need extra
+forward passes (ScoreCAM, AblationCAM) or second-order gradients (ShapleyCAM) do not fit a
+one-forward engine and are not listed. A method of your own is a ``BaseCAM`` subclass
+registered with ``@CAM_METHODS.register_module()`` in a module named in ``custom_imports``.
+
+``eigencam``, ``kpca_cam`` and ``fem`` use activations only: their map is the same for every
+detection of an image (not box-specific). ``randomcam`` (random channel weights) is the
+sanity-check baseline for localisation metrics.
+"""
+from pytorch_grad_cam import (FEM, KPCA_CAM, EigenCAM, EigenGradCAM, GradCAM,
+                              GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
+                              RandomCAM, XGradCAM)
+from torch import nn
+
+from ..registry import CAM_METHODS, lookup
+
+for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),
+                    ('xgradcam', XGradCAM), ('hirescam', HiResCAM), ('layercam', LayerCAM),
+                    ('eigengradcam', EigenGradCAM), ('gradcamelementwise', GradCAMElementWise),
+                    ('eigencam', EigenCAM), ('kpca_cam', KPCA_CAM), ('fem', FEM),
+                    ('randomcam', RandomCAM)]:
+    CAM_METHODS.register_module(name=_name, module=_cls)
+
+
+def build_cam_method(method, model: nn.Module):
+    """A method instance from a registry name (any case; ``gradcam++`` = ``gradcamplusplus``),
+    a ``BaseCAM`` subclass, or an instance (returned as is).
+
+    The instance is built with no target layers, so it registers no hooks on ``model``.
+    """
+    if isinstance(method, str):
+        method = lookup(CAM_METHODS, method)
+    if isinstance(method, type):
+        method = method(model, target_layers=[])
+    return method
+
+
+def method_names():
+    """Registered method names, sorted."""
+    CAM_METHODS.import_from_location()
+    return sorted(CAM_METHODS.module_dict)

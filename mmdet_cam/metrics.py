@@ -1,0 +1,40 @@
+"""Localisation figures of per-detection maps. Maps, boxes and images only: nothing here
+calls a model or knows which method made a map.
+
+Boxes are ``(x1, y1, x2, y2)`` in pixels of the map's image; a pixel ``(y, x)`` is inside when
+``x1 <= x + 0.5 <= x2`` and ``y1 <= y + 0.5 <= y2`` (its centre is in the box).
+"""
+from typing import Sequence, Tuple
+
+import numpy as np
+
+
+def box_mask(shape: Tuple[int, int], box: Sequence[float]) -> np.ndarray:
+    """Boolean ``shape`` mask of the pixels whose centre lies in ``box``."""
+    h, w = shape
+    x1, y1, x2, y2 = (float(v) for v in box)
+    xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
+    return ((ys >= y1) & (ys <= y2))[:, None] & ((xs >= x1) & (xs <= x2))[None, :]
+
+
+def peak_location(cam: np.ndarray) -> Tuple[int, int]:
+    """``(x, y)`` pixel of the map's maximum."""
+    y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    return int(x), int(y)
+
+
+def pointing_hit(cam: np.ndarray, box: Sequence[float]) -> bool:
+    """Pointing game: does the map's peak fall inside ``box``?"""
+    x, y = peak_location(cam)
+    return bool(box_mask(cam.shape, box)[y, x])
+
+
+def energy_in_box(cam: np.ndarray, box: Sequence[float]) -> float:
+    """Energy pointing game: share of the map's total mass inside ``box`` (0 for an empty map)."""
+    total = float(cam.sum())
+    return float(cam[box_mask(cam.shape, box)].sum()) / total if total > 0 else 0.0
+
+
+def box_area_share(shape: Tuple[int, int], box: Sequence[float]) -> float:
+    """Chance level of the (energy) pointing game: the box's share of the image."""
+    return float(box_mask(shape, box).mean())

@@ -1,0 +1,187 @@
+"""DetCAM on real mmdet detectors (shipped configs, ``init_weights()``, 320 px, CPU)."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from mmdet_cam import DetCAM, ZeroGradientWarning
+from mmdet_cam.errors import UnknownNameError, UnsupportedModelError
+
+COVERAGE = [
+    # one-stage dense heads
+    'retinanet/retinanet_r18_fpn_1x_coco.py',
+    'fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py',
+    'atss/atss_r50_fpn_1x_coco.py',
+    'gfl/gfl_r50_fpn_1x_coco.py',
+    'yolox/yolox_tiny_8xb8-300e_coco.py',
+    'rtmdet/rtmdet_tiny_8xb32-300e_coco.py',
+    'yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py',
+    'tood/tood_r50_fpn_1x_coco.py',
+    # two-stage
+    'faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
+    'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+    'cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py',
+    # DETR family
+    'detr/detr_r50_8xb2-150e_coco.py',
+    'deformable_detr/deformable-detr_r50_16xb2-50e_coco.py',
+    'dino/dino-4scale_r50_8xb2-12e_coco.py',
+    'conditional_detr/conditional-detr_r50_8xb2-50e_coco.py',
+]
+RETINANET = COVERAGE[0]
+
+
+def assert_valid_maps(result, image, count):
+    assert len(result.detections) == count
+    assert result.cams.shape == (count,) + image.shape[:2]
+    assert result.cams.dtype == np.float32
+    assert np.isfinite(result.cams).all()
+    assert result.cams.min() >= 0 and result.cams.max() <= 1
+
+
+@pytest.mark.parametrize('config', COVERAGE)
+def test_every_detection_gets_its_own_nonzero_map(models, scene, config):
+    model = models(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', ZeroGradientWarning)  # default layers cover all boxes
+        gradcam = DetCAM(model, method='gradcam', score_thr=0, topk=5)(scene)
+        hirescam = DetCAM(model, method='hirescam', score_thr=0, topk=5)(scene)
+    for result in (gradcam, hirescam):
+        assert_valid_maps(result, scene, 5)
+        assert (result.cams.max(axis=(1, 2)) > 0.99).all()
+    for result in (gradcam, hirescam):
+        assert not np.array_equal(result.cams[0], result.cams[1])
+
+
+def test_boxes_far_apart_have_clearly_different_maps(models, scene):
+    # HiResCAM keeps where each box's gradient is (GradCAM pools it over the whole map, so on
+    # an untrained model its maps are dominated by the activations all boxes share).
+    result = DetCAM(models(RETINANET), method='hirescam', score_thr=0, topk=20)(scene)
+    centres = (result.detections.bboxes[:, :2] + result.detections.bboxes[:, 2:]) / 2
+    other = int((centres - centres[0]).norm(dim=1).argmax())
+    assert (centres[other] - centres[0]).norm() > 50
+    assert np.abs(result.cams[0] - result.cams[other]).max() > 0.5
+
+
+@pytest.mark.parametrize('method', [
+    'gradcam', 'GradCAM++', 'gradcamplusplus', 'xgradcam', 'hirescam', 'layercam',
+    'eigengradcam', 'gradcamelementwise', 'eigencam', 'randomcam'])
+def test_every_method_gives_valid_maps(models, scene, method):
+    result = DetCAM(models(RETINANET), method=method, score_thr=0, topk=2)(scene)
+    assert_valid_maps(result, scene, 2)
+    box_specific = method != 'eigencam'
+    assert np.allclose(result.cams[0], result.cams[1]) != box_specific
+
+
+def test_unknown_method_lists_the_valid_ones(models):
+    with pytest.raises(UnknownNameError, match='gradcam\\+\\+.*hirescam'):
+        DetCAM(models(RETINANET), method='gradcan')
+
+
+def test_logit_target_gives_the_gradcam_map_of_the_score(models, scene):
+    # d logit(s) = d s / (s (1 - s)): a positive per-box factor, which GradCAM's
+    # normalisation removes, so the maps agree; the box coordinate map does not.
+    model = models(RETINANET)
+    by_score = DetCAM(model, score_thr=0, topk=2)(scene).cams
+    by_logit = DetCAM(model, score_thr=0, topk=2, target='logit')(scene).cams
+    by_box = DetCAM(model, score_thr=0, topk=2, target=dict(type='bbox', coord='x2'))(scene).cams
+    np.testing.assert_allclose(by_logit, by_score, atol=1e-4)
+    assert not np.allclose(by_box, by_score, atol=1e-3)
+
+
+def test_topk_classes_and_threshold_select_detections(models, scene):
+    model = models(RETINANET)
+    everything = DetCAM(model, score_thr=0, topk=5)(scene)
+    labels = everything.detections.labels.tolist()
+    name = model.dataset_meta['classes'][labels[0]]
+    only = DetCAM(model, score_thr=0, topk=5, classes=[name])(scene)
+    assert set(only.detections.labels.tolist()) == {labels[0]}
+    with pytest.raises(UnknownNameError, match='unknown class'):
+        DetCAM(model, classes=['no-such-class'])
+
+
+def test_no_detection_above_threshold_gives_an_empty_result(models, scene):
+    result = DetCAM(models(RETINANET), score_thr=1.01)(scene)
+    assert len(result) == 0
+    assert result.cams.shape == (0,) + scene.shape[:2]
+
+
+def test_one_pyramid_level_warns_for_boxes_of_other_levels(models, scene):
+    model = models(RETINANET)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        result = DetCAM(model, target_layers='neck.fpn_convs.0', score_thr=0, topk=100)(scene)
+    zero_maps = result.cams.max(axis=(1, 2)) == 0
+    named = np.array([layers == ['neck.fpn_convs.0'] for layers in result.zero_gradient_layers])
+    assert (zero_maps == named).all(), 'a map is all zero exactly when the layer got no gradient'
+    assert zero_maps.any() and not zero_maps.all()
+    messages = [str(w.message) for w in caught if w.category is ZeroGradientWarning]
+    assert len(messages) == zero_maps.sum()
+    assert all('neck.fpn_convs.0' in m for m in messages)
+
+
+def test_several_layers_fuse_by_mean_or_max(models, scene):
+    model = models(RETINANET)
+    layers = ['backbone.layer3', 'backbone.layer4']  # every box has gradients at both
+    mean = DetCAM(model, target_layers=layers, score_thr=0, topk=2)(scene)
+    maxed = DetCAM(model, target_layers=layers, score_thr=0, topk=2, fuse='max')(scene)
+    assert_valid_maps(mean, scene, 2)
+    assert_valid_maps(maxed, scene, 2)
+    assert not np.allclose(mean.cams, maxed.cams, atol=1e-3)
+
+
+def test_layer_name_forms_give_the_same_maps(models, scene):
+    model = models(RETINANET)
+    a = DetCAM(model, target_layers=['neck.fpn_convs[0]'], score_thr=0, topk=2)(scene)
+    b = DetCAM(model, target_layers=['neck.fpn_convs[-5]'], score_thr=0, topk=2)(scene)
+    np.testing.assert_array_equal(a.cams, b.cams)
+
+
+def test_transformer_tokens_are_mapped_back_to_the_feature_grid(models, scene):
+    for config in ('detr/detr_r50_8xb2-150e_coco.py',
+                   'dino/dino-4scale_r50_8xb2-12e_coco.py'):
+        result = DetCAM(models(config), target_layers='encoder.layers[-1]', score_thr=0,
+                        topk=2)(scene)
+        assert_valid_maps(result, scene, 2)
+        assert not np.allclose(result.cams[0], result.cams[1], atol=1e-3)
+
+
+def test_decoder_queries_are_rejected_with_a_clear_error(models, scene):
+    cam = DetCAM(models('detr/detr_r50_8xb2-150e_coco.py'), target_layers='decoder.layers.5',
+                 score_thr=0, topk=1)
+    with pytest.raises(UnsupportedModelError, match='no spatial layout'):
+        cam(scene)
+
+
+def test_custom_reshape_transform_in_library_style(models, scene):
+    calls = []
+
+    def identity(tensor):
+        calls.append(tuple(tensor.shape))
+        return tensor
+
+    result = DetCAM(models(RETINANET), target_layers='neck.fpn_convs.0', score_thr=0, topk=1,
+                    reshape_transform=identity)(scene)
+    assert calls and all(len(shape) == 4 for shape in calls)
+    assert result.cams.shape[0] == 1
+
+
+def test_a_head_that_detaches_its_predictions_is_refused(models, scene):
+    # SABL's head detaches its outputs itself (not through select_single_mlvl): an exact
+    # per-box gradient is impossible, and mmdet-cam must say so rather than guess.
+    model = models('sabl/sabl-retinanet_r50_fpn_1x_coco.py')
+    with pytest.raises(UnsupportedModelError, match='carry no gradient'):
+        DetCAM(model, score_thr=0, topk=1)(scene)
+
+
+def test_the_model_is_left_as_it_was(models, scene):
+    from mmdet.models.dense_heads import base_dense_head
+    from mmdet.models.utils import misc
+    model = models(RETINANET)
+    before = [p.requires_grad for p in model.parameters()]
+    with torch.no_grad():  # works inside no_grad too: the engine enables what it needs
+        result = DetCAM(model, score_thr=0, topk=1)(scene)
+    assert result.cams.max() > 0
+    assert [p.requires_grad for p in model.parameters()] == before
+    assert all(not m._forward_hooks for m in model.modules())
+    assert base_dense_head.select_single_mlvl is misc.select_single_mlvl
