@@ -103,10 +103,14 @@ def layer_output_shapes(model: nn.Module, inputs, data_samples) -> List[Tuple[st
             return '(' + ', '.join(describe(o) for o in output) + ')'
         return type(output).__name__
 
+    def record(name):
+        def hook(module, inputs, output):
+            rows.setdefault(name, (type(module).__name__, describe(output)))
+        return hook
+
     for name, module in model.named_modules():
         if name:
-            handles.append(module.register_forward_hook(
-                lambda m, i, o, name=name: rows.setdefault(name, (type(m).__name__, describe(o)))))
+            handles.append(module.register_forward_hook(record(name)))
     try:
         with torch.no_grad():
             model.predict(inputs, data_samples)

@@ -1,0 +1,305 @@
+"""``tools/demo_gradcam.py`` / ``mmdet-cam``: per-detection CAM images for images, folders,
+globs and videos. A thin shell: flags -> ``DetCAM`` -> files."""
+import argparse
+import glob
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import List
+
+import cv2
+import mmcv
+import numpy as np
+from mmengine.config import DictAction
+from mmengine.utils import ProgressBar
+
+from .errors import BadImageError, DetCAMError, InputNotFoundError
+from .metrics import energy_in_box, peak_location, pointing_hit
+from .visualize import BoxDrawer, fuse_boxes, overlay, renormalize_in_boxes
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
+VIDEO_EXTENSIONS = ('.mp4', '.avi')
+
+EXAMPLES = """examples:
+  # every detection of one image, GradCAM++ on every neck level (the default layers)
+  %(prog)s demo/cam_demo_config.py demo/cam_demo.pth demo/demo.jpg --method gradcam++
+  # an mmdet config by name, one FPN level, top 3 boxes, one image per box
+  %(prog)s retinanet_r50_fpn_1x_coco retinanet.pth img.jpg --target-layers neck.fpn_convs.0 \\
+      --topk 3 --per-box
+  # a folder, only persons and cars, maps renormalised inside each box, raw maps saved
+  %(prog)s yolox_s_8xb8-300e_coco yolox_s.pth images/ --classes person car --renormalize --save-npy
+  # a video, explaining the right edge of each box
+  %(prog)s yolox_s_8xb8-300e_coco yolox_s.pth clip.mp4 --target bbox --bbox-coord x2
+  # which layers are there (with output shapes for the image)?
+  %(prog)s yolox_s_8xb8-300e_coco none img.jpg --list-layers
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .methods import method_names
+    parser = argparse.ArgumentParser(
+        description='Class-activation heatmaps for each detection of an MMDetection model.',
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='config file, or the name of a config shipped with '
+                        'mmdet (e.g. yolox_s_8xb8-300e_coco)')
+    parser.add_argument('checkpoint', help="checkpoint path or URL, or 'none' for an untrained "
+                        'model (random weights: for testing only)')
+    parser.add_argument('img', help="image file, folder, glob ('imgs/*.jpg') or video "
+                        '(.mp4/.avi: written back as a video with the overlay)')
+    parser.add_argument('--method', default='gradcam', metavar='NAME',
+                        help=f'CAM method, any case (default: gradcam): {", ".join(method_names())}'
+                        '. eigencam, kpca_cam and fem are not box-specific')
+    parser.add_argument('--target-layers', nargs='+', metavar='LAYER',
+                        help="layers to explain at, e.g. 'neck' or 'neck.out_convs[-1]' "
+                        'backbone.stage4 (default: every neck level)')
+    parser.add_argument('--fuse', choices=['mean', 'max'], default='mean',
+                        help='how maps of several layers / pyramid levels combine (default: mean)')
+    parser.add_argument('--target', choices=['score', 'logit', 'bbox'], default='score',
+                        help='what is explained: the score, its log-odds, or a box coordinate '
+                        '(default: score)')
+    parser.add_argument('--bbox-coord', choices=['x1', 'y1', 'x2', 'y2'], default='x1',
+                        help='box coordinate explained with --target bbox (default: x1)')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='explain detections scoring at least this (default: 0.3)')
+    parser.add_argument('--topk', type=int, help='explain at most the K highest-scoring boxes')
+    parser.add_argument('--classes', nargs='+', metavar='CLASS',
+                        help='keep only these classes (names or ids), e.g. --classes person 2')
+    parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0 (default: cpu)')
+    parser.add_argument('--out-dir', default='outputs/cam',
+                        help='where files are written (default: outputs/cam); other files in it '
+                        'are left alone')
+    parser.add_argument('--renormalize', action='store_true',
+                        help='min-max each map inside its own box and zero it outside')
+    parser.add_argument('--per-box', action='store_true',
+                        help='also write <stem>_box<k>_<class>_<score>.jpg per detection')
+    parser.add_argument('--save-npy', action='store_true',
+                        help='also write the float maps as <stem>_cams.npy (N, H, W)')
+    parser.add_argument('--save-all', action='store_true',
+                        help='also write <stem>_original.jpg and <stem>_detection.jpg')
+    parser.add_argument('--list-layers', action='store_true',
+                        help="print the model's layers with output shapes for the first image, "
+                        'then exit')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='override config settings, e.g. model.test_cfg.score_thr=0.1')
+    parser.add_argument('--alpha', type=float, default=0.5,
+                        help='heatmap opacity in the overlay, 0-1 (default: 0.5)')
+    parser.add_argument('--batch-size', type=int, default=16,
+                        help='detections whose gradients are held in memory at once')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='allow a full unpickle of a checkpoint that a weights-only load '
+                        'refuses (it can run code from the file: trusted files only)')
+    parser.add_argument('--show', action='store_true', help='also show each result in a window')
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except DetCAMError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+
+
+def run(args) -> int:
+    from .api import DetCAM
+    if not 0 <= args.alpha <= 1:
+        raise DetCAMError(f'--alpha must be between 0 and 1, got {args.alpha}')
+    sources = expand_inputs(args.img)
+    checkpoint = None if args.checkpoint.lower() == 'none' else args.checkpoint
+    if checkpoint and '://' not in checkpoint and not Path(checkpoint).is_file():
+        raise InputNotFoundError(f'checkpoint not found: {checkpoint}')
+    out_dir = ensure_writable(args.out_dir)
+    target = (dict(type='bbox', coord=args.bbox_coord) if args.target == 'bbox'
+              else args.target)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='no checkpoint', module='mmdet_cam')
+        cam = DetCAM(args.config, checkpoint, target_layers=args.target_layers,
+                     method=args.method, device=args.device, score_thr=args.score_thr,
+                     topk=args.topk, classes=args.classes, target=target, fuse=args.fuse,
+                     batch_size=args.batch_size, cfg_options=args.cfg_options,
+                     trust_checkpoint=args.trust_checkpoint)
+    if checkpoint is None:
+        print('note: no checkpoint, the model has random weights', file=sys.stderr)
+    if args.list_layers:
+        return print_layers(cam, sources[0])
+    writer = ResultWriter(cam, out_dir, args)
+    start, failed, detections = time.time(), [], 0
+    images = [s for s in sources if not is_video(s)]
+    progress = ProgressBar(len(images)) if len(images) > 1 else None
+    for source in sources:
+        try:
+            detections += (writer.video(source) if is_video(source)
+                           else writer.image(source))
+        except (BadImageError, InputNotFoundError) as error:
+            if len(sources) == 1:
+                raise
+            failed.append(source)
+            print(f'\nskipped {source}: {error}', file=sys.stderr)
+        if progress is not None and not is_video(source):
+            progress.update()
+    summary = (f'{len(sources) - len(failed)} of {len(sources)} inputs, {detections} '
+               f'detections, {time.time() - start:.1f} s -> {out_dir}')
+    print(f'\ndone: {summary}' + (f' ({len(failed)} failed)' if failed else ''))
+    return 1 if failed else 0
+
+
+def is_video(path: str) -> bool:
+    return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def expand_inputs(spec: str) -> List[str]:
+    """Files named by an image/video path, a folder (its images) or a glob."""
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(str(p) for p in path.iterdir()
+                       if p.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+        if not files:
+            raise InputNotFoundError(f'no images or videos in folder {spec}')
+        return files
+    if path.is_file():
+        return [spec]
+    if glob.has_magic(spec):
+        files = sorted(f for f in glob.glob(spec) if Path(f).is_file())
+        if not files:
+            raise InputNotFoundError(f'no files match {spec}')
+        return files
+    raise InputNotFoundError(f'image not found: {spec}')
+
+
+def ensure_writable(out_dir: str) -> Path:
+    path = Path(out_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise DetCAMError(f'cannot write to output folder {out_dir}: {error.strerror}') from None
+    return path
+
+
+def print_layers(cam, source: str) -> int:
+    from .detector import preprocess, read_image
+    from .layers import layer_output_shapes
+    image = first_frame(source) if is_video(source) else read_image(source)
+    rows = layer_output_shapes(cam.model, *preprocess(cam.model, cam.pipeline, image))
+    width = max(len(name) for name, _, _ in rows)
+    for name, kind, shape in rows:
+        print(f'{name:<{width}}  {kind:<28} {shape}')
+    return 0
+
+
+def first_frame(video: str) -> np.ndarray:
+    reader = mmcv.VideoReader(video)
+    frame = reader.read()
+    if frame is None:
+        raise BadImageError(f'cannot read video {video}')
+    return frame
+
+
+class ResultWriter:
+    """Writes the images, maps and JSON of one input."""
+
+    def __init__(self, cam, out_dir: Path, args):
+        self.cam, self.out_dir, self.args = cam, out_dir, args
+        self.drawer = BoxDrawer(cam.model.dataset_meta)
+
+    def render(self, result) -> np.ndarray:
+        cams = self.display_maps(result)
+        heat = overlay(result.image, fuse_boxes(cams, result.image.shape[:2]), self.args.alpha)
+        return self.drawer.draw(heat, result.detections)
+
+    def display_maps(self, result) -> np.ndarray:
+        if self.args.renormalize:
+            return renormalize_in_boxes(result.cams, result.detections.bboxes.numpy())
+        return result.cams
+
+    def image(self, source: str) -> int:
+        result = self.cam(source)
+        stem = Path(source).stem
+        picture = self.render(result)
+        self.write(f'{stem}_cam.jpg', picture)
+        cams = self.display_maps(result)
+        if self.args.per_box:
+            for k, name in enumerate(self.box_names(result)):
+                heat = overlay(result.image, cams[k], self.args.alpha)
+                self.write(f'{stem}_box{k}_{name}.jpg',
+                           self.drawer.draw(heat, result.detections, keep=[k]))
+        if self.args.save_all:
+            self.write(f'{stem}_original.jpg', result.image)
+            self.write(f'{stem}_detection.jpg',
+                       self.drawer.draw(result.image, result.detections))
+        if self.args.save_npy:
+            np.save(self.out_dir / f'{stem}_cams.npy', result.cams)
+        summary = dict(image=source, image_size=list(result.image.shape[:2]),
+                       **self.settings(), detections=self.describe(result))
+        (self.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
+        if self.args.show:
+            mmcv.imshow(picture, stem, wait_time=0)
+        return len(result)
+
+    def video(self, source: str) -> int:
+        reader = mmcv.VideoReader(source)
+        if reader.frame_cnt == 0 or reader.width == 0:
+            raise BadImageError(f'cannot read video {source}')
+        path = self.out_dir / f'{Path(source).stem}_cam.mp4'
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), reader.fps,
+                                 (reader.width, reader.height))
+        frames, count = [], 0
+        progress = ProgressBar(reader.frame_cnt)
+        try:
+            for index, frame in enumerate(reader):
+                result = self.cam(frame)
+                writer.write(self.render(result))
+                frames.append(dict(frame=index, detections=self.describe(result)))
+                count += len(result)
+                progress.update()
+        finally:
+            writer.release()
+        summary = dict(video=source, fps=reader.fps, **self.settings(), frames=frames)
+        (self.out_dir / f'{Path(source).stem}.json').write_text(json.dumps(summary, indent=2))
+        return count
+
+    def settings(self) -> dict:
+        return dict(method=self.args.method, target=self.args.target,
+                    target_layers=self.cam.layer_names, fuse=self.args.fuse)
+
+    def box_names(self, result) -> List[str]:
+        names = []
+        for label, score in zip(result.detections.labels.tolist(),
+                                result.detections.scores.tolist()):
+            names.append(f'{self.class_name(label).replace(" ", "-")}_{score:.2f}')
+        return names
+
+    def class_name(self, label: int) -> str:
+        classes = self.cam.class_names
+        return classes[label] if label < len(classes) else str(label)
+
+    def describe(self, result) -> List[dict]:
+        rows = []
+        for k in range(len(result)):
+            box = [round(v, 2) for v in result.detections.bboxes[k].tolist()]
+            label = int(result.detections.labels[k])
+            cam = result.cams[k]
+            rows.append(dict(
+                index=k, bbox=box, label=label, class_name=self.class_name(label),
+                score=round(float(result.detections.scores[k]), 4),
+                peak=list(peak_location(cam)), peak_in_box=pointing_hit(cam, box),
+                energy_in_box=round(energy_in_box(cam, box), 4),
+                zero_gradient_layers=result.zero_gradient_layers[k]))
+        return rows
+
+    def write(self, name: str, image: np.ndarray) -> None:
+        if not mmcv.imwrite(image, str(self.out_dir / name)):
+            raise DetCAMError(f'cannot write {self.out_dir / name}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Overlays of per-detection maps, with boxes drawn in mmdet's style.
+
+Takes maps, boxes and images (BGR, as mmcv reads them); never calls the model.
+"""
+from typing import Optional, Sequence
+
+import numpy as np
+from mmdet.structures import DetDataSample
+from mmdet.visualization import DetLocalVisualizer
+from mmengine.structures import InstanceData
+from pytorch_grad_cam.utils.image import show_cam_on_image
+
+from .metrics import box_mask
+
+
+def renormalize_in_boxes(cams: np.ndarray, bboxes: np.ndarray) -> np.ndarray:
+    """Each map min-max normalised inside its own box and zero outside it."""
+    out = np.zeros_like(cams)
+    for i, (cam, box) in enumerate(zip(cams, bboxes)):
+        inside = box_mask(cam.shape, box)
+        if inside.any():
+            values = cam[inside]
+            span = values.max() - values.min()
+            out[i][inside] = (values - values.min()) / span if span > 0 else 0
+    return out
+
+
+def fuse_boxes(cams: np.ndarray, shape) -> np.ndarray:
+    """One map for the whole image: the maximum over the detections' maps."""
+    return cams.max(axis=0) if len(cams) else np.zeros(shape, np.float32)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The map as a JET heatmap over the BGR ``image``; ``alpha`` is the heatmap's opacity."""
+    rgb = np.ascontiguousarray(image[..., ::-1], dtype=np.float32) / 255
+    blended = show_cam_on_image(rgb, cam, use_rgb=True, image_weight=1 - alpha)
+    return np.ascontiguousarray(blended[..., ::-1])
+
+
+class BoxDrawer:
+    """Draws detections with mmdet's ``DetLocalVisualizer`` (class names, scores, the
+    dataset palette from the model's ``dataset_meta``)."""
+
+    def __init__(self, dataset_meta: dict, line_width: int = 2):
+        self.visualizer = DetLocalVisualizer(
+            name=f'mmdet_cam_{id(self)}', line_width=line_width)
+        self.visualizer.dataset_meta = dataset_meta
+
+    def draw(self, image: np.ndarray, detections: InstanceData,
+             keep: Optional[Sequence[int]] = None) -> np.ndarray:
+        """``image`` (BGR) with the detections (or those at ``keep``) drawn on it."""
+        if keep is not None:
+            detections = detections[list(keep)]
+        sample = DetDataSample(pred_instances=detections)
+        self.visualizer.add_datasample('cam', np.ascontiguousarray(image[..., ::-1]), sample,
+                                       draw_gt=False, show=False, pred_score_thr=0)
+        return np.ascontiguousarray(self.visualizer.get_image()[..., ::-1])

@@ -1,0 +1,169 @@
+"""tools/demo_gradcam.py run as a user runs it: a subprocess, checked by its files, JSON,
+exit code and messages."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import make_scene, small_config
+
+TOOL = str(Path(__file__).parents[1] / 'tools' / 'demo_gradcam.py')
+
+
+@pytest.fixture(scope='module')
+def config(tmp_path_factory):
+    """A config file for a small untrained RetinaNet (320 px, no score threshold)."""
+    path = tmp_path_factory.mktemp('cfg') / 'retinanet_small.py'
+    small_config('retinanet/retinanet_r18_fpn_1x_coco.py').dump(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('images')
+    cv2.imwrite(str(folder / 'a.jpg'), make_scene(seed=1))
+    cv2.imwrite(str(folder / 'b.png'), make_scene(200, 260, seed=2))
+    return folder
+
+
+def run(*args, expect=0):
+    out = subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == expect, out.stdout + out.stderr
+    assert 'Traceback' not in out.stderr, out.stderr
+    return out
+
+
+def test_one_image_gives_overlay_per_box_images_maps_and_json(config, images, tmp_path):
+    run(config, 'none', images / 'a.jpg', '--score-thr', 0, '--topk', 3, '--per-box',
+        '--save-npy', '--save-all', '--method', 'gradcam++', '--out-dir', tmp_path)
+    overlay = cv2.imread(str(tmp_path / 'a_cam.jpg'))
+    assert overlay.shape == (240, 320, 3)
+    summary = json.loads((tmp_path / 'a.json').read_text())
+    assert summary['method'] == 'gradcam++' and summary['target_layers'] == ['neck']
+    assert len(summary['detections']) == 3
+    for box in summary['detections']:
+        assert set(box) >= {'bbox', 'label', 'class_name', 'score', 'peak', 'peak_in_box',
+                            'energy_in_box'}
+        assert 0 <= box['energy_in_box'] <= 1
+        x1, y1, x2, y2 = box['bbox']
+        assert 0 <= x1 <= x2 <= 320 and 0 <= y1 <= y2 <= 240
+    per_box = sorted(p.name for p in tmp_path.glob('a_box*.jpg'))
+    assert len(per_box) == 3 and per_box[0].startswith('a_box0_')
+    maps = np.load(tmp_path / 'a_cams.npy')
+    assert maps.shape == (3, 240, 320) and 0 <= maps.min() and maps.max() <= 1
+    assert (tmp_path / 'a_original.jpg').exists() and (tmp_path / 'a_detection.jpg').exists()
+
+
+def test_renormalize_keeps_maps_inside_their_boxes(config, images, tmp_path):
+    run(config, 'none', images / 'a.jpg', '--score-thr', 0, '--topk', 1, '--renormalize',
+        '--per-box', '--alpha', 1.0, '--out-dir', tmp_path)
+    box = json.loads((tmp_path / 'a.json').read_text())['detections'][0]['bbox']
+    picture = cv2.imread(str(next(tmp_path.glob('a_box0_*.jpg')))).astype(int)
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    # with alpha 1 the picture is the JET colour of the map: zero (dark blue) outside the box
+    outside = picture.copy()
+    outside[max(y1 - 3, 0):y2 + 4, max(x1 - 3, 0):x2 + 4] = -1
+    blue = outside[outside[..., 0] >= 0]
+    assert np.median(blue[:, 0]) > 100 and np.median(blue[:, 2]) < 60
+
+
+def test_folder_with_a_bad_image_reports_it_and_keeps_going(config, images, tmp_path):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    for name in ('a.jpg', 'b.png'):
+        (folder / name).write_bytes((images / name).read_bytes())
+    (folder / 'broken.jpg').write_bytes(b'not an image')
+    out_dir = tmp_path / 'out'
+    out_dir.mkdir()
+    (out_dir / 'keep_me.txt').write_text('mine')
+    out = run(config, 'none', folder, '--score-thr', 0, '--topk', 2, '--out-dir', out_dir,
+              expect=1)
+    assert 'broken.jpg' in out.stderr
+    assert (out_dir / 'a_cam.jpg').exists() and (out_dir / 'b_cam.jpg').exists()
+    assert (out_dir / 'keep_me.txt').read_text() == 'mine'
+    assert '2 of 3 inputs' in out.stdout and '1 failed' in out.stdout
+
+
+def test_grayscale_rgba_and_16_bit_images_are_explained(config, tmp_path):
+    gray = cv2.cvtColor(make_scene(), cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(tmp_path / 'gray.png'), gray)
+    cv2.imwrite(str(tmp_path / 'rgba.png'), cv2.cvtColor(make_scene(), cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(str(tmp_path / 'deep.png'), make_scene().astype(np.uint16) * 257)
+    run(config, 'none', tmp_path / '*.png', '--score-thr', 0, '--topk', 1,
+        '--out-dir', tmp_path / 'out')
+    for stem in ('gray', 'rgba', 'deep'):
+        assert cv2.imread(str(tmp_path / 'out' / f'{stem}_cam.jpg')).shape == (240, 320, 3)
+
+
+def test_video_is_written_back_with_its_frame_rate(config, tmp_path):
+    video = tmp_path / 'clip.mp4'
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*'mp4v'), 12, (320, 240))
+    for seed in range(4):
+        writer.write(make_scene(seed=seed))
+    writer.release()
+    run(config, 'none', video, '--score-thr', 0, '--topk', 2, '--out-dir', tmp_path / 'out')
+    result = cv2.VideoCapture(str(tmp_path / 'out' / 'clip_cam.mp4'))
+    assert round(result.get(cv2.CAP_PROP_FPS)) == 12
+    assert int(result.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    assert (int(result.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(result.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (320, 240)
+    frames = json.loads((tmp_path / 'out' / 'clip.json').read_text())['frames']
+    assert [len(f['detections']) for f in frames] == [2, 2, 2, 2]
+
+
+def test_list_layers_prints_names_and_shapes(config, images):
+    out = run(config, 'none', images / 'a.jpg', '--list-layers')
+    line = next(l for l in out.stdout.splitlines() if l.startswith('neck.fpn_convs.0 '))
+    assert '[1, 256, 32, 40]' in line
+
+
+def test_help_documents_every_option_with_examples():
+    out = run('--help')
+    for option in ('--method', '--target-layers', '--fuse', '--target', '--score-thr', '--topk',
+                   '--classes', '--device', '--out-dir', '--renormalize', '--per-box',
+                   '--save-npy', '--save-all', '--list-layers', '--cfg-options', '--alpha',
+                   '--show', 'examples:'):
+        assert option in out.stdout
+
+
+@pytest.mark.parametrize('case, message', [
+    ('missing_config', 'config not found'),
+    ('missing_checkpoint', 'checkpoint not found'),
+    ('missing_image', 'image not found'),
+    ('corrupt_image', 'cannot read image'),
+    ('empty_folder', 'no images or videos in folder'),
+    ('unknown_method', "unknown cam method 'gradcan'"),
+    ('bad_layer', 'Close matches: neck.fpn_convs'),
+    ('unwritable_out_dir', 'cannot write to output folder'),
+])
+def test_bad_input_gets_a_one_line_error(config, images, tmp_path, case, message):
+    image, args = images / 'a.jpg', []
+    cfg, ckpt, out_dir = config, 'none', tmp_path / 'out'
+    if case == 'missing_config':
+        cfg = tmp_path / 'nope.py'
+    elif case == 'missing_checkpoint':
+        ckpt = tmp_path / 'nope.pth'
+    elif case == 'missing_image':
+        image = tmp_path / 'nope.jpg'
+    elif case == 'corrupt_image':
+        image = tmp_path / 'corrupt.jpg'
+        image.write_bytes(b'\xff\xd8 garbage')
+    elif case == 'empty_folder':
+        image = tmp_path / 'empty'
+        image.mkdir()
+    elif case == 'unknown_method':
+        args = ['--method', 'gradcan']
+    elif case == 'bad_layer':
+        args = ['--target-layers', 'neck.fpn_conv.0']
+    elif case == 'unwritable_out_dir':
+        (tmp_path / 'file').write_text('x')
+        out_dir = tmp_path / 'file' / 'sub'
+    out = run(cfg, ckpt, image, '--out-dir', out_dir, *args, expect=2)
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith('error: ') and message in lines[-1], out.stderr
+    assert len([l for l in lines if l.startswith('error')]) == 1
