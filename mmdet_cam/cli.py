@@ -3,7 +3,6 @@ globs and videos. A thin shell: flags -> ``DetCAM`` -> files."""
 import argparse
 import glob
 import json
-import os
 import sys
 import tempfile
 import time
@@ -18,8 +17,7 @@ from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
 
 from .errors import BadImageError, DetCAMError, InputNotFoundError
-from .metrics import energy_in_box, peak_location, pointing_hit
-from .visualize import BoxDrawer, fuse_boxes, overlay, renormalize_in_boxes
+from .outputs import ResultWriter
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 VIDEO_EXTENSIONS = ('.mp4', '.avi')
@@ -130,14 +128,19 @@ def run(args) -> int:
         print('note: no checkpoint, the model has random weights', file=sys.stderr)
     if args.list_layers:
         return print_layers(cam, sources[0])
-    writer = ResultWriter(cam, out_dir, args)
+    writer = ResultWriter(
+        out_dir, cam.model.dataset_meta,
+        dict(method=args.method, target=args.target, target_layers=cam.layer_names,
+             fuse=args.fuse),
+        alpha=args.alpha, renormalize=args.renormalize, per_box=args.per_box,
+        save_npy=args.save_npy, save_all=args.save_all)
     start, failed, detections = time.time(), [], 0
     images = [s for s in sources if not is_video(s)]
     progress = ProgressBar(len(images)) if len(images) > 1 else None
     for source in sources:
         try:
-            detections += (writer.video(source) if is_video(source)
-                           else writer.image(source))
+            detections += (explain_video(cam, writer, source) if is_video(source)
+                           else explain_image(cam, writer, source, args.show))
         except (BadImageError, InputNotFoundError) as error:
             if len(sources) == 1:
                 raise
@@ -204,101 +207,37 @@ def first_frame(video: str) -> np.ndarray:
     return frame
 
 
-class ResultWriter:
-    """Writes the images, maps and JSON of one input."""
+def explain_image(cam, writer: ResultWriter, source: str, show: bool) -> int:
+    result = cam(source)
+    picture = writer.write_image(result, Path(source).stem, source)
+    if show:
+        mmcv.imshow(picture, Path(source).stem, wait_time=0)
+    return len(result)
 
-    def __init__(self, cam, out_dir: Path, args):
-        self.cam, self.out_dir, self.args = cam, out_dir, args
-        self.drawer = BoxDrawer(cam.model.dataset_meta)
 
-    def render(self, result) -> np.ndarray:
-        cams = self.display_maps(result)
-        heat = overlay(result.image, fuse_boxes(cams, result.image.shape[:2]), self.args.alpha)
-        return self.drawer.draw(heat, result.detections)
-
-    def display_maps(self, result) -> np.ndarray:
-        if self.args.renormalize:
-            return renormalize_in_boxes(result.cams, result.detections.bboxes.numpy())
-        return result.cams
-
-    def image(self, source: str) -> int:
-        result = self.cam(source)
-        stem = Path(source).stem
-        picture = self.render(result)
-        self.write(f'{stem}_cam.jpg', picture)
-        cams = self.display_maps(result)
-        if self.args.per_box:
-            for k, name in enumerate(self.box_names(result)):
-                heat = overlay(result.image, cams[k], self.args.alpha)
-                self.write(f'{stem}_box{k}_{name}.jpg',
-                           self.drawer.draw(heat, result.detections, keep=[k]))
-        if self.args.save_all:
-            self.write(f'{stem}_original.jpg', result.image)
-            self.write(f'{stem}_detection.jpg',
-                       self.drawer.draw(result.image, result.detections))
-        if self.args.save_npy:
-            np.save(self.out_dir / f'{stem}_cams.npy', result.cams)
-        summary = dict(image=source, image_size=list(result.image.shape[:2]),
-                       **self.settings(), detections=self.describe(result))
-        (self.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
-        if self.args.show:
-            mmcv.imshow(picture, stem, wait_time=0)
-        return len(result)
-
-    def video(self, source: str) -> int:
-        reader = mmcv.VideoReader(source)
-        if reader.frame_cnt == 0 or reader.width == 0:
-            raise BadImageError(f'cannot read video {source}')
-        path = self.out_dir / f'{Path(source).stem}_cam.mp4'
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), reader.fps,
-                                 (reader.width, reader.height))
-        frames, count = [], 0
-        progress = ProgressBar(reader.frame_cnt)
-        try:
-            for index, frame in enumerate(reader):
-                result = self.cam(frame)
-                writer.write(self.render(result))
-                frames.append(dict(frame=index, detections=self.describe(result)))
-                count += len(result)
-                progress.update()
-        finally:
-            writer.release()
-        summary = dict(video=source, fps=reader.fps, **self.settings(), frames=frames)
-        (self.out_dir / f'{Path(source).stem}.json').write_text(json.dumps(summary, indent=2))
-        return count
-
-    def settings(self) -> dict:
-        return dict(method=self.args.method, target=self.args.target,
-                    target_layers=self.cam.layer_names, fuse=self.args.fuse)
-
-    def box_names(self, result) -> List[str]:
-        names = []
-        for label, score in zip(result.detections.labels.tolist(),
-                                result.detections.scores.tolist()):
-            names.append(f'{self.class_name(label).replace(" ", "-")}_{score:.2f}')
-        return names
-
-    def class_name(self, label: int) -> str:
-        classes = self.cam.class_names
-        return classes[label] if label < len(classes) else str(label)
-
-    def describe(self, result) -> List[dict]:
-        rows = []
-        for k in range(len(result)):
-            box = [round(v, 2) for v in result.detections.bboxes[k].tolist()]
-            label = int(result.detections.labels[k])
-            cam = result.cams[k]
-            rows.append(dict(
-                index=k, bbox=box, label=label, class_name=self.class_name(label),
-                score=round(float(result.detections.scores[k]), 4),
-                peak=list(peak_location(cam)), peak_in_box=pointing_hit(cam, box),
-                energy_in_box=round(energy_in_box(cam, box), 4),
-                zero_gradient_layers=result.zero_gradient_layers[k]))
-        return rows
-
-    def write(self, name: str, image: np.ndarray) -> None:
-        if not mmcv.imwrite(image, str(self.out_dir / name)):
-            raise DetCAMError(f'cannot write {self.out_dir / name}')
+def explain_video(cam, writer: ResultWriter, source: str) -> int:
+    """Write ``<stem>_cam.mp4`` (same frame rate) and ``<stem>.json`` with every frame's boxes."""
+    reader = mmcv.VideoReader(source)
+    if reader.frame_cnt == 0 or reader.width == 0:
+        raise BadImageError(f'cannot read video {source}')
+    stem = Path(source).stem
+    video = cv2.VideoWriter(str(writer.out_dir / f'{stem}_cam.mp4'),
+                            cv2.VideoWriter_fourcc(*'mp4v'), reader.fps,
+                            (reader.width, reader.height))
+    frames, count = [], 0
+    progress = ProgressBar(reader.frame_cnt)
+    try:
+        for index, frame in enumerate(reader):
+            result = cam(frame)
+            video.write(writer.render(result))
+            frames.append(dict(frame=index, detections=writer.describe(result)))
+            count += len(result)
+            progress.update()
+    finally:
+        video.release()
+    summary = dict(video=source, fps=reader.fps, **writer.settings, frames=frames)
+    (writer.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
+    return count
 
 
 if __name__ == '__main__':

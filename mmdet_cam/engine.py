@@ -62,7 +62,9 @@ def explain(model: nn.Module,
     """
     if fuse not in ('mean', 'max'):
         raise ValueError(f"fuse must be 'mean' or 'max', got {fuse!r}")
-    neck_or_backbone = getattr(model, 'neck', None) or getattr(model, 'backbone', None)
+    neck_or_backbone = getattr(model, 'neck', None)
+    if neck_or_backbone is None:
+        neck_or_backbone = getattr(model, 'backbone', None)
     with frozen_parameters(model), differentiable_inference(), torch.enable_grad(), \
             LayerCapture(layers, layer_names) as capture, \
             FeatureShapes(neck_or_backbone) as shapes:
@@ -115,14 +117,14 @@ class _LayerMaps:
         if not self.method.uses_gradients:
             return [np.repeat(m, len(boxes), axis=0) for m in self._shared], [[]] * len(boxes)
         per_box = [grads_for(values[i], self.capture.activations) for i in boxes]
-        zero = [sorted({self.capture.names[self.capture.owners[k]]
-                        for k in range(len(grads))} -
-                       {self.capture.names[self.capture.owners[k]]
-                        for k, g in enumerate(grads) if bool(g.any())})
-                for grads in per_box]
+        zero = [self._layers_without_gradient(grads) for grads in per_box]
         stacked = [torch.cat(gs) for gs in zip(*per_box)]  # one [K, C, H, W] per activation
         grads = [piece.cpu().numpy() for g in stacked for piece in self.reshape(g, self.shapes)]
         return self._maps(grads), zero
+
+    def _layers_without_gradient(self, grads: List[Tensor]) -> List[str]:
+        reached = {self.capture.owners[k] for k, g in enumerate(grads) if bool(g.any())}
+        return [self.capture.names[i] for i in sorted(set(self.capture.owners) - reached)]
 
     def _maps(self, grads: List[np.ndarray]) -> List[np.ndarray]:
         maps = []

@@ -2,11 +2,13 @@
 
 Takes maps, boxes and images (BGR, as mmcv reads them); never calls the model.
 """
+import contextlib
 from typing import Optional, Sequence
 
 import numpy as np
 from mmdet.structures import DetDataSample
 from mmdet.visualization import DetLocalVisualizer
+from mmengine.dist import utils as dist_utils
 from mmengine.structures import InstanceData
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
@@ -37,6 +39,18 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarra
     return np.ascontiguousarray(blended[..., ::-1])
 
 
+@contextlib.contextmanager
+def _drawing_on_every_rank():
+    """mmengine's visualizer draws only in the main process (``@master_only``), which suits
+    one shared picture; here every process of a distributed test run draws its own images."""
+    original = dist_utils.is_main_process
+    dist_utils.is_main_process = lambda group=None: True
+    try:
+        yield
+    finally:
+        dist_utils.is_main_process = original
+
+
 class BoxDrawer:
     """Draws detections with mmdet's ``DetLocalVisualizer`` (class names, scores, the
     dataset palette from the model's ``dataset_meta``)."""
@@ -44,14 +58,18 @@ class BoxDrawer:
     def __init__(self, dataset_meta: dict, line_width: int = 2):
         self.visualizer = DetLocalVisualizer(
             name=f'mmdet_cam_{id(self)}', line_width=line_width)
-        self.visualizer.dataset_meta = dataset_meta
+        with _drawing_on_every_rank():
+            self.visualizer.dataset_meta = dataset_meta
 
     def draw(self, image: np.ndarray, detections: InstanceData,
              keep: Optional[Sequence[int]] = None) -> np.ndarray:
         """``image`` (BGR) with the detections (or those at ``keep``) drawn on it."""
         if keep is not None:
             detections = detections[list(keep)]
-        sample = DetDataSample(pred_instances=detections)
-        self.visualizer.add_datasample('cam', np.ascontiguousarray(image[..., ::-1]), sample,
-                                       draw_gt=False, show=False, pred_score_thr=0)
-        return np.ascontiguousarray(self.visualizer.get_image()[..., ::-1])
+        with _drawing_on_every_rank():
+            self.visualizer.add_datasample(
+                'cam', np.ascontiguousarray(image[..., ::-1]),
+                DetDataSample(pred_instances=detections), draw_gt=False, show=False,
+                pred_score_thr=0)
+            drawn = self.visualizer.get_image()
+        return np.ascontiguousarray(drawn[..., ::-1])

@@ -1,0 +1,96 @@
+"""Files written for one explained image: overlay, per-box images, maps, JSON summary.
+Shared by the CLI and the test-time hook."""
+import json
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import mmcv
+import numpy as np
+
+from .errors import DetCAMError
+from .metrics import energy_in_box, peak_location, pointing_hit
+from .visualize import BoxDrawer, fuse_boxes, overlay, renormalize_in_boxes
+
+
+class ResultWriter:
+    """Writes ``<stem>_cam.jpg`` (all boxes' maps, max-fused, with the boxes drawn) and
+    ``<stem>.json`` (detections, settings, per-box peak and energy inside the box); on request
+    ``<stem>_box<k>_<class>_<score>.jpg``, ``<stem>_cams.npy``, ``<stem>_original.jpg`` and
+    ``<stem>_detection.jpg``. Never deletes anything in ``out_dir``.
+
+    Args:
+        out_dir: existing, writable folder.
+        dataset_meta: ``classes`` and ``palette`` for labels and box colours.
+        settings: method, layers, ... recorded in every JSON file.
+        alpha: heatmap opacity in overlays.
+        renormalize: show each map min-max normalised inside its box, zero outside.
+    """
+
+    def __init__(self, out_dir, dataset_meta: dict, settings: dict, alpha: float = 0.5,
+                 renormalize: bool = False, per_box: bool = False, save_npy: bool = False,
+                 save_all: bool = False):
+        self.out_dir = Path(out_dir)
+        self.class_names: Sequence[str] = dataset_meta.get('classes', ())
+        self.settings = settings
+        self.alpha, self.renormalize = alpha, renormalize
+        self.per_box, self.save_npy, self.save_all = per_box, save_npy, save_all
+        self.drawer = BoxDrawer(dataset_meta)
+
+    def write_image(self, result, stem: str, source: Optional[str] = None) -> np.ndarray:
+        """Write the files of one image; returns the overlay picture."""
+        picture = self.render(result)
+        self.imwrite(f'{stem}_cam.jpg', picture)
+        if self.per_box:
+            cams = self.display_maps(result)
+            for k, name in enumerate(self.box_names(result)):
+                heat = overlay(result.image, cams[k], self.alpha)
+                self.imwrite(f'{stem}_box{k}_{name}.jpg',
+                             self.drawer.draw(heat, result.detections, keep=[k]))
+        if self.save_all:
+            self.imwrite(f'{stem}_original.jpg', result.image)
+            self.imwrite(f'{stem}_detection.jpg', self.drawer.draw(result.image,
+                                                                   result.detections))
+        if self.save_npy:
+            np.save(self.out_dir / f'{stem}_cams.npy', result.cams)
+        summary = dict(image=source, image_size=list(result.image.shape[:2]), **self.settings,
+                       detections=self.describe(result))
+        (self.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
+        return picture
+
+    def render(self, result) -> np.ndarray:
+        """The image with the max over all boxes' maps and the boxes drawn."""
+        cams = self.display_maps(result)
+        heat = overlay(result.image, fuse_boxes(cams, result.image.shape[:2]), self.alpha)
+        return self.drawer.draw(heat, result.detections)
+
+    def display_maps(self, result) -> np.ndarray:
+        if self.renormalize:
+            return renormalize_in_boxes(result.cams, result.detections.bboxes.numpy())
+        return result.cams
+
+    def box_names(self, result) -> List[str]:
+        return [f'{self.class_name(label).replace(" ", "-")}_{score:.2f}'
+                for label, score in zip(result.detections.labels.tolist(),
+                                        result.detections.scores.tolist())]
+
+    def class_name(self, label: int) -> str:
+        return self.class_names[label] if label < len(self.class_names) else str(label)
+
+    def describe(self, result) -> List[dict]:
+        """Per detection: box, label, class, score, map peak, and the map's share inside."""
+        rows = []
+        for k in range(len(result)):
+            box = [round(v, 2) for v in result.detections.bboxes[k].tolist()]
+            label = int(result.detections.labels[k])
+            cam = result.cams[k]
+            rows.append(dict(
+                index=k, bbox=box, label=label, class_name=self.class_name(label),
+                score=round(float(result.detections.scores[k]), 4),
+                peak=list(peak_location(cam)), peak_in_box=pointing_hit(cam, box),
+                energy_in_box=round(energy_in_box(cam, box), 4),
+                zero_gradient_layers=result.zero_gradient_layers[k]))
+        return rows
+
+    def imwrite(self, name: str, image: np.ndarray) -> None:
+        if not mmcv.imwrite(image, str(self.out_dir / name)):
+            raise DetCAMError(f'cannot write {self.out_dir / name}')
