@@ -1,0 +1,124 @@
+"""A synthetic detection dataset: squares, circles and triangles on textured backgrounds.
+
+Deterministic from a seed. Each image holds 1-6 shapes of varied size, colour and position,
+some touching or overlapping, with COCO-format boxes and masks (RLE). It is what the shipped
+demo detector was trained on, and what tests and benchmarks draw fresh images from.
+
+    python tools/make_shapes_dataset.py data/shapes --train 800 --val 200
+"""
+import json
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import cv2
+import mmcv
+import numpy as np
+
+CLASSES = ('square', 'circle', 'triangle')
+PALETTE = [(220, 20, 60), (0, 130, 230), (250, 170, 30)]
+METAINFO = dict(classes=CLASSES, palette=PALETTE)
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Colour gradient + blurred blotches + stripes + pixel noise."""
+    corners = rng.integers(0, 256, size=(2, 2, 3)).astype(np.float32)
+    image = cv2.resize(corners, (width, height), interpolation=cv2.INTER_LINEAR)
+    blotches = rng.normal(0, 40, size=(height // 16 + 1, width // 16 + 1, 3)).astype(np.float32)
+    image += cv2.resize(blotches, (width, height), interpolation=cv2.INTER_CUBIC)
+    for _ in range(rng.integers(0, 6)):
+        p1 = tuple(int(v) for v in rng.integers(0, (width, height)))
+        p2 = tuple(int(v) for v in rng.integers(0, (width, height)))
+        colour = tuple(float(c) for c in rng.integers(0, 256, 3))
+        cv2.line(image, p1, p2, colour, int(rng.integers(1, 4)))
+    image += rng.normal(0, 12, size=image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _polygon(label: int, cx: float, cy: float, size: float, angle: float) -> np.ndarray:
+    """Outline of a shape as an (N, 2) float polygon."""
+    if CLASSES[label] == 'circle':
+        t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+        return np.stack([cx + size / 2 * np.cos(t), cy + size / 2 * np.sin(t)], 1)
+    corners = 4 if CLASSES[label] == 'square' else 3
+    radius = size / 2 * (np.sqrt(2) if corners == 4 else 1.15)
+    t = angle + np.arange(corners) * 2 * np.pi / corners
+    return np.stack([cx + radius * np.cos(t), cy + radius * np.sin(t)], 1)
+
+
+def make_image(rng: np.random.Generator, height: int = 240, width: int = 320
+               ) -> Tuple[np.ndarray, List[Dict]]:
+    """One BGR image and its objects: ``dict(label, bbox=[x1, y1, x2, y2], mask)`` (the
+    visible pixels of each shape)."""
+    image = _background(rng, height, width)
+    objects = []
+    for _ in range(int(rng.integers(1, 7))):
+        label = int(rng.integers(len(CLASSES)))
+        size = float(rng.uniform(18, 0.4 * min(height, width)))
+        if objects and rng.random() < 0.3:  # touch or overlap an earlier shape
+            near = objects[int(rng.integers(len(objects)))]['bbox']
+            cx = (near[0] + near[2]) / 2 + rng.choice([-1, 1]) * (near[2] - near[0] + size) / 2.2
+            cy = (near[1] + near[3]) / 2 + rng.uniform(-size / 3, size / 3)
+        else:
+            cx, cy = rng.uniform(size / 2, width - size / 2), rng.uniform(size / 2, height - size / 2)
+        polygon = _polygon(label, cx, cy, size, float(rng.uniform(0, 2 * np.pi)))
+        polygon[:, 0] = polygon[:, 0].clip(0, width - 1)
+        polygon[:, 1] = polygon[:, 1].clip(0, height - 1)
+        x1, y1 = polygon.min(0)
+        x2, y2 = polygon.max(0)
+        if min(x2 - x1, y2 - y1) < 8:  # mostly outside the image
+            continue
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.fillPoly(image, [np.round(polygon).astype(np.int32)], colour, cv2.LINE_AA)
+        objects.append(dict(label=label, bbox=[float(x1), float(y1), float(x2 + 1),
+                                               float(y2 + 1)], polygon=polygon))
+    return image, _visible(objects, height, width)
+
+
+def _visible(objects: List[Dict], height: int, width: int) -> List[Dict]:
+    """Later shapes are painted over earlier ones: keep what remains visible, with boxes
+    fitted to the visible part; drop shapes less than 40% visible."""
+    owner = np.full((height, width), -1, np.int32)
+    for index, obj in enumerate(objects):
+        mask = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(mask, [np.round(obj['polygon']).astype(np.int32)], 1)
+        owner[mask > 0] = index
+    kept = []
+    for index, obj in enumerate(objects):
+        ys, xs = np.nonzero(owner == index)
+        full = cv2.contourArea(obj['polygon'].astype(np.float32))
+        if len(xs) < 0.4 * max(full, 1):
+            continue
+        kept.append(dict(label=obj['label'], mask=owner == index,
+                         bbox=[float(xs.min()), float(ys.min()), float(xs.max() + 1),
+                               float(ys.max() + 1)]))
+    return kept
+
+
+def _rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return dict(size=rle['size'], counts=rle['counts'].decode('ascii'))
+
+
+def write_split(out_dir: Path, split: str, count: int, seed: int) -> Path:
+    """Write ``count`` images to ``out_dir/split/`` and ``out_dir/split.json`` (COCO)."""
+    rng = np.random.default_rng(seed)
+    (out_dir / split).mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for image_id in range(count):
+        height, width = int(rng.integers(200, 321)), int(rng.integers(200, 321))
+        image, objects = make_image(rng, height, width)
+        name = f'{split}/{image_id:05d}.jpg'
+        mmcv.imwrite(image, str(out_dir / name))
+        images.append(dict(id=image_id, file_name=name, height=height, width=width))
+        for obj in objects:
+            x1, y1, x2, y2 = obj['bbox']
+            annotations.append(dict(
+                id=len(annotations) + 1, image_id=image_id, category_id=obj['label'] + 1,
+                bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1), iscrowd=0,
+                segmentation=_rle(obj['mask'])))
+    categories = [dict(id=i + 1, name=name) for i, name in enumerate(CLASSES)]
+    path = out_dir / f'{split}.json'
+    path.write_text(json.dumps(dict(images=images, annotations=annotations,
+                                    categories=categories)))
+    return path
