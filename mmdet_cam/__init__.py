@@ -1,10 +1,13 @@
 """mmdet-cam: per-detection class-activation maps for MMDetection 3.x detectors.
 
 ``import mmdet_cam`` (or ``custom_imports = dict(imports=['mmdet_cam'])`` in an mmdet config)
-registers the plugin's CAM methods, targets and reshape transforms.
+registers the plugin's CAM methods, targets and reshape transforms, and ``DetCAMHook`` and
+``CAMLocalizationMetric`` in mmdet's registries.
 """
 from . import methods, reshape, targets  # noqa: F401  (register the built-in entries)
 from .api import DetCAM, DetCAMResult
+from .evaluation import CAMLocalizationMetric
+from .hooks import DetCAMHook
 from .detector import build_detector, resolve_config
 from .engine import ZeroGradientWarning
 from .errors import DetCAMError
@@ -13,7 +16,7 @@ from .registry import CAM_METHODS, CAM_TARGETS, RESHAPE_TRANSFORMS
 from .version import __version__
 
 __all__ = [
-    'DetCAM', 'DetCAMResult', 'build_detector', 'resolve_config', 'get_layer', 'list_layers',
+    'DetCAM', 'DetCAMResult', 'DetCAMHook', 'CAMLocalizationMetric', 'build_detector', 'resolve_config', 'get_layer', 'list_layers',
     'DetCAMError', 'ZeroGradientWarning', 'CAM_METHODS', 'CAM_TARGETS', 'RESHAPE_TRANSFORMS',
     '__version__'
 ]

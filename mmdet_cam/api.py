@@ -6,6 +6,7 @@ from typing import Callable, List, Optional, Sequence, Union
 import numpy as np
 import torch
 from mmengine.structures import InstanceData
+from mmengine.config import Config
 from torch import nn
 
 from .detector import ConfigLike, build_detector, build_test_pipeline, preprocess, read_image
@@ -72,6 +73,8 @@ class DetCAM:
         cfg_options: config overrides when building from a config.
         trust_checkpoint: allow a full (unsafe) unpickle of a checkpoint a weights-only load
             refuses.
+        config: the config whose test pipeline prepares images, for a built model without
+            ``model.cfg``.
     """
 
     def __init__(self,
@@ -89,16 +92,18 @@ class DetCAM:
                  reshape_transform: Union[str, Callable] = 'auto',
                  batch_size: int = 16,
                  cfg_options: Optional[dict] = None,
-                 trust_checkpoint: bool = False):
+                 trust_checkpoint: bool = False,
+                 config: Optional[Config] = None):
         if isinstance(model_or_config, nn.Module):
             self.model = model_or_config.eval()
         else:
             self.model = build_detector(model_or_config, checkpoint, device, cfg_options,
                                         trust_checkpoint)
-        if not hasattr(self.model, 'cfg'):
+        config = config or getattr(self.model, 'cfg', None)
+        if config is None:
             raise UnknownNameError(
                 'the model has no .cfg: build it with mmdet.apis.init_detector or '
-                'mmdet_cam.build_detector so its test pipeline is known')
+                'mmdet_cam.build_detector, or pass config=, so its test pipeline is known')
         if fuse not in ('mean', 'max'):
             raise UnknownNameError(f"fuse must be 'mean' or 'max', got {fuse!r}")
         self.layers = resolve_layers(self.model, target_layers)
@@ -106,8 +111,9 @@ class DetCAM:
         self.method = build_cam_method(method, self.model)
         self.target = _build_target(target)
         self.reshape = build_reshape_transform(reshape_transform)
-        self.pipeline = build_test_pipeline(self.model.cfg)
-        self.class_names = list(self.model.dataset_meta.get('classes', []))
+        self.pipeline = build_test_pipeline(config)
+        dataset_meta = getattr(self.model, 'dataset_meta', None) or {}
+        self.class_names = list(dataset_meta.get('classes', []))
         self.score_thr, self.topk = score_thr, topk
         self.class_ids = None if classes is None else self._class_ids(classes)
         self.fuse, self.eigen_smooth, self.batch_size = fuse, eigen_smooth, batch_size

@@ -1,0 +1,93 @@
+"""The OpenMMLab workflow: mmdet's test loop with DetCAMHook and CAMLocalizationMetric, on one
+process and on two (torchrun, gloo, CPU), and CAM methods added from a user's own module."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mmdet_cam.shapes import write_split
+
+REPO = Path(__file__).parents[1]
+CONFIG = REPO / 'configs' / 'rtmdet_shapes_cam.py'
+CHECKPOINT = REPO / 'demo' / 'rtmdet_shapes.pth'
+
+
+@pytest.fixture(scope='module')
+def val_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('shapes')
+    write_split(root, 'val', 6, seed=5)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run_test_loop(work_dir: Path, val_root: Path, processes: int) -> dict:
+    options = [f'test_dataloader.dataset.data_root={val_root}/',
+               f'test_evaluator.0.ann_file={val_root}/val.json',
+               'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
+               'test_dataloader.batch_size=2']
+    tool = [str(REPO / 'tools' / 'test_cam.py'), str(CONFIG), str(CHECKPOINT),
+            '--work-dir', str(work_dir), '--cfg-options', *options]
+    if processes == 1:
+        command = [sys.executable, *tool]
+    else:
+        command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
+                   str(processes), '--master_port', str(free_port()), *tool,
+                   '--launcher', 'pytorch']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return json.loads((work_dir / 'test_metrics.json').read_text())
+
+
+def test_test_loop_writes_one_output_per_image_and_metrics_agree_across_processes(
+        val_root, tmp_path):
+    single = run_test_loop(tmp_path / 'one', val_root, 1)
+    double = run_test_loop(tmp_path / 'two', val_root, 2)
+    stems = sorted(p.stem for p in (val_root / 'val').glob('*.jpg'))
+    for work_dir in (tmp_path / 'one', tmp_path / 'two'):
+        cam_dir = work_dir / 'cam'
+        assert sorted(p.name for p in cam_dir.glob('*_cam.jpg')) == [f'{s}_cam.jpg' for s in stems]
+        assert sorted(p.stem for p in cam_dir.glob('*.json')) == stems
+    assert single['cam/matched'] > 0
+    for key in ('cam/pointing', 'cam/energy', 'cam/chance', 'cam/matched', 'coco/bbox_mAP'):
+        assert single[key] == pytest.approx(double[key], abs=1e-6), key
+    assert single['cam/energy'] > single['cam/chance']
+
+
+def test_a_method_from_the_users_module_works_by_name(tmp_path):
+    (tmp_path / 'my_cams.py').write_text(textwrap.dedent('''
+        from pytorch_grad_cam import GradCAM
+        from mmdet_cam import CAM_METHODS
+
+        @CAM_METHODS.register_module(name='counterfactual-gradcam')
+        class CounterfactualGradCAM(GradCAM):
+            """Grad-CAM of the evidence against the detection (negated channel weights)."""
+            def get_cam_weights(self, *args):
+                return -super().get_cam_weights(*args)
+    '''))
+    config = tmp_path / 'demo_with_my_cams.py'
+    config.write_text(f"_base_ = '{REPO / 'demo' / 'rtmdet_shapes.py'}'\n"
+                      "custom_imports = dict(imports=['my_cams'], allow_failed_imports=False)\n")
+    image = REPO / 'demo' / 'images' / 'shapes_1.jpg'
+    env = dict(os.environ, PYTHONPATH=f'{tmp_path}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
+    for method in ('counterfactual-gradcam', 'gradcam'):
+        out = subprocess.run(
+            [sys.executable, str(REPO / 'tools' / 'demo_gradcam.py'), str(config),
+             str(CHECKPOINT), str(image), '--method', method, '--topk', '1', '--out-dir',
+             str(tmp_path / method)], capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr
+    summaries = [json.loads((tmp_path / m / 'shapes_1.json').read_text())
+                 for m in ('counterfactual-gradcam', 'gradcam')]
+    assert summaries[0]['method'] == 'counterfactual-gradcam'
+    # the evidence against a confident detection is not where the evidence for it is
+    assert summaries[0]['detections'][0]['peak'] != summaries[1]['detections'][0]['peak']

@@ -1,0 +1,69 @@
+"""mmdet's test loop with mmdet-cam's hook and metric, on one process or many.
+
+    python tools/test_cam.py configs/rtmdet_shapes_cam.py demo/rtmdet_shapes.pth
+    torchrun --nproc_per_node 2 tools/test_cam.py configs/rtmdet_shapes_cam.py \\
+        demo/rtmdet_shapes.pth --launcher pytorch
+
+(mmdet's own tools/test.py is not installed with the pip package.) The config decides what
+runs: ``custom_hooks`` with ``DetCAMHook`` writes the maps, ``test_evaluator`` with
+``CAMLocalizationMetric`` scores them; mmengine's evaluator merges the results of all
+processes. The checkpoint loads weights-only, as everywhere in mmdet-cam.
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.dist import get_rank
+from mmengine.model import is_model_wrapper
+from mmengine.runner import Runner
+
+from mmdet_cam.detector import load_checkpoint
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='test config (e.g. one from configs/)')
+    parser.add_argument('checkpoint', help='checkpoint path or URL')
+    parser.add_argument('--work-dir', help='where logs, metrics and CAM files go '
+                        '(default: work_dirs/<config name>)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='override config settings')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher (as in mmdet tools/test.py)')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='allow a full (unsafe) unpickle of the checkpoint')
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', '0')
+    return args
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or str(
+        Path('work_dirs') / Path(args.config).stem)
+    cfg.load_from = None  # loaded below, weights-only
+    if args.launcher == 'pytorch' and not torch.cuda.is_available():
+        # mmengine's pytorch launcher calls torch.cuda.set_device; on a CPU-only host start a
+        # gloo group here (Runner then skips init_dist) and let DDP wrap a CPU module.
+        torch.distributed.init_process_group(backend='gloo')
+        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None)
+    runner = Runner.from_cfg(cfg)
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    load_checkpoint(model, args.checkpoint, trust=args.trust_checkpoint)
+    metrics = runner.test()
+    if get_rank() == 0:
+        path = Path(cfg.work_dir) / 'test_metrics.json'
+        path.write_text(json.dumps(metrics, indent=2))
+        print(f'metrics written to {path}')
+
+
+if __name__ == '__main__':
+    main()
