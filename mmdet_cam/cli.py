@@ -211,7 +211,10 @@ def explain_image(cam, writer: ResultWriter, source: str, show: bool) -> int:
     result = cam(source)
     picture = writer.write_image(result, Path(source).stem, source)
     if show:
-        mmcv.imshow(picture, Path(source).stem, wait_time=0)
+        try:
+            mmcv.imshow(picture, Path(source).stem, wait_time=0)
+        except cv2.error:
+            raise DetCAMError('--show needs a display; the files were written') from None
     return len(result)
 
 

@@ -82,6 +82,22 @@ def _drop_pretrained(cfg) -> None:
             _drop_pretrained(value)
 
 
+def keep_all_detections(test_cfg, max_per_img: int = 0) -> None:
+    """Remove score thresholds and minimum box sizes from a model's ``test_cfg`` in place and
+    raise ``max_per_img``/``nms_pre`` to at least ``max_per_img``: untrained models (tests,
+    benchmarks) score below the usual thresholds and may predict empty boxes."""
+    if isinstance(test_cfg, dict):
+        for key, value in test_cfg.items():
+            if key == 'score_thr':
+                test_cfg[key] = 0.0
+            elif key == 'min_bbox_size':
+                test_cfg[key] = -1
+            elif key in ('max_per_img', 'nms_pre') and isinstance(value, int):
+                test_cfg[key] = max(value, max_per_img)
+            else:
+                keep_all_detections(value, max_per_img)
+
+
 def build_detector(config: ConfigLike,
                    checkpoint: Optional[str] = None,
                    device: str = 'cpu',

@@ -108,8 +108,10 @@ class _LayerMaps:
         self.outputs = [(owner, piece.detach().cpu().numpy())
                         for owner, act in zip(capture.owners, capture.activations)
                         for piece in reshape(act, feature_shapes)]
+        self._zero_maps_zero = {}
         if not self.method.uses_gradients:  # activation-only methods are not box-specific
-            self._shared = self._maps([np.zeros_like(a) for _, a in self.outputs])
+            self._shared = [self._cam(i, np.zeros_like(a)) for i, (_, a) in
+                            enumerate(self.outputs)]
 
     def for_boxes(self, values: Tensor, boxes: range):
         """Maps ``[(K, H_in, W_in)]`` per layer output, and per box the layers with no
@@ -128,12 +130,32 @@ class _LayerMaps:
 
     def _maps(self, grads: List[np.ndarray]) -> List[np.ndarray]:
         maps = []
-        for (owner, act), grad in zip(self.outputs, grads):
-            act = np.broadcast_to(act, grad.shape)
-            cam = self.method.get_cam_image(self.inputs, self.capture.layers[owner], None,
-                                            act, grad, self.eigen_smooth)
-            maps.append(scale_cam_image(np.maximum(cam, 0), self.size))
+        for index, grad in enumerate(grads):
+            out = np.zeros((len(grad), self.size[1], self.size[0]), np.float32)
+            # a box from another pyramid level has an all-zero gradient here: when the method
+            # maps a zero gradient to a zero map, skip the formula and the resize for it
+            rows = (np.flatnonzero(grad.reshape(len(grad), -1).any(axis=1))
+                    if self._zero_gradient_gives_zero_map(index) else np.arange(len(grad)))
+            if len(rows):
+                out[rows] = self._cam(index, grad[rows])
+            maps.append(out)
         return maps
+
+    def _cam(self, index: int, grad: np.ndarray) -> np.ndarray:
+        """The method's maps for one layer output, ReLU'd and resized to the input."""
+        owner, act = self.outputs[index]
+        cam = self.method.get_cam_image(self.inputs, self.capture.layers[owner], None,
+                                        np.broadcast_to(act, grad.shape), grad,
+                                        self.eigen_smooth)
+        return scale_cam_image(np.maximum(cam, 0), self.size)
+
+    def _zero_gradient_gives_zero_map(self, index: int) -> bool:
+        """Checked once per output by running the method on a zero gradient (true for the
+        gradient methods, false e.g. for RandomCAM's random weights)."""
+        if index not in self._zero_maps_zero:
+            zero = np.zeros_like(self.outputs[index][1])
+            self._zero_maps_zero[index] = not self._cam(index, zero).any()
+        return self._zero_maps_zero[index]
 
 
 def _fuse(per_output: List[np.ndarray], how: str) -> np.ndarray:

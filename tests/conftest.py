@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mmdet_cam import build_detector, resolve_config
+from mmdet_cam.detector import keep_all_detections
 
 SIZE = 320  # network input side used by the tests (the configs' own sizes are 640-1333)
 
@@ -16,24 +17,13 @@ def small_config(name: str, size: int = SIZE):
     RTMDet predicts empty boxes)."""
     from mmdet.utils import get_test_pipeline_cfg
     cfg = resolve_config(name)
-    _zero_score_thresholds(cfg.model.get('test_cfg'))
+    keep_all_detections(cfg.model.get('test_cfg'))
     for transform in get_test_pipeline_cfg(cfg):
         if 'Resize' in transform['type'] and 'scale' in transform:
             transform['scale'] = (size, size)
         if transform['type'].endswith('Pad') and transform.get('size'):
             transform['size'] = (size, size)
     return cfg
-
-
-def _zero_score_thresholds(cfg):
-    if isinstance(cfg, dict):
-        for key, value in cfg.items():
-            if key == 'score_thr':
-                cfg[key] = 0.0
-            elif key == 'min_bbox_size':
-                cfg[key] = -1
-            else:
-                _zero_score_thresholds(value)
 
 
 class ModelCache:

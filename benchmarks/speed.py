@@ -1,0 +1,177 @@
+"""Speed of per-box maps: the engine against pytorch_grad_cam's naive per-box loop and against
+the single-forward limit, measured in one run on the same image.
+
+  engine  DetCAM for N boxes (median of --repeats runs), everything included
+  naive   pytorch_grad_cam's GradCAM.__call__ once per box, with a target returning that box's
+          score: a fresh forward and a full backward each time
+  limit   one forward alone plus N head-only torch.autograd.grad calls (no CAM formula,
+          no resizing): what any exact per-box method must at least spend
+
+Models are built from mmdet's shipped configs (init_weights(), seed 0, the configs' own test
+pipelines) with score thresholds removed so that untrained models still give N boxes. All use
+the same target layers: every level of the neck.
+
+    python benchmarks/speed.py                      # all models, N = 1 10 50, CPU
+    python benchmarks/speed.py --models yolox_s --n 10 --device cuda:0
+"""
+import argparse
+import platform
+import statistics
+import threading
+import time
+import warnings
+
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+
+from mmdet_cam import DetCAM, build_detector, get_layer, resolve_config
+from mmdet_cam.adapter import DetectorAsCAMModel, MatchedDetectionTarget
+from mmdet_cam.capture import (LayerCapture, differentiable_inference, frozen_parameters,
+                               grads_for)
+from mmdet_cam.detector import keep_all_detections, preprocess
+from mmdet_cam.shapes import make_image
+
+MODELS = {
+    'retinanet_r50': ('retinanet/retinanet_r50_fpn_1x_coco.py',
+                      [f'neck.fpn_convs.{i}' for i in range(5)]),
+    'yolox_s': ('yolox/yolox_s_8xb8-300e_coco.py', [f'neck.out_convs.{i}' for i in range(3)]),
+    'faster_rcnn_r50': ('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
+                        [f'neck.fpn_convs.{i}' for i in range(4)]),
+    'dino_r50': ('dino/dino-4scale_r50_8xb2-12e_coco.py',
+                 ['neck.convs.0', 'neck.convs.1', 'neck.convs.2', 'neck.extra_convs.0']),
+}
+
+
+def benchmark_config(name: str, max_boxes: int):
+    """The shipped config with no score threshold and room for ``max_boxes`` detections."""
+    cfg = resolve_config(name)
+    keep_all_detections(cfg.model.get('test_cfg'), max_boxes)
+    return cfg
+
+
+class PeakRSS:
+    """Peak resident memory of this process (MB), sampled every 2 ms while active."""
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._stop = False
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._thread.join()
+
+    def _sample(self):
+        while not self._stop:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.002)
+
+    @staticmethod
+    def _rss() -> float:
+        with open('/proc/self/statm') as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def limit_seconds(model, inputs, samples, layers, names, n):
+    with frozen_parameters(model), differentiable_inference(), torch.enable_grad(), \
+            LayerCapture(layers, names) as capture:
+        start = time.perf_counter()
+        pred = model.predict(inputs, samples, rescale=True)[0].pred_instances
+        values = pred.scores[pred.scores.detach().argsort(descending=True)[:n]]
+        for i in range(len(values)):
+            grads_for(values[i], capture.activations)
+        return time.perf_counter() - start
+
+
+def naive_call_seconds(model, inputs, samples, layers, detections, count):
+    """Seconds of each of ``count`` GradCAM.__call__ runs, one per detection."""
+    wrapped = DetectorAsCAMModel(model, samples)
+    seconds = []
+    with GradCAM(wrapped, layers) as library:
+        for k in range(count):
+            target = MatchedDetectionTarget(detections.bboxes[k], detections.labels[k])
+            seconds.append(timed(lambda: library(inputs, targets=[target])))
+    return seconds
+
+
+def sync(device):
+    if str(device).startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', default=list(MODELS), choices=list(MODELS))
+    parser.add_argument('--n', nargs='+', type=int, default=[1, 10, 50])
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--naive-max', type=int, default=10,
+                        help='time the naive loop on at most this many boxes; larger N are '
+                        'extrapolated from its per-box time (marked ~)')
+    parser.add_argument('--memory-n', type=int, default=300,
+                        help='also report the engine\'s peak memory for this many boxes')
+    parser.add_argument('--device', default='cpu')
+    args = parser.parse_args()
+    warnings.simplefilter('ignore')
+    cuda = args.device.startswith('cuda')
+
+    image = make_image(np.random.default_rng(0), 480, 640)[0]
+    print(f'machine: {platform.processor() or platform.machine()}, '
+          f'{torch.get_num_threads()} torch threads, device {args.device}, torch '
+          f'{torch.__version__}; image 480x640; method gradcam; every neck level\n')
+    print('| model | input | N | engine s | naive s | limit s | naive/engine | engine/limit '
+          '| peak RSS MB |')
+    print('|---|---|---:|---:|---:|---:|---:|---:|---:|')
+    for key in args.models:
+        config, names = MODELS[key]
+        torch.manual_seed(0)
+        model = build_detector(benchmark_config(config, max(args.n + [args.memory_n])),
+                               device=args.device)
+        layers = [get_layer(model, name) for name in names]
+        probe = DetCAM(model, target_layers=names, score_thr=0, topk=max(args.n))
+        inputs, samples = preprocess(model, probe.pipeline, image)
+        size = 'x'.join(str(s) for s in inputs.shape[-2:])
+        detections = probe(image).detections
+        naive_calls = naive_call_seconds(model, inputs, samples, layers, detections,
+                                         min(args.naive_max, max(args.n), len(detections)))
+        for n in args.n + ([args.memory_n] if args.memory_n else []):
+            cam = DetCAM(model, target_layers=names, score_thr=0, topk=n)
+            runs = []
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            with PeakRSS() as memory:
+                for _ in range(args.repeats if n in args.n else 1):
+                    runs.append(timed(lambda: (cam(image), sync(args.device))))
+            engine = statistics.median(runs)
+            peak = f'{memory.peak:.0f}'
+            if cuda:
+                peak += f' (CUDA {torch.cuda.max_memory_allocated() / 2**20:.0f})'
+            if n not in args.n:  # the memory row
+                print(f'| {key} | {size} | {n} | {engine:.2f} | | | | | {peak} |')
+                continue
+            limit = statistics.median(
+                limit_seconds(model, inputs, samples, layers, names, n)
+                for _ in range(args.repeats))
+            if n <= len(naive_calls):
+                naive = sum(naive_calls[:n])
+                naive_text = f'{naive:.2f}'
+            else:
+                naive = statistics.mean(naive_calls) * n
+                naive_text = f'~{naive:.1f}'
+            print(f'| {key} | {size} | {n} | {engine:.2f} | {naive_text} | {limit:.2f} | '
+                  f'{naive / engine:.1f} | {engine / limit:.2f} | {peak} |',
+                  flush=True)
+        del model
+
+
+if __name__ == '__main__':
+    main()
