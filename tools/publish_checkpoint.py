@@ -20,8 +20,7 @@ def main():
     published = dict(
         state_dict=checkpoint['state_dict'],
         meta=dict(dataset_meta=meta.get('dataset_meta', {}), epoch=meta.get('epoch'),
-                  iter=meta.get('iter'),
-                  mmdet_version=meta.get('mmdet_version')))
+                  iter=meta.get('iter'), mmdet_version=mmdet.__version__))
     torch.save(published, args.out)
     print(f'wrote {args.out}')
 
