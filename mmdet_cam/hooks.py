@@ -60,8 +60,9 @@ class DetCAMHook(Hook):
     def before_test(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         dataset_meta = dict(runner.test_dataloader.dataset.metainfo)
+        if not getattr(model, 'dataset_meta', None):  # class names for `classes=` and labels
+            model.dataset_meta = dataset_meta
         self.cam = DetCAM(model, config=runner.cfg, **self.cam_args)
-        self.cam.class_names = list(dataset_meta.get('classes', self.cam.class_names))
         out_dir = Path(runner.work_dir) / self.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         settings = dict(method=self.cam_args['method'], target=self.cam_args['target'],

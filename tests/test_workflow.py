@@ -91,3 +91,29 @@ def test_a_method_from_the_users_module_works_by_name(tmp_path):
     assert summaries[0]['method'] == 'counterfactual-gradcam'
     # the evidence against a confident detection is not where the evidence for it is
     assert summaries[0]['detections'][0]['peak'] != summaries[1]['detections'][0]['peak']
+
+
+def test_hook_keeps_only_the_named_classes_of_a_runner_built_model(val_root, tmp_path):
+    # A model built by mmengine's Runner has no dataset_meta: the hook takes the class names
+    # from the test dataset, so classes=['circle'] resolves to the circle label.
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from mmdet_cam import DetCAMHook
+    from mmdet_cam.detector import load_checkpoint
+
+    cfg = Config.fromfile(str(CONFIG))
+    cfg.work_dir = str(tmp_path)
+    cfg.test_dataloader.dataset.data_root = f'{val_root}/'
+    cfg.test_evaluator[0].ann_file = f'{val_root}/val.json'
+    cfg.test_dataloader.num_workers = 0
+    cfg.test_dataloader.persistent_workers = False
+    runner = Runner.from_cfg(cfg)
+    load_checkpoint(runner.model, str(CHECKPOINT))
+    hook = DetCAMHook(method='hirescam', classes=['circle'], score_thr=0.3)
+    hook.before_test(runner)
+    circle = ['square', 'circle', 'triangle'].index('circle')
+    labels = []
+    for image in sorted((val_root / 'val').glob('*.jpg')):
+        labels += hook.cam(str(image)).detections.labels.tolist()
+    assert labels and set(labels) == {circle}
