@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # deprecation and drawing notices from the OpenMMLab stack and torch say nothing a user of
+    # this tool can act on; mmdet-cam's own warnings (e.g. ZeroGradientWarning) still show
+    warnings.filterwarnings('ignore', module=r'(mmdet|mmengine|mmcv|torch)(\.|$)')
+    warnings.formatwarning = lambda message, category, *args, **kwargs: (
+        f'warning: {message}\n')
     try:
         return run(args)
     except DetCAMError as error:

@@ -86,6 +86,7 @@ def test_a_method_from_the_users_module_works_by_name(tmp_path):
              str(CHECKPOINT), str(image), '--method', method, '--topk', '1', '--out-dir',
              str(tmp_path / method)], capture_output=True, text=True, env=env, timeout=300)
         assert out.returncode == 0, out.stderr
+        assert 'FutureWarning' not in out.stderr, 'third-party notices reach the user'
     summaries = [json.loads((tmp_path / m / 'shapes_1.json').read_text())
                  for m in ('counterfactual-gradcam', 'gradcam')]
     assert summaries[0]['method'] == 'counterfactual-gradcam'
