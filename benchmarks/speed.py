@@ -27,8 +27,8 @@ from pytorch_grad_cam import GradCAM
 
 from mmdet_cam import DetCAM, build_detector, get_layer, resolve_config
 from mmdet_cam.adapter import DetectorAsCAMModel, MatchedDetectionTarget
-from mmdet_cam.capture import (LayerCapture, differentiable_inference, frozen_parameters,
-                               grads_for)
+from mmdet_cam.capture import (DenseHeadOutputs, LayerCapture, differentiable_inference,
+                               frozen_parameters, grads_for)
 from mmdet_cam.detector import keep_all_detections, preprocess
 from mmdet_cam.shapes import make_image
 
@@ -83,12 +83,12 @@ def timed(fn):
 
 def limit_seconds(model, inputs, samples, layers, names, n):
     with frozen_parameters(model), differentiable_inference(), torch.enable_grad(), \
-            LayerCapture(layers, names) as capture:
+            LayerCapture(layers, names) as capture, DenseHeadOutputs(model) as head:
         start = time.perf_counter()
         pred = model.predict(inputs, samples, rescale=True)[0].pred_instances
         values = pred.scores[pred.scores.detach().argsort(descending=True)[:n]]
         for i in range(len(values)):
-            grads_for(values[i], capture.activations)
+            grads_for(values[i], capture.activations, head.tensors)
         return time.perf_counter() - start
 
 

@@ -17,8 +17,8 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import Tensor, nn
 
-from .capture import (FeatureShapes, LayerCapture, differentiable_inference, frozen_parameters,
-                      grads_for)
+from .capture import (DenseHeadOutputs, FeatureShapes, LayerCapture, differentiable_inference,
+                      frozen_parameters, grads_for)
 from .errors import UnsupportedModelError
 
 
@@ -67,7 +67,7 @@ def explain(model: nn.Module,
         neck_or_backbone = getattr(model, 'backbone', None)
     with frozen_parameters(model), differentiable_inference(), torch.enable_grad(), \
             LayerCapture(layers, layer_names) as capture, \
-            FeatureShapes(neck_or_backbone) as shapes:
+            FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(model) as head:
         data_sample = model.predict(inputs, data_samples, rescale=True)[0]
         pred = data_sample.pred_instances
         keep = select(pred)
@@ -86,7 +86,7 @@ def explain(model: nn.Module,
                 'cannot undo, so exact per-detection maps are not possible for it')
 
         layer_maps = _LayerMaps(capture, reshape, shapes.shapes, method, inputs, eigen_smooth,
-                                (width, height))
+                                (width, height), head.tensors)
         maps, zero_layers = [], []
         for start in range(0, len(keep), batch_size):
             chunk = range(start, min(start + batch_size, len(keep)))
@@ -101,8 +101,10 @@ def explain(model: nn.Module,
 class _LayerMaps:
     """Turns captured activations plus per-box gradients into per-output, input-sized maps."""
 
-    def __init__(self, capture, reshape, feature_shapes, method, inputs, eigen_smooth, size):
+    def __init__(self, capture, reshape, feature_shapes, method, inputs, eigen_smooth, size,
+                 head_outputs=()):
         self.capture, self.reshape, self.shapes = capture, reshape, feature_shapes
+        self.head_outputs = head_outputs
         self.method, self.inputs, self.eigen_smooth, self.size = method, inputs, eigen_smooth, size
         # [(owner layer index, activation [1, C, H, W] as numpy)] after the reshape transform
         self.outputs = [(owner, piece.detach().cpu().numpy())
@@ -118,7 +120,8 @@ class _LayerMaps:
         gradient from it."""
         if not self.method.uses_gradients:
             return [np.repeat(m, len(boxes), axis=0) for m in self._shared], [[]] * len(boxes)
-        per_box = [grads_for(values[i], self.capture.activations) for i in boxes]
+        per_box = [grads_for(values[i], self.capture.activations, self.head_outputs)
+                   for i in boxes]
         zero = [self._layers_without_gradient(grads) for grads in per_box]
         stacked = [torch.cat(gs) for gs in zip(*per_box)]  # one [K, C, H, W] per activation
         grads = [piece.cpu().numpy() for g in stacked for piece in self.reshape(g, self.shapes)]

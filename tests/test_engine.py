@@ -185,3 +185,28 @@ def test_the_model_is_left_as_it_was(models, scene):
     assert [p.requires_grad for p in model.parameters()] == before
     assert all(not m._forward_hooks for m in model.modules())
     assert base_dense_head.select_single_mlvl is misc.select_single_mlvl
+
+
+@pytest.mark.parametrize('config', [RETINANET, 'fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py',
+                                    'yolox/yolox_tiny_8xb8-300e_coco.py'])
+def test_backward_through_dense_head_outputs_gives_the_plain_gradients(models, scene, config):
+    from mmdet_cam.capture import (DenseHeadOutputs, LayerCapture, differentiable_inference,
+                                   frozen_parameters, grads_for)
+    from mmdet_cam.detector import build_test_pipeline, preprocess
+    model = models(config)
+    inputs, samples = preprocess(model, build_test_pipeline(model.cfg), scene)
+    with frozen_parameters(model), differentiable_inference(), torch.enable_grad(), \
+            LayerCapture([model.neck], ['neck']) as capture, DenseHeadOutputs(model) as head:
+        scores = model.predict(inputs, samples)[0].pred_instances.scores
+        assert head.tensors, 'a one-stage dense head records its outputs'
+        for value in (scores[0], scores[-1], scores[:3].sum()):
+            plain = grads_for(value, capture.activations)
+            pruned = grads_for(value, capture.activations, head.tensors)
+            assert any(bool(g.any()) for g in plain)
+            for a, b in zip(plain, pruned):
+                torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_two_stage_detectors_keep_the_plain_backward(models):
+    from mmdet_cam.capture import DenseHeadOutputs
+    assert DenseHeadOutputs(models('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')).head is None
