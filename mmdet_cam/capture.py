@@ -13,7 +13,7 @@
 """
 import contextlib
 import sys
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -111,16 +111,15 @@ class LayerCapture:
         return output.clone()
 
 
-class FeatureShapes:
-    """Records the spatial sizes ``(h, w)`` of a module's 4-D outputs (e.g. the neck's pyramid
-    levels), which is what maps transformer token sequences back onto a grid."""
+class _OutputRecorder:
+    """Context manager that passes every output of ``module`` (None: no module) to
+    ``self._hook`` while active."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: Optional[nn.Module]):
         self.module = module
-        self.shapes: List[Tuple[int, int]] = []
         self._handle = None
 
-    def __enter__(self) -> 'FeatureShapes':
+    def __enter__(self):
         if self.module is not None:
             self._handle = self.module.register_forward_hook(self._hook)
         return self
@@ -130,12 +129,24 @@ class FeatureShapes:
             self._handle.remove()
 
     def _hook(self, module, inputs, output):
+        raise NotImplementedError
+
+
+class FeatureShapes(_OutputRecorder):
+    """Records the spatial sizes ``(h, w)`` of a module's 4-D outputs (e.g. the neck's pyramid
+    levels), which is what maps transformer token sequences back onto a grid."""
+
+    def __init__(self, module: Optional[nn.Module]):
+        super().__init__(module)
+        self.shapes: List[Tuple[int, int]] = []
+
+    def _hook(self, module, inputs, output):
         outputs = output if isinstance(output, (tuple, list)) else [output]
         self.shapes = [tuple(o.shape[-2:]) for o in outputs
                        if isinstance(o, Tensor) and o.dim() == 4]
 
 
-class DenseHeadOutputs:
+class DenseHeadOutputs(_OutputRecorder):
     """Records the tensors a one-stage detector's dense head returns from ``forward`` (per
     level: class scores, box deltas, ...), for :func:`grads_for`'s ``through``.
 
@@ -151,18 +162,8 @@ class DenseHeadOutputs:
         exact = (type(model).predict is SingleStageDetector.predict
                  and isinstance(head, BaseDenseHead)
                  and type(head).predict is BaseDenseHead.predict)
-        self.head = head if exact else None
+        super().__init__(head if exact else None)
         self.tensors: List[Tensor] = []
-        self._handle = None
-
-    def __enter__(self) -> 'DenseHeadOutputs':
-        if self.head is not None:
-            self._handle = self.head.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.remove()
 
     def _hook(self, module, inputs, output):
         def tensors(value):

@@ -209,4 +209,4 @@ def test_backward_through_dense_head_outputs_gives_the_plain_gradients(models, s
 
 def test_two_stage_detectors_keep_the_plain_backward(models):
     from mmdet_cam.capture import DenseHeadOutputs
-    assert DenseHeadOutputs(models('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')).head is None
+    assert DenseHeadOutputs(models('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')).module is None
