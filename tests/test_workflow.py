@@ -30,11 +30,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def val_split_options(val_root: Path) -> dict:
+    """Config overrides that point the demo CAM config at the generated val split."""
+    return {'test_dataloader.dataset.data_root': f'{val_root}/',
+            'test_evaluator.0.ann_file': f'{val_root}/val.json',
+            'test_dataloader.num_workers': 0, 'test_dataloader.persistent_workers': False}
+
+
 def run_test_loop(work_dir: Path, val_root: Path, processes: int) -> dict:
-    options = [f'test_dataloader.dataset.data_root={val_root}/',
-               f'test_evaluator.0.ann_file={val_root}/val.json',
-               'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
-               'test_dataloader.batch_size=2']
+    options = [f'{key}={value}' for key, value in val_split_options(val_root).items()]
+    options.append('test_dataloader.batch_size=2')
     tool = [str(REPO / 'tools' / 'test_cam.py'), str(CONFIG), str(CHECKPOINT),
             '--work-dir', str(work_dir), '--cfg-options', *options]
     if processes == 1:
@@ -105,10 +110,7 @@ def test_hook_keeps_only_the_named_classes_of_a_runner_built_model(val_root, tmp
 
     cfg = Config.fromfile(str(CONFIG))
     cfg.work_dir = str(tmp_path)
-    cfg.test_dataloader.dataset.data_root = f'{val_root}/'
-    cfg.test_evaluator[0].ann_file = f'{val_root}/val.json'
-    cfg.test_dataloader.num_workers = 0
-    cfg.test_dataloader.persistent_workers = False
+    cfg.merge_from_dict(val_split_options(val_root))
     runner = Runner.from_cfg(cfg)
     load_checkpoint(runner.model, str(CHECKPOINT))
     hook = DetCAMHook(method='hirescam', classes=['circle'], score_thr=0.3)
