@@ -26,10 +26,10 @@ import torch
 from pytorch_grad_cam import GradCAM
 
 from mmdet_cam import DetCAM, build_detector, get_layer, resolve_config
-from mmdet_cam.adapter import DetectorAsCAMModel, MatchedDetectionTarget
-from mmdet_cam.capture import (DenseHeadOutputs, LayerCapture, differentiable_inference,
+from mmdet_cam.runner.adapter import DetectorAsCAMModel, MatchedDetectionTarget
+from mmdet_cam.engine.capture import (DenseHeadOutputs, LayerCapture, differentiable_inference,
                                frozen_parameters, grads_for)
-from mmdet_cam.detector import keep_all_detections, preprocess
+from mmdet_cam.model.detector import keep_all_detections, preprocess
 from mmdet_cam.shapes import make_image
 
 MODELS = {

@@ -4,19 +4,20 @@
 registers the plugin's CAM methods, targets and reshape transforms, and ``DetCAMHook`` and
 ``CAMLocalizationMetric`` in mmdet's registries.
 """
-from . import methods, reshape, targets  # noqa: F401  (register the built-in entries)
+from . import methods  # noqa: F401  (register the built-in entries)
+from .engine import reshape, targets  # noqa: F401
 from .api import DetCAM, DetCAMResult
-from .evaluation import CAMLocalizationMetric
-from .hooks import DetCAMHook
-from .detector import build_detector, resolve_config
-from .engine import ZeroGradientWarning
+from .runner.evaluation import CAMLocalizationMetric
+from .runner.hooks import DetCAMHook
+from .model.detector import build_detector, resolve_config
+from .engine.explain import ZeroGradientWarning
 from .errors import DetCAMError
-from .layers import get_layer, list_layers
+from .model.layers import get_layer, list_layers
 from .registry import CAM_METHODS, CAM_TARGETS, RESHAPE_TRANSFORMS
 from .version import __version__
 
 __all__ = [
-    'DetCAM', 'DetCAMResult', 'DetCAMHook', 'CAMLocalizationMetric', 'build_detector', 'resolve_config', 'get_layer', 'list_layers',
-    'DetCAMError', 'ZeroGradientWarning', 'CAM_METHODS', 'CAM_TARGETS', 'RESHAPE_TRANSFORMS',
-    '__version__'
+    'DetCAM', 'DetCAMResult', 'DetCAMHook', 'CAMLocalizationMetric', 'build_detector',
+    'resolve_config', 'get_layer', 'list_layers', 'DetCAMError', 'ZeroGradientWarning',
+    'CAM_METHODS', 'CAM_TARGETS', 'RESHAPE_TRANSFORMS', '__version__'
 ]

@@ -9,14 +9,14 @@ from mmengine.structures import InstanceData
 from mmengine.config import Config
 from torch import nn
 
-from .detector import ConfigLike, build_detector, build_test_pipeline, preprocess, read_image
-from .engine import explain
+from .model.detector import ConfigLike, build_detector, build_test_pipeline, preprocess, read_image
+from .engine.explain import explain
 from .errors import UnknownNameError
-from .geometry import to_original_image
-from .layers import layer_name, resolve_layers
+from .engine.geometry import to_original_image
+from .model.layers import layer_name, resolve_layers
 from .methods import build_cam_method
 from .registry import CAM_TARGETS, lookup
-from .reshape import build_reshape_transform
+from .engine.reshape import build_reshape_transform
 
 
 @dataclass

@@ -194,8 +194,8 @@ def ensure_writable(out_dir: str) -> Path:
 
 
 def print_layers(cam, source: str) -> int:
-    from .detector import preprocess, read_image
-    from .layers import layer_output_shapes
+    from .model.detector import preprocess, read_image
+    from .model.layers import layer_output_shapes
     image = first_frame(source) if is_video(source) else read_image(source)
     rows = layer_output_shapes(cam.model, *preprocess(cam.model, cam.pipeline, image))
     width = max(len(name) for name, _, _ in rows)

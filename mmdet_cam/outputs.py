@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import DetCAMError
 from .metrics import energy_in_box, peak_location, pointing_hit
-from .visualize import BoxDrawer, fuse_boxes, overlay, renormalize_in_boxes
+from .visualization import BoxDrawer, fuse_boxes, overlay, renormalize_in_boxes
 
 
 class ResultWriter:

@@ -18,9 +18,9 @@ from mmengine.registry import Registry
 from .errors import UnknownNameError
 
 CAM_METHODS = Registry('cam method', scope='mmdet_cam', locations=['mmdet_cam.methods'])
-CAM_TARGETS = Registry('cam target', scope='mmdet_cam', locations=['mmdet_cam.targets'])
+CAM_TARGETS = Registry('cam target', scope='mmdet_cam', locations=['mmdet_cam.engine.targets'])
 RESHAPE_TRANSFORMS = Registry(
-    'reshape transform', scope='mmdet_cam', locations=['mmdet_cam.reshape'])
+    'reshape transform', scope='mmdet_cam', locations=['mmdet_cam.engine.reshape'])
 
 
 def normalize_name(name: str) -> str:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmdet_cam import build_detector, resolve_config
-from mmdet_cam.detector import keep_all_detections
+from mmdet_cam.model.detector import keep_all_detections
 
 SIZE = 320  # network input side used by the tests (the configs' own sizes are 640-1333)
 

@@ -8,7 +8,7 @@ import torch
 from mmengine.logging import HistoryBuffer
 
 from mmdet_cam import build_detector, resolve_config
-from mmdet_cam.detector import read_image
+from mmdet_cam.model.detector import read_image
 from mmdet_cam.errors import BadImageError, CheckpointError, InputNotFoundError
 
 RETINANET = 'retinanet/retinanet_r18_fpn_1x_coco.py'

@@ -190,9 +190,9 @@ def test_the_model_is_left_as_it_was(models, scene):
 @pytest.mark.parametrize('config', [RETINANET, 'fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py',
                                     'yolox/yolox_tiny_8xb8-300e_coco.py'])
 def test_backward_through_dense_head_outputs_gives_the_plain_gradients(models, scene, config):
-    from mmdet_cam.capture import (DenseHeadOutputs, LayerCapture, differentiable_inference,
+    from mmdet_cam.engine.capture import (DenseHeadOutputs, LayerCapture, differentiable_inference,
                                    frozen_parameters, grads_for)
-    from mmdet_cam.detector import build_test_pipeline, preprocess
+    from mmdet_cam.model.detector import build_test_pipeline, preprocess
     model = models(config)
     inputs, samples = preprocess(model, build_test_pipeline(model.cfg), scene)
     with frozen_parameters(model), differentiable_inference(), torch.enable_grad(), \
@@ -208,5 +208,5 @@ def test_backward_through_dense_head_outputs_gives_the_plain_gradients(models, s
 
 
 def test_two_stage_detectors_keep_the_plain_backward(models):
-    from mmdet_cam.capture import DenseHeadOutputs
+    from mmdet_cam.engine.capture import DenseHeadOutputs
     assert DenseHeadOutputs(models('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')).module is None

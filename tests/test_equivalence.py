@@ -6,9 +6,9 @@ import pytest
 from pytorch_grad_cam import GradCAM
 
 from mmdet_cam import DetCAM, get_layer
-from mmdet_cam.adapter import DetectorAsCAMModel, MatchedDetectionTarget
-from mmdet_cam.detector import preprocess
-from mmdet_cam.geometry import to_original_image
+from mmdet_cam.runner.adapter import DetectorAsCAMModel, MatchedDetectionTarget
+from mmdet_cam.model.detector import preprocess
+from mmdet_cam.engine.geometry import to_original_image
 
 # layer4 feeds every FPN level of these models, so every detection has a gradient there
 LAYER = 'backbone.layer4'

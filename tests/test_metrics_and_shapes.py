@@ -6,7 +6,7 @@ import numpy as np
 from mmdet_cam.metrics import (box_area_share, box_mask, energy_in_box, peak_location,
                                pointing_hit)
 from mmdet_cam.shapes import CLASSES, make_image, write_split
-from mmdet_cam.visualize import renormalize_in_boxes
+from mmdet_cam.visualization import renormalize_in_boxes
 
 
 def test_pointing_and_energy_on_a_known_map():

@@ -18,7 +18,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 
 @contextlib.contextmanager

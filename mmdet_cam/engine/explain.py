@@ -17,9 +17,9 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import Tensor, nn
 
+from ..errors import UnsupportedModelError
 from .capture import (DenseHeadOutputs, FeatureShapes, LayerCapture, differentiable_inference,
                       frozen_parameters, grads_for)
-from .errors import UnsupportedModelError
 
 
 class ZeroGradientWarning(UserWarning):

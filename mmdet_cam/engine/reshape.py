@@ -13,8 +13,8 @@ from typing import Callable, List, Sequence, Tuple, Union
 
 from torch import Tensor
 
-from .errors import UnsupportedModelError
-from .registry import RESHAPE_TRANSFORMS, lookup
+from ..errors import UnsupportedModelError
+from ..registry import RESHAPE_TRANSFORMS, lookup
 
 
 @RESHAPE_TRANSFORMS.register_module(name='auto')

@@ -14,8 +14,8 @@ import torch
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from .errors import UnknownNameError
-from .registry import CAM_TARGETS
+from ..errors import UnknownNameError
+from ..registry import CAM_TARGETS
 
 
 @CAM_TARGETS.register_module(name='score')

@@ -31,7 +31,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint as mmengine_load_checkpoint
 from torch import nn
 
-from .errors import BadImageError, CheckpointError, InputNotFoundError, UnknownNameError
+from ..errors import BadImageError, CheckpointError, InputNotFoundError, UnknownNameError
 
 ConfigLike = Union[str, Path, Config]
 

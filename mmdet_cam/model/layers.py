@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .errors import UnknownNameError
+from ..errors import UnknownNameError
 
 _PART = re.compile(r'[A-Za-z_]\w*|-?\d+')
 

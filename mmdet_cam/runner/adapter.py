@@ -13,8 +13,8 @@ from mmdet.structures.bbox import bbox_overlaps
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
-from .capture import differentiable_inference
-from .targets import ScoreTarget
+from ..engine.capture import differentiable_inference
+from ..engine.targets import ScoreTarget
 
 
 class DetectorAsCAMModel(nn.Module):

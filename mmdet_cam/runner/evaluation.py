@@ -17,7 +17,7 @@ from mmdet.registry import METRICS
 from mmdet.structures.bbox import bbox_overlaps
 from mmengine.evaluator import BaseMetric
 
-from .metrics import box_area_share, energy_in_box, pointing_hit
+from ..metrics import box_area_share, energy_in_box, pointing_hit
 
 
 @METRICS.register_module()

@@ -17,8 +17,8 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from .api import DetCAM
-from .outputs import ResultWriter
+from ..api import DetCAM
+from ..outputs import ResultWriter
 
 
 @HOOKS.register_module()

@@ -1,0 +1,1 @@
+"""The detector side: config names, building, checkpoints, the test pipeline, layer names."""
