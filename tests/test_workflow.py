@@ -106,7 +106,7 @@ def test_hook_keeps_only_the_named_classes_of_a_runner_built_model(val_root, tmp
     from mmengine.runner import Runner
 
     from mmdet_cam import DetCAMHook
-    from mmdet_cam.model.detector import load_checkpoint
+    from mmdet_cam.model.checkpoint import load_checkpoint
 
     cfg = Config.fromfile(str(CONFIG))
     cfg.work_dir = str(tmp_path)

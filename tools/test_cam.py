@@ -20,7 +20,7 @@ from mmengine.dist import get_rank
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
-from mmdet_cam.model.detector import load_checkpoint
+from mmdet_cam.model.checkpoint import load_checkpoint
 
 
 def parse_args():

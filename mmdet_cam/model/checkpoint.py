@@ -1,0 +1,76 @@
+"""Checkpoint loading, **weights-only** by default.
+
+A checkpoint is a pickle: a full unpickle can run code from the file, so it is only done on the
+explicit ``trust=True`` (CLI: ``--trust-checkpoint``). The few non-tensor types that mmengine's
+Runner writes into checkpoints are allow-listed.
+"""
+import contextlib
+import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.runner import load_checkpoint as mmengine_load_checkpoint
+from torch import nn
+
+from ..errors import CheckpointError, InputNotFoundError
+
+
+def _history_buffer_getattr(obj, name):
+    """The only ``getattr`` a weights-only load may run: mmengine's ``HistoryBuffer`` pickles
+    its statistics methods (``min``, ``mean``, ...) as ``getattr(HistoryBuffer, name)``."""
+    from mmengine.logging import HistoryBuffer
+    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f'refused getattr({type(obj).__name__}, {name!r})')
+
+
+def _safe_globals() -> list:
+    """Non-tensor types found in mmengine Runner checkpoints that are safe to rebuild."""
+    from mmengine.logging import HistoryBuffer
+    numpy_core = np._core if hasattr(np, '_core') else np.core
+    safe = [HistoryBuffer, np.ndarray, np.dtype, numpy_core.multiarray.scalar,
+            numpy_core.multiarray._reconstruct, (_history_buffer_getattr, 'builtins.getattr')]
+    safe += [type(np.dtype(t)) for t in
+             ('float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8', 'uint8', 'bool')]
+    return safe
+
+
+@contextlib.contextmanager
+def _weights_only(enabled: bool):
+    """Force torch.load's ``weights_only`` for every load inside (mmengine's loaders do not
+    pass it: local files get torch's default, URLs get ``False``)."""
+    key = 'TORCH_FORCE_WEIGHTS_ONLY_LOAD' if enabled else 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
+    old = os.environ.get(key)
+    os.environ[key] = '1'
+    try:
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='Environment variable TORCH_FORCE')
+            yield
+    finally:
+        if old is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = old
+
+
+def load_checkpoint(model: nn.Module, checkpoint: str, trust: bool = False) -> dict:
+    """Load ``checkpoint`` (path or URL) into ``model`` with mmengine's loader; returns it."""
+    is_url = str(checkpoint).startswith(('http://', 'https://'))
+    if not is_url and not Path(checkpoint).is_file():
+        raise InputNotFoundError(f'checkpoint not found: {checkpoint}')
+    try:
+        with _weights_only(not trust):
+            return mmengine_load_checkpoint(model, str(checkpoint), map_location='cpu')
+    except pickle.UnpicklingError as error:
+        culprit = next((line.strip() for line in str(error).splitlines()
+                        if 'Unsupported global' in line or 'refused' in line), 'unknown type')
+        raise CheckpointError(
+            f'checkpoint {checkpoint} was refused by a weights-only load ({culprit}). '
+            'It holds pickled objects that can run code when loaded: if you trust the file, '
+            'pass trust_checkpoint=True (CLI: --trust-checkpoint)') from None
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f'cannot load checkpoint {checkpoint}: {error}') from None
