@@ -19,23 +19,34 @@ from torch import nn
 from ..errors import CheckpointError, InputNotFoundError
 
 
+# HistoryBuffer's built-in statistics. mmengine registers them in
+# ``HistoryBuffer._statistics_methods`` only when the first buffer is created, so that dict alone
+# is empty in a fresh process; methods registered with ``register_statistics`` are added to it.
+_HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
+
+
 def _history_buffer_getattr(obj, name):
     """The only ``getattr`` a weights-only load may run: mmengine's ``HistoryBuffer`` pickles
     its statistics methods (``min``, ``mean``, ...) as ``getattr(HistoryBuffer, name)``."""
     from mmengine.logging import HistoryBuffer
-    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+    known = set(_HISTORY_BUFFER_STATISTICS) | set(HistoryBuffer._statistics_methods)
+    if obj is HistoryBuffer and name in known and callable(getattr(obj, name, None)):
         return getattr(obj, name)
-    raise pickle.UnpicklingError(f'refused getattr({type(obj).__name__}, {name!r})')
+    raise pickle.UnpicklingError(f'refused getattr({getattr(obj, "__name__", obj)!r}, {name!r})')
 
 
 def _safe_globals() -> list:
-    """Non-tensor types found in mmengine Runner checkpoints that are safe to rebuild."""
+    """Non-tensor types found in mmengine Runner checkpoints that are safe to rebuild: the
+    message hub's ``HistoryBuffer`` and numpy arrays and scalars (an empty array pickles its
+    empty data as ``bytes()``)."""
     from mmengine.logging import HistoryBuffer
     numpy_core = np._core if hasattr(np, '_core') else np.core
     safe = [HistoryBuffer, np.ndarray, np.dtype, numpy_core.multiarray.scalar,
-            numpy_core.multiarray._reconstruct, (_history_buffer_getattr, 'builtins.getattr')]
+            numpy_core.multiarray._reconstruct, bytes,
+            (_history_buffer_getattr, 'builtins.getattr')]
     safe += [type(np.dtype(t)) for t in
-             ('float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8', 'uint8', 'bool')]
+             ('float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8', 'uint64',
+              'uint32', 'uint16', 'uint8', 'bool')]
     return safe
 
 
