@@ -9,7 +9,8 @@ from mmengine.structures import InstanceData
 from mmengine.config import Config
 from torch import nn
 
-from .model.detector import ConfigLike, build_detector, build_test_pipeline, preprocess, read_image
+from .model.detector import (ConfigLike, build_detector, build_test_pipeline, mmdet_failure,
+                             preprocess, read_image)
 from .engine.explain import explain
 from .errors import UnknownNameError
 from .engine.geometry import to_original_image
@@ -111,6 +112,7 @@ class DetCAM:
         self.method = build_cam_method(method, self.model)
         self.target = _build_target(target)
         self.reshape = build_reshape_transform(reshape_transform)
+        self.config = config
         self.pipeline = build_test_pipeline(config)
         dataset_meta = getattr(self.model, 'dataset_meta', None) or {}
         self.class_names = list(dataset_meta.get('classes', []))
@@ -121,7 +123,8 @@ class DetCAM:
     def __call__(self, img: Union[str, Path, np.ndarray]) -> DetCAMResult:
         """Maps for every kept detection of ``img`` (a path or an HxWx3 BGR uint8 array)."""
         image = read_image(img)
-        inputs, data_samples = preprocess(self.model, self.pipeline, image)
+        with mmdet_failure(self.config, 'prepare an image for'):
+            inputs, data_samples = preprocess(self.model, self.pipeline, image)
         out = explain(self.model, inputs, data_samples, self.layers, self.layer_names,
                       self.method, self.target, self.select, self.reshape, self.fuse,
                       self.eigen_smooth, self.batch_size)

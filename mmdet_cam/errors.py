@@ -26,3 +26,11 @@ class InputNotFoundError(DetCAMError, FileNotFoundError):
 
 class BadImageError(DetCAMError, ValueError):
     """An image that cannot be read or has an unsupported layout."""
+
+
+class DeviceError(DetCAMError, RuntimeError):
+    """A device this host does not have (``cuda`` without CUDA, ``cuda:3`` with one GPU)."""
+
+
+class DetectorFailedError(DetCAMError, RuntimeError):
+    """mmdet itself cannot build or run the detector (same failure without mmdet-cam)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_scene, small_config
 
@@ -140,6 +141,8 @@ def test_help_documents_every_option_with_examples():
     ('unknown_method', "unknown cam method 'gradcan'"),
     ('bad_layer', 'Close matches: neck.fpn_convs'),
     ('unwritable_out_dir', 'cannot write to output folder'),
+    ('missing_device', 'cuda'),
+    ('mmdet_fails', 'mmdet cannot run the detector of ssd300_coco.py'),
 ])
 def test_bad_input_gets_a_one_line_error(config, images, tmp_path, case, message):
     image, args = images / 'a.jpg', []
@@ -163,6 +166,10 @@ def test_bad_input_gets_a_one_line_error(config, images, tmp_path, case, message
     elif case == 'unwritable_out_dir':
         (tmp_path / 'file').write_text('x')
         out_dir = tmp_path / 'file' / 'sub'
+    elif case == 'missing_device':  # a GPU index no host has, or CUDA on a CPU-only host
+        args = ['--device', 'cuda:99' if torch.cuda.is_available() else 'cuda']
+    elif case == 'mmdet_fails':
+        cfg, args = 'ssd300_coco', ['--cfg-options', 'model.test_cfg.score_thr=0']
     out = run(cfg, ckpt, image, '--out-dir', out_dir, *args, expect=2)
     lines = out.stderr.strip().splitlines()
     assert lines[-1].startswith('error: ') and message in lines[-1], out.stderr

@@ -8,8 +8,8 @@ import torch
 from mmengine.logging import HistoryBuffer
 
 from mmdet_cam import build_detector, resolve_config
-from mmdet_cam.model.detector import read_image
-from mmdet_cam.errors import BadImageError, CheckpointError, InputNotFoundError
+from mmdet_cam.errors import BadImageError, CheckpointError, DeviceError, InputNotFoundError
+from mmdet_cam.model.detector import build_test_pipeline, check_device, read_image
 
 RETINANET = 'retinanet/retinanet_r18_fpn_1x_coco.py'
 
@@ -97,3 +97,19 @@ def test_dataset_meta_falls_back_to_the_config(models):
     meta = models(RETINANET).dataset_meta
     assert meta['classes'][0] == 'person' and len(meta['palette']) == 80
     assert isinstance(meta, collections.abc.Mapping)
+
+
+def test_the_image_loader_keeps_every_option_of_the_configs_loader():
+    # CenterNet's RandomCenterCropPad needs the float image its loader's to_float32 makes
+    cfg = resolve_config('centernet/centernet_r18_8xb16-crop512-140e_coco.py')
+    loader = build_test_pipeline(cfg).transforms[0]
+    assert type(loader).__name__ == 'LoadImageFromNDArray'
+    assert loader.to_float32 and loader.color_type == 'color'
+
+
+@pytest.mark.parametrize('device, message', [
+    ('cuda:99', 'cuda'), ('banana', 'bad device')])
+def test_devices_this_host_lacks_get_a_clear_error(device, message):
+    with pytest.raises(DeviceError, match=message):
+        check_device(device)
+    assert check_device('cpu').type == 'cpu'

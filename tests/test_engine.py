@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mmdet_cam import DetCAM, ZeroGradientWarning
-from mmdet_cam.errors import UnknownNameError, UnsupportedModelError
+from mmdet_cam.engine.explain import NonFiniteGradientWarning
+from mmdet_cam.errors import DetectorFailedError, UnknownNameError, UnsupportedModelError
 
 COVERAGE = [
     # one-stage dense heads
@@ -185,13 +186,16 @@ def test_the_model_is_left_as_it_was(models, scene):
     assert [p.requires_grad for p in model.parameters()] == before
     assert all(not m._forward_hooks for m in model.modules())
     assert base_dense_head.select_single_mlvl is misc.select_single_mlvl
+    assert torch.sqrt(torch.tensor(4.0)) == 2 and torch.sqrt.__name__ == 'sqrt'
+    assert torch.Tensor.__deepcopy__.__module__ == 'torch._tensor'
 
 
 @pytest.mark.parametrize('config', [RETINANET, 'fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py',
                                     'yolox/yolox_tiny_8xb8-300e_coco.py'])
 def test_backward_through_dense_head_outputs_gives_the_plain_gradients(models, scene, config):
-    from mmdet_cam.engine.capture import (DenseHeadOutputs, LayerCapture, differentiable_inference,
-                                   frozen_parameters, grads_for)
+    from mmdet_cam.engine.capture import (DenseHeadOutputs, LayerCapture,
+                                          differentiable_inference, frozen_parameters,
+                                          grads_for)
     from mmdet_cam.model.detector import build_test_pipeline, preprocess
     model = models(config)
     inputs, samples = preprocess(model, build_test_pipeline(model.cfg), scene)
@@ -210,3 +214,49 @@ def test_backward_through_dense_head_outputs_gives_the_plain_gradients(models, s
 def test_two_stage_detectors_keep_the_plain_backward(models):
     from mmdet_cam.engine.capture import DenseHeadOutputs
     assert DenseHeadOutputs(models('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')).module is None
+
+
+# Mechanisms the config zoo sweep (benchmarks/zoo.py) found, one model each.
+@pytest.mark.parametrize('config', [
+    'paa/paa_r50_fpn_1x_coco.py',  # sqrt of all-zero scores in post-processing: 0 x inf
+    'point_rend/point-rend_r50-caffe_fpn_ms-1x_coco.py',  # in-place ops in the mask head
+    'yolact/yolact_r50_1xb8-55e_coco.py',  # deepcopy of boxes in the mask head
+    'centernet/centernet_r18_8xb16-crop512-140e_coco.py',  # loader's to_float32 needed later
+])
+def test_zoo_findings_give_finite_distinct_maps(models, scene, config):
+    # HiResCAM: GradCAM's channel-pooled maps are all zero where an untrained head's scores
+    # saturate (YOLACT), which says nothing about the mechanisms tested here
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', NonFiniteGradientWarning)
+        result = DetCAM(models(config), method='hirescam', score_thr=0, topk=3)(scene)
+    assert_valid_maps(result, scene, 3)
+    assert (result.cams.max(axis=(1, 2)) > 0.99).all()
+    assert not np.array_equal(result.cams[0], result.cams[1])
+
+
+@pytest.mark.parametrize('stage', ['backbone.stages.3', 'backbone.stages.1'])
+def test_a_swin_stage_returning_tokens_and_grid_sizes_is_explained(models, scene, stage):
+    # a Swin stage returns (x_down, down_hw, out, out_hw): token tensors next to their sizes
+    model = models('swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py')
+    result = DetCAM(model, target_layers=stage, score_thr=0, topk=3)(scene)
+    assert_valid_maps(result, scene, 3)
+    assert (result.cams.max(axis=(1, 2)) > 0.99).all()
+    assert not np.array_equal(result.cams[0], result.cams[1])
+
+
+def test_a_layer_returning_no_tensor_is_refused_with_the_reason(models, scene):
+    model = models(RETINANET)
+    cam = DetCAM(model, target_layers='neck.fpn_convs.0', score_thr=0, topk=1)
+    handle = model.neck.fpn_convs[0].register_forward_hook(lambda m, i, o: {'map': o})
+    try:
+        with pytest.raises(UnsupportedModelError, match='returns dict'):
+            cam(scene)
+    finally:
+        handle.remove()
+
+
+def test_when_mmdet_itself_fails_the_error_names_the_config_and_the_cause(models, scene):
+    # mmdet 3.3's SSDHead.predict_by_feat reads self.loss_cls, which SSDHead never sets
+    cam = DetCAM(models('ssd/ssd300_coco.py'), score_thr=0, topk=1)
+    with pytest.raises(DetectorFailedError, match='ssd300_coco.py.*loss_cls'):
+        cam(scene)

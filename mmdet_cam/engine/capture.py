@@ -2,7 +2,9 @@
 
 * :func:`differentiable_inference` undoes mmdet's inference-time ``detach`` of head outputs,
   so a reported score stays connected to the exact prediction that produced it (NMS only
-  gathers).
+  gathers), and keeps square roots in post-processing from turning gradients into NaN;
+  :func:`masks_without_gradients` keeps mask branches, which no box score depends on, out of
+  the graph.
 * :func:`frozen_parameters` stops autograd from tracking weights: only activations need
   gradients, so the backward pass of each detection touches the head alone.
 * :class:`LayerCapture` turns every output of the target layers into a gradient leaf, which
@@ -23,10 +25,17 @@ from ..errors import UnsupportedModelError
 
 @contextlib.contextmanager
 def differentiable_inference() -> Iterator[None]:
-    """Make mmdet's ``select_single_mlvl(..., detach=True)`` keep the graph while active.
+    """Keep mmdet's inference differentiable while active.
 
-    Heads import the function by name, so it is swapped in every loaded mmdet module that
-    holds it (no mmdet file is edited) and restored on exit.
+    * mmdet's ``select_single_mlvl(..., detach=True)`` keeps the graph. Heads import the
+      function by name, so it is swapped in every loaded mmdet module that holds it (no mmdet
+      file is edited) and restored on exit.
+    * ``torch.sqrt`` / ``Tensor.sqrt`` of tensors that need gradients get a backward that is 0
+      where the incoming gradient is 0. torch's gives 0 x inf = NaN at 0, and post-processing
+      takes square roots of scores that are exactly 0 (PAA: the padded background column),
+      which would turn every detection's gradient into NaN although none depends on them.
+    * ``copy.deepcopy`` of a tensor inside the graph (torch refuses non-leaf tensors) returns
+      a ``clone()``: the same values, still differentiable (YOLACT copies its boxes).
     """
     from mmdet.models.utils import misc
     original = misc.select_single_mlvl
@@ -39,11 +48,76 @@ def differentiable_inference() -> Iterator[None]:
                and getattr(module, 'select_single_mlvl', None) is original]
     for module in holders:
         module.select_single_mlvl = keep_graph
+    torch.sqrt, Tensor.sqrt = _zero_safe(_TORCH_SQRT), _zero_safe(_TENSOR_SQRT)
+    Tensor.__deepcopy__ = _deepcopy_in_graph
     try:
         yield
     finally:
         for module in holders:
             module.select_single_mlvl = original
+        torch.sqrt, Tensor.sqrt = _TORCH_SQRT, _TENSOR_SQRT
+        Tensor.__deepcopy__ = _TENSOR_DEEPCOPY
+
+
+_TORCH_SQRT, _TENSOR_SQRT, _TENSOR_DEEPCOPY = torch.sqrt, Tensor.sqrt, Tensor.__deepcopy__
+
+
+def _deepcopy_in_graph(tensor: Tensor, memo: dict) -> Tensor:
+    if tensor.grad_fn is None:
+        return _TENSOR_DEEPCOPY(tensor, memo)
+    if id(tensor) not in memo:
+        memo[id(tensor)] = tensor.clone()
+    return memo[id(tensor)]
+
+
+class _ZeroSafeSqrt(torch.autograd.Function):
+    """``sqrt`` whose gradient is 0 wherever the incoming gradient is 0 (also at x = 0)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        y = _TORCH_SQRT(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        y, = ctx.saved_tensors
+        return torch.where(grad == 0, torch.zeros_like(grad), grad / (2 * y))
+
+
+def _zero_safe(sqrt):
+    def safe_sqrt(x, *args, **kwargs):
+        if args or kwargs or not (torch.is_grad_enabled() and isinstance(x, Tensor)
+                                  and x.requires_grad):
+            return sqrt(x, *args, **kwargs)
+        return _ZeroSafeSqrt.apply(x)
+    return safe_sqrt
+
+
+@contextlib.contextmanager
+def masks_without_gradients(model: nn.Module) -> Iterator[None]:
+    """Run a two-stage detector's mask branch (``roi_head.predict_mask``) without autograd.
+
+    Masks are drawn from the final boxes and do not change their scores, so no explained value
+    depends on them; their inference-only code (e.g. PointRend's in-place writes into split
+    RoIs) is also not meant to run under autograd. Heads that rescore detections from their
+    masks (Mask Scoring R-CNN's ``mask_iou_head``) keep the branch differentiable.
+    """
+    roi_head = getattr(model, 'roi_head', None)
+    predict_mask = getattr(roi_head, 'predict_mask', None)
+    if predict_mask is None or getattr(roi_head, 'mask_iou_head', None) is not None:
+        yield
+        return
+
+    def without_gradients(*args, **kwargs):
+        with torch.no_grad():
+            return predict_mask(*args, **kwargs)
+
+    roi_head.predict_mask = without_gradients  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del roi_head.predict_mask
 
 
 @contextlib.contextmanager
@@ -91,24 +165,52 @@ class LayerCapture:
         def hook(module, inputs, output):
             if isinstance(output, Tensor):
                 return self._record(index, output)
-            if isinstance(output, (tuple, list)) and output and all(
-                    isinstance(o, Tensor) for o in output):
-                return type(output)(self._record(index, o) for o in output)
+            if isinstance(output, (tuple, list)) and any(isinstance(o, Tensor) for o in output):
+                return self._record_sequence(index, output)
             raise UnsupportedModelError(
                 f'layer {self.names[index]!r} returns {type(output).__name__}, not a tensor '
-                'or a tuple/list of tensors: choose another target layer')
+                'or a tuple/list holding tensors: choose another target layer')
         return hook
 
-    def _record(self, index: int, output: Tensor) -> Tensor:
+    def _record_sequence(self, index: int, output):
+        """Record every tensor of a tuple/list output (a tensor that appears twice, once).
+
+        A ``[B, N, C]`` token tensor followed by its ``(h, w)`` grid size, as Swin's stages
+        return ``(x, hw_shape, out, out_hw_shape)``, is recorded as its ``[B, C, h, w]`` map.
+        Other items (sizes, None) pass through unchanged.
+        """
+        items, recorded = list(output), {}
+        for k, item in enumerate(items):
+            if isinstance(item, Tensor):
+                if id(item) not in recorded:
+                    following = items[k + 1] if k + 1 < len(items) else None
+                    recorded[id(item)] = self._record(index, item, _grid_size(following))
+                items[k] = recorded[id(item)]
+        return tuple(items) if isinstance(output, tuple) else items
+
+    def _record(self, index: int, output: Tensor, grid_size=None) -> Tensor:
         # Below the first target layer nothing requires grad (weights are frozen), so the
         # output becomes a fresh leaf: the graph is cut here. A layer downstream of another
         # target layer is already in the graph and is recorded as it is. The clone keeps
         # in-place ops of the consumer (e.g. ``out += identity``) off the recorded tensor.
+        tokens = (grid_size is not None and output.dim() == 3
+                  and grid_size[0] * grid_size[1] == output.shape[1])
+        if tokens:  # record the map; the consumer gets the same tokens back, computed from it
+            batch, _, channels = output.shape
+            output = output.transpose(1, 2).reshape(batch, channels, *grid_size)
         if not output.requires_grad:
             output = output.detach().requires_grad_()
         self.activations.append(output)
         self.owners.append(index)
-        return output.clone()
+        return output.flatten(2).transpose(1, 2).contiguous() if tokens else output.clone()
+
+
+def _grid_size(value) -> Optional[Tuple[int, int]]:
+    """``(h, w)`` if ``value`` is a pair of ints (a token grid's size), else None."""
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    return None
 
 
 class _OutputRecorder:

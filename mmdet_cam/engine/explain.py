@@ -6,6 +6,7 @@ layers only, and hands the stacked per-box gradients to the pytorch_grad_cam met
 ``get_cam_image`` in chunks. The maps it returns live on the padded network input;
 ``geometry.to_original_image`` maps them onto the original image.
 """
+import copy
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Sequence
@@ -17,13 +18,18 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import Tensor, nn
 
-from ..errors import UnsupportedModelError
+from ..errors import DetCAMError, UnsupportedModelError
+from ..model.detector import mmdet_failure
 from .capture import (DenseHeadOutputs, FeatureShapes, LayerCapture, differentiable_inference,
-                      frozen_parameters, grads_for)
+                      frozen_parameters, grads_for, masks_without_gradients)
 
 
 class ZeroGradientWarning(UserWarning):
     """A target layer received no gradient from a detection (its map there is all zero)."""
+
+
+class NonFiniteGradientWarning(UserWarning):
+    """A detection's gradient held NaN or inf values, which were set to 0 in its map."""
 
 
 @dataclass
@@ -62,11 +68,31 @@ def explain(model: nn.Module,
     """
     if fuse not in ('mean', 'max'):
         raise ValueError(f"fuse must be 'mean' or 'max', got {fuse!r}")
+    pristine = copy.deepcopy(data_samples)  # predict() adds its results to data_samples
+    try:
+        return _explain(model, inputs, data_samples, layers, layer_names, method, target,
+                        select, reshape, fuse, eigen_smooth, batch_size)
+    except DetCAMError:
+        raise
+    except Exception:
+        _check_mmdet_inference(model, inputs, pristine)
+        raise
+
+
+def _check_mmdet_inference(model: nn.Module, inputs: Tensor, data_samples: list) -> None:
+    """Raise ``DetectorFailedError`` if mmdet's own ``predict``, without anything of
+    mmdet-cam, fails on this input too: then the detector, not the explainer, is at fault."""
+    with torch.no_grad(), mmdet_failure(getattr(model, 'cfg', None), 'run the detector of'):
+        model.predict(inputs, data_samples, rescale=True)
+
+
+def _explain(model, inputs, data_samples, layers, layer_names, method, target, select,
+             reshape, fuse, eigen_smooth, batch_size) -> BoxCAMs:
     neck_or_backbone = getattr(model, 'neck', None)
     if neck_or_backbone is None:
         neck_or_backbone = getattr(model, 'backbone', None)
-    with frozen_parameters(model), differentiable_inference(), torch.enable_grad(), \
-            LayerCapture(layers, layer_names) as capture, \
+    with frozen_parameters(model), differentiable_inference(), masks_without_gradients(model), \
+            torch.enable_grad(), LayerCapture(layers, layer_names) as capture, \
             FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(model) as head:
         data_sample = model.predict(inputs, data_samples, rescale=True)[0]
         pred = data_sample.pred_instances
@@ -95,6 +121,7 @@ def explain(model: nn.Module,
             zero_layers.extend(zero)
     maps = np.concatenate(maps)
     _warn_zero_gradients(zero_layers, detections, layer_names)
+    _warn_non_finite(layer_maps.non_finite, detections)
     return BoxCAMs(detections, maps, data_sample, zero_layers)
 
 
@@ -111,6 +138,7 @@ class _LayerMaps:
                         for owner, act in zip(capture.owners, capture.activations)
                         for piece in reshape(act, feature_shapes)]
         self._zero_maps_zero = {}
+        self.non_finite: List[int] = []  # boxes whose gradient had NaN/inf (set to 0)
         if not self.method.uses_gradients:  # activation-only methods are not box-specific
             self._shared = [self._cam(i, np.zeros_like(a)) for i, (_, a) in
                             enumerate(self.outputs)]
@@ -120,12 +148,18 @@ class _LayerMaps:
         gradient from it."""
         if not self.method.uses_gradients:
             return [np.repeat(m, len(boxes), axis=0) for m in self._shared], [[]] * len(boxes)
-        per_box = [grads_for(values[i], self.capture.activations, self.head_outputs)
-                   for i in boxes]
+        per_box = [self._finite(i, grads_for(values[i], self.capture.activations,
+                                             self.head_outputs)) for i in boxes]
         zero = [self._layers_without_gradient(grads) for grads in per_box]
         stacked = [torch.cat(gs) for gs in zip(*per_box)]  # one [K, C, H, W] per activation
         grads = [piece.cpu().numpy() for g in stacked for piece in self.reshape(g, self.shapes)]
         return self._maps(grads), zero
+
+    def _finite(self, box: int, grads: List[Tensor]) -> List[Tensor]:
+        if all(bool(torch.isfinite(g).all()) for g in grads):
+            return grads
+        self.non_finite.append(box)
+        return [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
 
     def _layers_without_gradient(self, grads: List[Tensor]) -> List[str]:
         reached = {self.capture.owners[k] for k, g in enumerate(grads) if bool(g.any())}
@@ -173,6 +207,16 @@ def _detached(pred: InstanceData) -> InstanceData:
     for key, value in pred.items():
         out[key] = value.detach() if isinstance(value, Tensor) else value
     return out
+
+
+def _warn_non_finite(boxes: List[int], detections) -> None:
+    if boxes:
+        labels = [int(detections.labels[i]) for i in boxes]
+        warnings.warn(
+            f'{len(boxes)} detection(s) ({", ".join(map(str, boxes))}; labels '
+            f'{", ".join(map(str, labels))}) got NaN/inf gradients from the detector\'s '
+            'post-processing; those values were set to 0, so their maps may be incomplete',
+            NonFiniteGradientWarning, stacklevel=3)
 
 
 def _warn_zero_gradients(zero_layers, detections, layer_names):

@@ -24,7 +24,8 @@ from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 from torch import nn
 
-from ..errors import BadImageError, InputNotFoundError, UnknownNameError
+from ..errors import (BadImageError, DetCAMError, DetectorFailedError, DeviceError,
+                      InputNotFoundError, UnknownNameError)
 from .checkpoint import load_checkpoint
 
 ConfigLike = Union[str, Path, Config]
@@ -64,11 +65,17 @@ def resolve_config(config: ConfigLike) -> Config:
 
 
 def _drop_pretrained(cfg) -> None:
-    """Remove ``init_cfg=dict(type='Pretrained', ...)`` anywhere in a model config."""
+    """Remove pretrained-weight downloads anywhere in a model config: ``init_cfg=dict(type=
+    'Pretrained', ...)``, the older ``pretrained='torchvision://...'`` and timm's
+    ``pretrained=True``."""
     if isinstance(cfg, dict):
         init_cfg = cfg.get('init_cfg')
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
             cfg['init_cfg'] = None
+        if isinstance(cfg.get('pretrained'), str):
+            cfg['pretrained'] = None
+        elif cfg.get('pretrained') is True:
+            cfg['pretrained'] = False
         for value in cfg.values():
             _drop_pretrained(value)
     elif isinstance(cfg, (list, tuple)):
@@ -106,6 +113,7 @@ def build_detector(config: ConfigLike,
         trust_checkpoint: allow a full (unsafe) unpickle of a checkpoint that a weights-only
             load refuses. Only for files you trust.
     """
+    check_device(device)
     cfg = resolve_config(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -114,10 +122,12 @@ def build_detector(config: ConfigLike,
 
     from mmdet.registry import MODELS
     from mmengine.model import revert_sync_batchnorm
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    with mmdet_failure(cfg, 'build the model of'):
+        model = revert_sync_batchnorm(MODELS.build(cfg.model))
     meta = {}
     if checkpoint is None or str(checkpoint).lower() == 'none':
-        with _quiet_mmengine_logger():  # init_weights logs every parameter at INFO level
+        # init_weights logs every parameter at INFO level
+        with _quiet_mmengine_logger(), mmdet_failure(cfg, 'initialise the model of'):
             model.init_weights()
         warnings.warn('no checkpoint: the detector has random weights, so its detections and '
                       'maps carry no meaning (fine for testing the plumbing)')
@@ -126,6 +136,47 @@ def build_detector(config: ConfigLike,
     model.cfg = cfg
     model.dataset_meta = _dataset_meta(cfg, meta)
     return model.to(device).eval()
+
+
+def config_name(cfg: Config) -> str:
+    """A short name of a config for messages: its file name, else ``'the config'``."""
+    return Path(cfg.filename).name if getattr(cfg, 'filename', None) else 'the config'
+
+
+@contextlib.contextmanager
+def mmdet_failure(cfg: Config, doing: str):
+    """Turn an exception raised by mmdet itself into a one-line :class:`DetectorFailedError`
+    that names the config and the original error (mmdet-cam's own errors pass through)."""
+    try:
+        yield
+    except DetCAMError:
+        raise
+    except Exception as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ''
+        raise DetectorFailedError(
+            f'mmdet cannot {doing} {config_name(cfg)}: {type(error).__name__}: {message} '
+            '(mmdet fails here without mmdet-cam too)') from error
+
+
+def check_device(device: Union[str, torch.device]) -> torch.device:
+    """``device`` as a ``torch.device``, if this host has it.
+
+    Raises:
+        DeviceError: for a malformed name, ``cuda`` without CUDA, or a GPU index out of range.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise DeviceError(f'bad device {device!r}: {error} (e.g. cpu, cuda, cuda:0)') from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise DeviceError(f'device {device!r} asked for, but this host has no CUDA device '
+                              '(or torch was built without CUDA): use --device cpu')
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f'device {device!r} asked for, but this host has {count} CUDA '
+                              f'device(s): cuda:0 to cuda:{count - 1}')
+    return dev
 
 
 @contextlib.contextmanager
@@ -190,15 +241,20 @@ def read_image(img: Union[str, Path, np.ndarray]) -> np.ndarray:
 
 
 def build_test_pipeline(cfg: Config) -> Compose:
-    """The config's test pipeline, fed with arrays and without annotation loading."""
+    """The config's test pipeline, fed with arrays and without annotation loading.
+
+    The image-loading step becomes ``LoadImageFromNDArray`` with every option of the config's
+    own loader (``to_float32``, ``color_type``, ...), which later transforms may rely on.
+    """
     from mmdet.utils import get_test_pipeline_cfg
     pipeline = copy.deepcopy(get_test_pipeline_cfg(cfg))
     pipeline = [t for t in pipeline if 'LoadAnnotations' not in t['type']]
     loaders = [i for i, t in enumerate(pipeline) if 'LoadImageFrom' in t['type']]
     if not loaders:
         raise UnknownNameError('the test pipeline has no image loading transform')
-    pipeline[loaders[0]] = dict(type='mmdet.LoadImageFromNDArray')
-    return Compose(pipeline)
+    pipeline[loaders[0]] = dict(pipeline[loaders[0]], type='mmdet.LoadImageFromNDArray')
+    with mmdet_failure(cfg, 'build the test pipeline of'):
+        return Compose(pipeline)
 
 
 def preprocess(model: nn.Module, pipeline: Compose, image: np.ndarray) -> Tuple[torch.Tensor, List]:
