@@ -113,3 +113,24 @@ def test_devices_this_host_lacks_get_a_clear_error(device, message):
     with pytest.raises(DeviceError, match=message):
         check_device(device)
     assert check_device('cpu').type == 'cpu'
+
+
+def test_pretrained_downloads_are_dropped_in_every_form():
+    from mmdet_cam.model.detector import _drop_pretrained
+    model = dict(
+        backbone=dict(init_cfg=dict(checkpoint='https://x/pvt.pth')),  # PVT: no type
+        neck=dict(init_cfg=[dict(type='Xavier'), dict(type='Pretrained', checkpoint='a.pth')]),
+        rfp_backbone=dict(pretrained='torchvision://resnet50'),  # DetectoRS
+        timm=dict(pretrained=True))
+    _drop_pretrained(model)
+    assert model['backbone']['init_cfg'] is None
+    assert model['neck']['init_cfg'] == [dict(type='Xavier')]
+    assert model['rfp_backbone']['pretrained'] is None and model['timm']['pretrained'] is False
+
+
+def test_syncbn_configs_build_for_one_process():
+    # mmcv's MMSyncBN cannot be built without a process group; in eval mode BN is the same
+    model = build_detector(
+        'simple_copy_paste/mask-rcnn_r50_fpn_rpn-2conv_4conv1fc_syncbn-all_32xb2-ssj-90k_coco.py')
+    norms = {type(m).__name__ for m in model.modules() if 'Norm' in type(m).__name__}
+    assert 'BatchNorm2d' in norms and not any('Sync' in n for n in norms)

@@ -234,6 +234,16 @@ def test_zoo_findings_give_finite_distinct_maps(models, scene, config):
     assert not np.array_equal(result.cams[0], result.cams[1])
 
 
+def test_a_semi_supervised_wrapper_is_explained_through_its_predicting_detector(models, scene):
+    # SoftTeacher predicts with its teacher (semi_test_cfg.predict_on): default layers follow
+    config = 'soft_teacher/soft-teacher_faster-rcnn_r50-caffe_fpn_180k_semi-0.1-coco.py'
+    cam = DetCAM(models(config), method='hirescam', score_thr=0, topk=3)
+    assert cam.layer_names == ['teacher.neck']
+    result = cam(scene)
+    assert_valid_maps(result, scene, 3)
+    assert not np.array_equal(result.cams[0], result.cams[1])
+
+
 @pytest.mark.parametrize('stage', ['backbone.stages.3', 'backbone.stages.1'])
 def test_a_swin_stage_returning_tokens_and_grid_sizes_is_explained(models, scene, stage):
     # a Swin stage returns (x_down, down_hw, out, out_hw): token tensors next to their sizes

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import DetCAMError, UnsupportedModelError
 from ..model.detector import mmdet_failure
+from ..model.layers import predicting_detector
 from .capture import (DenseHeadOutputs, FeatureShapes, LayerCapture, differentiable_inference,
                       frozen_parameters, grads_for, masks_without_gradients)
 
@@ -81,20 +82,24 @@ def explain(model: nn.Module,
 
 def _check_mmdet_inference(model: nn.Module, inputs: Tensor, data_samples: list) -> None:
     """Raise ``DetectorFailedError`` if mmdet's own ``predict``, without anything of
-    mmdet-cam, fails on this input too: then the detector, not the explainer, is at fault."""
+    mmdet-cam, fails on this input too: then the detector, not the explainer, is at fault.
+    (``predict`` is called as mmdet's ``test_step`` calls it, with its default ``rescale=True``;
+    semi-supervised wrappers take no ``rescale``.)"""
     with torch.no_grad(), mmdet_failure(getattr(model, 'cfg', None), 'run the detector of'):
-        model.predict(inputs, data_samples, rescale=True)
+        model.predict(inputs, data_samples)
 
 
 def _explain(model, inputs, data_samples, layers, layer_names, method, target, select,
              reshape, fuse, eigen_smooth, batch_size) -> BoxCAMs:
-    neck_or_backbone = getattr(model, 'neck', None)
+    detector = predicting_detector(model)
+    neck_or_backbone = getattr(detector, 'neck', None)
     if neck_or_backbone is None:
-        neck_or_backbone = getattr(model, 'backbone', None)
-    with frozen_parameters(model), differentiable_inference(), masks_without_gradients(model), \
-            torch.enable_grad(), LayerCapture(layers, layer_names) as capture, \
-            FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(model) as head:
-        data_sample = model.predict(inputs, data_samples, rescale=True)[0]
+        neck_or_backbone = getattr(detector, 'backbone', None)
+    with frozen_parameters(model), differentiable_inference(), \
+            masks_without_gradients(detector), torch.enable_grad(), \
+            LayerCapture(layers, layer_names) as capture, \
+            FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(detector) as head:
+        data_sample = model.predict(inputs, data_samples)[0]
         pred = data_sample.pred_instances
         keep = select(pred)
         values = target(pred)[keep] if len(keep) else None

@@ -64,39 +64,63 @@ def resolve_config(config: ConfigLike) -> Config:
         f'config not found: {config!r} is neither a file nor a config shipped with mmdet.{hint}')
 
 
-def _drop_pretrained(cfg) -> None:
-    """Remove pretrained-weight downloads anywhere in a model config: ``init_cfg=dict(type=
-    'Pretrained', ...)``, the older ``pretrained='torchvision://...'`` and timm's
-    ``pretrained=True``."""
+def _every_dict(cfg):
+    """Every dict nested anywhere in ``cfg`` (dicts, lists, tuples), ``cfg`` included."""
     if isinstance(cfg, dict):
+        yield cfg
+        for value in cfg.values():
+            yield from _every_dict(value)
+    elif isinstance(cfg, (list, tuple)):
+        for value in cfg:
+            yield from _every_dict(value)
+
+
+def _drop_pretrained(model_cfg) -> None:
+    """Remove pretrained-weight downloads anywhere in a model config: ``init_cfg`` dicts of type
+    ``Pretrained`` or with a ``checkpoint`` (PVT's), the older ``pretrained='torchvision://...'``
+    arguments and timm's ``pretrained=True``."""
+    def downloads(init_cfg):
+        return isinstance(init_cfg, dict) and (init_cfg.get('type') == 'Pretrained'
+                                               or 'checkpoint' in init_cfg)
+
+    for cfg in list(_every_dict(model_cfg)):
         init_cfg = cfg.get('init_cfg')
-        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
+        if downloads(init_cfg):
             cfg['init_cfg'] = None
+        elif isinstance(init_cfg, list):
+            cfg['init_cfg'] = [c for c in init_cfg if not downloads(c)] or None
         if isinstance(cfg.get('pretrained'), str):
             cfg['pretrained'] = None
         elif cfg.get('pretrained') is True:
             cfg['pretrained'] = False
-        for value in cfg.values():
-            _drop_pretrained(value)
-    elif isinstance(cfg, (list, tuple)):
-        for value in cfg:
-            _drop_pretrained(value)
 
 
-def keep_all_detections(test_cfg, max_per_img: int = 0) -> None:
-    """Remove score thresholds and minimum box sizes from a model's ``test_cfg`` in place and
-    raise ``max_per_img``/``nms_pre`` to at least ``max_per_img``: untrained models (tests,
-    benchmarks) score below the usual thresholds and may predict empty boxes."""
+def _single_process_norms(model_cfg) -> None:
+    """``SyncBN``/``MMSyncBN`` -> ``BN`` anywhere in a model config: mmcv's SyncBN cannot even
+    be built outside a process group, and in eval mode both normalise with the same running
+    statistics and parameters (mmdet's ``init_detector`` reverts SyncBN after building)."""
+    for cfg in _every_dict(model_cfg):
+        if cfg.get('type') in ('SyncBN', 'MMSyncBN'):
+            cfg['type'] = 'BN'
+
+
+def keep_all_detections(test_cfg, max_per_img: int = 0, empty_boxes: bool = True) -> None:
+    """Remove score thresholds, minimum box sizes and corner-pairing distances from a model's
+    ``test_cfg`` in place and raise ``max_per_img``/``nms_pre`` to at least ``max_per_img``:
+    untrained models (tests, benchmarks) score below the usual thresholds, may predict empty
+    boxes, and pair no corners (CornerNet). ``empty_boxes=False`` keeps ``min_bbox_size``."""
     if isinstance(test_cfg, dict):
         for key, value in test_cfg.items():
             if key == 'score_thr':
                 test_cfg[key] = 0.0
-            elif key == 'min_bbox_size':
+            elif key == 'distance_threshold':
+                test_cfg[key] = float('inf')
+            elif key == 'min_bbox_size' and empty_boxes:
                 test_cfg[key] = -1
             elif key in ('max_per_img', 'nms_pre') and isinstance(value, int):
                 test_cfg[key] = max(value, max_per_img)
             else:
-                keep_all_detections(value, max_per_img)
+                keep_all_detections(value, max_per_img, empty_boxes)
 
 
 def build_detector(config: ConfigLike,
@@ -119,6 +143,7 @@ def build_detector(config: ConfigLike,
         cfg.merge_from_dict(cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     _drop_pretrained(cfg.model)
+    _single_process_norms(cfg.model)
 
     from mmdet.registry import MODELS
     from mmengine.model import revert_sync_batchnorm

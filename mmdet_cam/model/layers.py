@@ -67,13 +67,27 @@ def layer_name(model: nn.Module, layer: nn.Module) -> str:
     raise ValueError(f'{type(layer).__name__} is not a sub-module of {type(model).__name__}')
 
 
+def predicting_detector(model: nn.Module) -> nn.Module:
+    """The detector inside ``model`` that makes its predictions: the model itself, or for a
+    semi-supervised wrapper (SoftTeacher and other ``SemiBaseDetector`` subclasses) its teacher or
+    student, as ``semi_test_cfg.predict_on`` says."""
+    semi_test_cfg = getattr(model, 'semi_test_cfg', None)
+    if semi_test_cfg is not None:
+        inner = getattr(model, semi_test_cfg.get('predict_on', 'teacher'), None)
+        if isinstance(inner, nn.Module):
+            return inner
+    return model
+
+
 def default_target_layers(model: nn.Module) -> List[str]:
     """Layers used when none are given: the whole neck (every pyramid level gets its own map,
-    so each detection has a non-zero map whatever level produced it), else the whole backbone."""
-    if getattr(model, 'neck', None) is not None:
-        return ['neck']
-    if getattr(model, 'backbone', None) is not None:
-        return ['backbone']
+    so each detection has a non-zero map whatever level produced it), else the whole backbone
+    (of the detector that predicts, for semi-supervised wrappers)."""
+    detector = predicting_detector(model)
+    prefix = '' if detector is model else layer_name(model, detector) + '.'
+    for part in ('neck', 'backbone'):
+        if getattr(detector, part, None) is not None:
+            return [prefix + part]
     raise UnknownNameError(
         f'{type(model).__name__} has neither a neck nor a backbone: pass target_layers')
 

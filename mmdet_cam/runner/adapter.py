@@ -32,7 +32,7 @@ class DetectorAsCAMModel(nn.Module):
 
     def forward(self, inputs: Tensor):
         with differentiable_inference(), masks_without_gradients(self.detector):
-            results = self.detector.predict(inputs, self.data_samples, rescale=True)
+            results = self.detector.predict(inputs, self.data_samples)
         return [result.pred_instances for result in results]
 
 
