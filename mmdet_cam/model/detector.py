@@ -13,7 +13,7 @@ import logging
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import mmcv
 import numpy as np
@@ -282,9 +282,11 @@ def build_test_pipeline(cfg: Config) -> Compose:
         return Compose(pipeline)
 
 
-def preprocess(model: nn.Module, pipeline: Compose, image: np.ndarray) -> Tuple[torch.Tensor, List]:
-    """Network input ``[1, 3, H, W]`` and data samples for one BGR image."""
-    data = pipeline(dict(img=image, img_id=0))
-    batch = model.data_preprocessor(
-        dict(inputs=[data['inputs']], data_samples=[data['data_samples']]), False)
+def preprocess(model: nn.Module, pipeline: Compose,
+               images: Union[np.ndarray, Sequence[np.ndarray]]) -> Tuple[torch.Tensor, List]:
+    """Network input ``[N, 3, H, W]`` and data samples for one BGR image (N = 1) or a list."""
+    images = [images] if isinstance(images, np.ndarray) else list(images)
+    data = [pipeline(dict(img=image, img_id=i)) for i, image in enumerate(images)]
+    batch = model.data_preprocessor(dict(inputs=[d['inputs'] for d in data],
+                                         data_samples=[d['data_samples'] for d in data]), False)
     return batch['inputs'], batch['data_samples']

@@ -1,0 +1,134 @@
+"""Faithfulness of a detection's map: does removing the pixels it ranks highest take the
+detection away (deletion), does restoring them bring it back (insertion), and how much of the
+map lands on other objects (object discrimination)?
+
+Deletion and insertion are RISE's (Petsiuk et al., arXiv 1806.07421), adapted to detection as
+D-RISE and ODAM do: each perturbed image is scored by a *tracked score* of the explained
+detection (:func:`tracked_score`), a smooth function of the detector's raw candidates that
+follows the object even when its box moves, instead of re-identifying it after NMS.
+
+Arrays and a callable in, numbers out: nothing here builds a model or knows how a map was made.
+``score_fn`` maps a list of ``H x W x 3`` uint8 images to one score per image; :func:`tracker`
+makes one from any callable that returns a detector's candidates per image (such as
+``mmdet_cam.engine.candidates.CandidateScorer``).
+"""
+from typing import Callable, List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from .localization import box_mask
+
+ScoreFn = Callable[[List[np.ndarray]], Sequence[float]]
+
+
+def box_iou(boxes: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """IoU of each ``(x1, y1, x2, y2)`` row of ``boxes`` with ``box``."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x1, y1, x2, y2 = (float(v) for v in box)
+    iw = np.clip(np.minimum(boxes[:, 2], x2) - np.maximum(boxes[:, 0], x1), 0, None)
+    ih = np.clip(np.minimum(boxes[:, 3], y2) - np.maximum(boxes[:, 1], y1), 0, None)
+    inter = iw * ih
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = areas + (x2 - x1) * (y2 - y1) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def tracked_score(bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                  box: Sequence[float], label: int, gated: bool = False,
+                  initial: Optional[float] = None) -> float:
+    """Score of the explained detection ``(box, label)`` among a detector's candidates.
+
+    Smooth form (default): the maximum over candidates of ``IoU(candidate, box) x`` the
+    candidate's probability of ``label``. ``bboxes, scores, labels`` list every
+    (candidate, class) pair, as a detector run without score threshold or NMS reports them.
+
+    Gated form (``gated=True``, ODAM's evaluation code): the highest score among candidates of
+    ``label`` whose IoU with ``box`` exceeds 0.5, divided by ``initial`` (the detection's own
+    score) when given; 0 when there is none.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    same = labels == int(label)
+    if not same.any():
+        return 0.0
+    ious = box_iou(np.asarray(bboxes)[same], box)
+    probs = np.asarray(scores, dtype=np.float64).reshape(-1)[same]
+    if not gated:
+        return float((ious * probs).max())
+    kept = probs[ious > 0.5]
+    best = float(kept.max()) if len(kept) else 0.0
+    return best / initial if initial else best
+
+
+def tracker(candidates_fn: Callable[[List[np.ndarray]], Sequence], box: Sequence[float],
+            label: int, gated: bool = False, initial: Optional[float] = None) -> ScoreFn:
+    """``score_fn`` of the detection ``(box, label)``: ``candidates_fn(images)`` gives per image
+    an object with ``bboxes``, ``scores`` and ``labels`` (arrays or CPU tensors, e.g. mmdet's
+    ``pred_instances`` of a run without thresholds or NMS)."""
+    def score(images):
+        return [tracked_score(np.asarray(c.bboxes), np.asarray(c.scores), np.asarray(c.labels),
+                              box, label, gated, initial) for c in candidates_fn(images)]
+    return score
+
+
+def substrate(image: np.ndarray, kind: str) -> np.ndarray:
+    """What removed pixels become: ``'mean'`` (the image's mean colour) or ``'blur'`` (a
+    strong Gaussian blur of the image, RISE's insertion start)."""
+    if kind == 'mean':
+        return np.broadcast_to(image.reshape(-1, 3).mean(axis=0).round(),
+                               image.shape).astype(image.dtype)
+    if kind == 'blur':
+        sigma = max(image.shape[:2]) / 16
+        return cv2.GaussianBlur(image, (0, 0), sigmaX=sigma)
+    raise ValueError(f"substrate must be 'mean' or 'blur', got {kind!r}")
+
+
+def perturbation_curve(image: np.ndarray, saliency: np.ndarray, score_fn: ScoreFn,
+                       mode: str = 'deletion', steps: int = 20,
+                       fill: Optional[str] = None, batch_size: int = 8) -> np.ndarray:
+    """Scores of ``steps + 1`` images between the original and the fully perturbed one.
+
+    Pixels are taken in the order of ``saliency`` (same height and width as ``image``, most
+    salient first, ties in raster order). ``deletion`` replaces the top ``k / steps`` of them
+    with ``fill`` (default ``'mean'``); ``insertion`` starts from ``fill`` (default ``'blur'``)
+    and restores them from ``image``. ``score_fn`` gets the images in lists of ``batch_size``.
+    """
+    if saliency.shape != image.shape[:2]:
+        raise ValueError(f'saliency {saliency.shape} and image {image.shape[:2]} differ in size')
+    if mode not in ('deletion', 'insertion'):
+        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
+    other = substrate(image, fill or ('mean' if mode == 'deletion' else 'blur'))
+    start, end = (image, other) if mode == 'deletion' else (other, image)
+    order = np.argsort(-saliency.reshape(-1), kind='stable')
+    counts = np.linspace(0, order.size, steps + 1).round().astype(int)
+    scores: List[float] = []
+    for first in range(0, len(counts), batch_size):
+        batch = []
+        for count in counts[first:first + batch_size]:
+            taken = np.zeros(order.size, bool)
+            taken[order[:count]] = True
+            taken = taken.reshape(saliency.shape)[..., None]
+            batch.append(np.where(taken, end, start).astype(image.dtype))
+        scores.extend(float(s) for s in score_fn(batch))
+    return np.asarray(scores)
+
+
+def auc(curve: Sequence[float]) -> float:
+    """Area under a curve sampled at equal steps over [0, 1] (trapezoids)."""
+    curve = np.asarray(curve, dtype=np.float64)
+    return float(((curve[1:] + curve[:-1]) / 2).mean()) if len(curve) > 1 else float('nan')
+
+
+def object_discrimination(cam: np.ndarray, box: Sequence[float],
+                          other_boxes: Sequence[Sequence[float]]) -> float:
+    """Share of the map's mass on *other* objects: inside any of ``other_boxes`` and outside
+    the explained ``box`` (ODAM's object discrimination; lower is more box-specific). 0 for an
+    empty map or no other object."""
+    total = float(cam.sum())
+    if total <= 0 or len(other_boxes) == 0:
+        return 0.0
+    others = np.zeros(cam.shape, bool)
+    for other in other_boxes:
+        others |= box_mask(cam.shape, other)
+    others &= ~box_mask(cam.shape, box)
+    return float(cam[others].sum()) / total
