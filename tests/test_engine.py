@@ -270,3 +270,30 @@ def test_when_mmdet_itself_fails_the_error_names_the_config_and_the_cause(models
     cam = DetCAM(models('ssd/ssd300_coco.py'), score_thr=0, topk=1)
     with pytest.raises(DetectorFailedError, match='ssd300_coco.py.*loss_cls'):
         cam(scene)
+
+
+@pytest.mark.parametrize('method', ['linear', 'gaussian', 'naive'])
+def test_soft_nms_scores_are_mmcvs_and_carry_gradients(method):
+    import importlib
+
+    from mmdet_cam.engine.capture import _differentiable_soft_nms
+    mmcv_nms = importlib.import_module('mmcv.ops.nms')
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(200, 2, generator=generator) * 100
+    sizes = torch.rand(200, 2, generator=generator) * 40 + 1
+    boxes = torch.cat([corners, corners + sizes], 1).requires_grad_()
+    scores = torch.rand(200, generator=generator).requires_grad_()
+    expected, kept = mmcv_nms.soft_nms(boxes.detach(), scores.detach(), 0.3, 0.5, 1e-3, method)
+    dets, inds = _differentiable_soft_nms(mmcv_nms.soft_nms)(boxes, scores, 0.3, 0.5, 1e-3,
+                                                              method)
+    assert torch.equal(inds, kept)
+    torch.testing.assert_close(dets.detach(), expected, rtol=1e-5, atol=1e-6)
+    total = torch.autograd.grad(dets[:, 4].sum(), [boxes, scores])
+    assert total[1].abs().sum() > 0 and (method == 'naive' or total[0].abs().sum() > 0)
+
+
+def test_a_soft_nms_detector_is_explained(models, scene):
+    result = DetCAM(models('faster_rcnn/faster-rcnn_r50_fpn_soft-nms_1x_coco.py'),
+                    method='hirescam', score_thr=0, topk=3)(scene)
+    assert_valid_maps(result, scene, 3)
+    assert not np.array_equal(result.cams[0], result.cams[1])

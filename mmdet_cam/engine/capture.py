@@ -14,6 +14,7 @@
   came from.
 """
 import contextlib
+import importlib
 import sys
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -36,9 +37,13 @@ def differentiable_inference() -> Iterator[None]:
       which would turn every detection's gradient into NaN although none depends on them.
     * ``copy.deepcopy`` of a tensor inside the graph (torch refuses non-leaf tensors) returns
       a ``clone()``: the same values, still differentiable (YOLACT copies its boxes).
+    * mmcv's ``soft_nms`` (no backward) gets its decayed scores recomputed in torch from the
+      boxes it kept, so soft-NMS detectors stay differentiable.
     """
     from mmdet.models.utils import misc
+    mmcv_nms = importlib.import_module('mmcv.ops.nms')  # the module; mmcv.ops.nms is a function
     original = misc.select_single_mlvl
+    mmcv_soft_nms = mmcv_nms.soft_nms
 
     def keep_graph(mlvl_tensors, batch_id, detach=True):
         return original(mlvl_tensors, batch_id, detach=False)
@@ -50,6 +55,7 @@ def differentiable_inference() -> Iterator[None]:
         module.select_single_mlvl = keep_graph
     torch.sqrt, Tensor.sqrt = _zero_safe(_TORCH_SQRT), _zero_safe(_TENSOR_SQRT)
     Tensor.__deepcopy__ = _deepcopy_in_graph
+    mmcv_nms.soft_nms = _differentiable_soft_nms(mmcv_soft_nms)  # batched_nms looks it up
     try:
         yield
     finally:
@@ -57,6 +63,7 @@ def differentiable_inference() -> Iterator[None]:
             module.select_single_mlvl = original
         torch.sqrt, Tensor.sqrt = _TORCH_SQRT, _TENSOR_SQRT
         Tensor.__deepcopy__ = _TENSOR_DEEPCOPY
+        mmcv_nms.soft_nms = mmcv_soft_nms
 
 
 _TORCH_SQRT, _TENSOR_SQRT, _TENSOR_DEEPCOPY = torch.sqrt, Tensor.sqrt, Tensor.__deepcopy__
@@ -92,6 +99,40 @@ def _zero_safe(sqrt):
             return sqrt(x, *args, **kwargs)
         return _ZeroSafeSqrt.apply(x)
     return safe_sqrt
+
+
+def _differentiable_soft_nms(soft_nms):
+    """mmcv's ``soft_nms`` whose scores carry gradients.
+
+    mmcv picks the highest current score, decays every later box by a weight of its IoU with
+    the pick, and repeats; so the k-th kept box's score is its raw score times the weights of
+    its IoUs with the boxes kept before it. That product is recomputed here from the kept
+    boxes, with mmcv's IoU (``offset``) and weights; the selection itself is mmcv's.
+    """
+    def differentiable(boxes, scores, iou_threshold=0.3, sigma=0.5, min_score=1e-3,
+                       method='linear', offset=0):
+        dets, inds = soft_nms(boxes.detach(), scores.detach(), iou_threshold, sigma, min_score,
+                              method, offset)
+        if not (boxes.requires_grad or scores.requires_grad) or len(inds) == 0:
+            return dets, inds
+        inds = inds.to(boxes.device)
+        kept = boxes[inds]
+        x1, y1, x2, y2 = kept.unbind(dim=1)
+        areas = (x2 - x1 + offset) * (y2 - y1 + offset)
+        w = (torch.min(x2[:, None], x2[None]) - torch.max(x1[:, None], x1[None]) + offset)
+        h = (torch.min(y2[:, None], y2[None]) - torch.max(y1[:, None], y1[None]) + offset)
+        inter = w.clamp(min=0) * h.clamp(min=0)
+        ious = inter / (areas[:, None] + areas[None] - inter)
+        one, zero = torch.ones_like(ious), torch.zeros_like(ious)
+        if method == 'gaussian':
+            weight = torch.exp(-(ious * ious) / sigma)
+        else:
+            weight = torch.where(ious >= iou_threshold, 1 - ious if method == 'linear' else zero,
+                                 one)
+        earlier = torch.ones_like(ious, dtype=torch.bool).tril(-1)  # [k, m]: m kept before k
+        decay = torch.where(earlier, weight, one).prod(dim=1)
+        return torch.cat([kept, (scores[inds] * decay)[:, None]], dim=1), inds
+    return differentiable
 
 
 @contextlib.contextmanager
