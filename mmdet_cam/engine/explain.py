@@ -29,6 +29,14 @@ class ZeroGradientWarning(UserWarning):
     """A target layer received no gradient from a detection (its map there is all zero)."""
 
 
+@dataclass
+class BoxTarget:
+    """What a CAM method gets as ``targets`` for each map: the detection's box in
+    network-input pixels and its label (the library's own methods ignore it)."""
+    bbox: tuple
+    label: int
+
+
 class NonFiniteGradientWarning(UserWarning):
     """A detection's gradient held NaN or inf values, which were set to 0 in its map."""
 
@@ -116,8 +124,11 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
                 f'{list(layer_names)}: its head detaches its predictions in a way mmdet-cam '
                 'cannot undo, so exact per-detection maps are not possible for it')
 
+        scale = np.tile(np.asarray(data_sample.metainfo.get('scale_factor', (1, 1))[:2]), 2)
+        boxes = [BoxTarget(tuple(box * scale), int(label)) for box, label in
+                 zip(detections.bboxes.cpu().numpy(), detections.labels.tolist())]
         layer_maps = _LayerMaps(capture, reshape, shapes.shapes, method, inputs, eigen_smooth,
-                                (width, height), head.tensors)
+                                (width, height), head.tensors, boxes)
         maps, zero_layers = [], []
         for start in range(0, len(keep), batch_size):
             chunk = range(start, min(start + batch_size, len(keep)))
@@ -134,9 +145,9 @@ class _LayerMaps:
     """Turns captured activations plus per-box gradients into per-output, input-sized maps."""
 
     def __init__(self, capture, reshape, feature_shapes, method, inputs, eigen_smooth, size,
-                 head_outputs=()):
+                 head_outputs=(), boxes=()):
         self.capture, self.reshape, self.shapes = capture, reshape, feature_shapes
-        self.head_outputs = head_outputs
+        self.head_outputs, self.boxes = head_outputs, list(boxes)
         self.method, self.inputs, self.eigen_smooth, self.size = method, inputs, eigen_smooth, size
         # [(owner layer index, activation [1, C, H, W] as numpy)] after the reshape transform
         self.outputs = [(owner, piece.detach().cpu().numpy())
@@ -158,7 +169,7 @@ class _LayerMaps:
         zero = [self._layers_without_gradient(grads) for grads in per_box]
         stacked = [torch.cat(gs) for gs in zip(*per_box)]  # one [K, C, H, W] per activation
         grads = [piece.cpu().numpy() for g in stacked for piece in self.reshape(g, self.shapes)]
-        return self._maps(grads), zero
+        return self._maps(grads, [self.boxes[i] for i in boxes] if self.boxes else None), zero
 
     def _finite(self, box: int, grads: List[Tensor]) -> List[Tensor]:
         if all(bool(torch.isfinite(g).all()) for g in grads):
@@ -170,7 +181,7 @@ class _LayerMaps:
         reached = {self.capture.owners[k] for k, g in enumerate(grads) if bool(g.any())}
         return [self.capture.names[i] for i in sorted(set(self.capture.owners) - reached)]
 
-    def _maps(self, grads: List[np.ndarray]) -> List[np.ndarray]:
+    def _maps(self, grads: List[np.ndarray], targets=None) -> List[np.ndarray]:
         maps = []
         for index, grad in enumerate(grads):
             out = np.zeros((len(grad), self.size[1], self.size[0]), np.float32)
@@ -179,14 +190,16 @@ class _LayerMaps:
             rows = (np.flatnonzero(grad.reshape(len(grad), -1).any(axis=1))
                     if self._zero_gradient_gives_zero_map(index) else np.arange(len(grad)))
             if len(rows):
-                out[rows] = self._cam(index, grad[rows])
+                out[rows] = self._cam(index, grad[rows],
+                                      None if targets is None else [targets[r] for r in rows])
             maps.append(out)
         return maps
 
-    def _cam(self, index: int, grad: np.ndarray) -> np.ndarray:
-        """The method's maps for one layer output, ReLU'd and resized to the input."""
+    def _cam(self, index: int, grad: np.ndarray, targets=None) -> np.ndarray:
+        """The method's maps for one layer output, ReLU'd and resized to the input
+        (``targets``: one :class:`BoxTarget` per row of ``grad``)."""
         owner, act = self.outputs[index]
-        cam = self.method.get_cam_image(self.inputs, self.capture.layers[owner], None,
+        cam = self.method.get_cam_image(self.inputs, self.capture.layers[owner], targets,
                                         np.broadcast_to(act, grad.shape), grad,
                                         self.eigen_smooth)
         return scale_cam_image(np.maximum(cam, 0), self.size)

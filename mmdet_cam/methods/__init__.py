@@ -1,7 +1,9 @@
 """CAM methods, by registry name.
 
-The formulas are pytorch_grad_cam's own classes; the engine calls only their
-``get_cam_image`` with a detection's activations and gradients. Methods that need extra
+The formulas are pytorch_grad_cam's own classes, plus the detection-specific methods of
+this package, one small file each (``odam``, ``ssgradcam``, ``ssgradcam++``). The engine
+calls only ``get_cam_image`` with a batch of detections' activations and gradients, and as
+``targets`` one ``BoxTarget`` (box in network-input pixels, label) per detection. Methods that need extra
 forward passes (ScoreCAM, AblationCAM) or second-order gradients (ShapleyCAM) do not fit a
 one-forward engine and are not listed. A method of your own is a ``BaseCAM`` subclass
 registered with ``@CAM_METHODS.register_module()`` in a module named in ``custom_imports``.
@@ -16,6 +18,7 @@ from pytorch_grad_cam import (FEM, KPCA_CAM, EigenCAM, EigenGradCAM, GradCAM,
 from torch import nn
 
 from ..registry import CAM_METHODS, lookup
+from . import odam, ssgradcam  # noqa: F401  (register the methods of this package)
 
 for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),
                     ('xgradcam', XGradCAM), ('hirescam', HiResCAM), ('layercam', LayerCAM),

@@ -1,0 +1,77 @@
+"""The detection-specific methods of this package (odam, ssgradcam, ssgradcam++) on the shipped
+demo detector: valid, box-specific maps."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmdet_cam import DetCAM, build_detector
+from mmdet_cam.methods.ssgradcam import box_masks, space_map
+from mmdet_cam.metrics import object_discrimination, pointing_hit
+
+REPO = Path(__file__).parents[1]
+IMAGE = str(REPO / 'demo' / 'images' / 'shapes_1.jpg')
+
+
+@pytest.fixture(scope='module')
+def demo_model():
+    return build_detector(str(REPO / 'demo' / 'rtmdet_shapes.py'),
+                          str(REPO / 'demo' / 'rtmdet_shapes.pth'))
+
+
+def two_apart(result):
+    """Indices of the best detection and of the best one that does not overlap it."""
+    boxes = result.detections.bboxes
+    first = boxes[0]
+    for k in range(1, len(result)):
+        b = boxes[k]
+        if b[0] > first[2] or b[2] < first[0] or b[1] > first[3] or b[3] < first[1]:
+            return 0, k
+    raise AssertionError('no two separate detections')
+
+
+@pytest.mark.parametrize('method', ['odam', 'ssgradcam', 'ssgradcam++'])
+def test_each_box_map_peaks_in_its_own_box(demo_model, method):
+    result = DetCAM(demo_model, method=method, score_thr=0.3)(IMAGE)
+    assert len(result) >= 2
+    assert np.isfinite(result.cams).all()
+    assert result.cams.min() >= 0 and result.cams.max() <= 1
+    a, b = two_apart(result)
+    boxes = result.detections.bboxes.tolist()
+    assert pointing_hit(result.cams[a], boxes[a]) and pointing_hit(result.cams[b], boxes[b])
+    assert not pointing_hit(result.cams[a], boxes[b])
+
+
+def test_box_specific_methods_put_less_on_other_objects_than_gradcam(demo_model):
+    def mean_odi(method):
+        result = DetCAM(demo_model, method=method, score_thr=0.3)(IMAGE)
+        boxes = result.detections.bboxes.tolist()
+        return np.mean([object_discrimination(result.cams[k], boxes[k],
+                                              boxes[:k] + boxes[k + 1:])
+                        for k in range(len(result))])
+
+    gradcam = mean_odi('gradcam')
+    for method in ('odam', 'ssgradcam', 'ssgradcam++'):
+        assert mean_odi(method) < gradcam / 2, method
+
+
+def test_odam_is_hirescams_formula_at_the_boxs_own_level(demo_model):
+    odam = DetCAM(demo_model, method='odam', score_thr=0.3)(IMAGE).cams
+    hirescam = DetCAM(demo_model, method='hirescam', score_thr=0.3)(IMAGE).cams
+    np.testing.assert_allclose(odam, hirescam, atol=1e-6)
+
+
+def test_space_map_and_box_masks():
+    grads = np.zeros((1, 2, 4, 4), np.float32)
+    grads[0, 0, 1, 2] = -4
+    grads[0, 0, 3, 3] = 2
+    space = space_map(grads)
+    assert space[0, 0, 1, 2] == 1 and space[0, 0, 3, 3] == 0.5 and not space[0, 1].any()
+
+    class Box:
+        bbox = (0, 0, 16, 16)  # input pixels; cells are 8 x 8 pixels of the 32 x 32 input
+
+    masks = box_masks([Box()], (1, 3, 32, 32), (4, 4))
+    assert masks.shape == (1, 1, 4, 4)
+    assert masks[0, 0, :2, :2].all() and not masks[0, 0, 2:].any() and not masks[0, 0, :, 2:].any()
+    assert box_masks(None, (1, 3, 32, 32), (4, 4)).all()
