@@ -17,6 +17,7 @@ from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
 
 from .errors import BadImageError, DetCAMError, InputNotFoundError
+from .methods import box_specific_alternative, method_names
 from .outputs import ResultWriter
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -38,7 +39,6 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods import method_names
     parser = argparse.ArgumentParser(
         description='Class-activation heatmaps for each detection of an MMDetection model.',
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,13 +139,14 @@ def run(args) -> int:
              fuse=args.fuse),
         alpha=args.alpha, renormalize=args.renormalize, per_box=args.per_box,
         save_npy=args.save_npy, save_all=args.save_all)
-    start, failed, detections = time.time(), [], 0
+    start, failed, detections, most = time.time(), [], 0, 0
     images = [s for s in sources if not is_video(s)]
     progress = ProgressBar(len(images)) if len(images) > 1 else None
     for source in sources:
         try:
-            detections += (explain_video(cam, writer, source) if is_video(source)
-                           else explain_image(cam, writer, source, args.show))
+            count = (explain_video(cam, writer, source) if is_video(source)
+                     else explain_image(cam, writer, source, args.show))
+            detections, most = detections + count, max(most, count)
         except (BadImageError, InputNotFoundError) as error:
             if len(sources) == 1:
                 raise
@@ -153,6 +154,11 @@ def run(args) -> int:
             print(f'\nskipped {source}: {error}', file=sys.stderr)
         if progress is not None and not is_video(source):
             progress.update()
+    alternative = box_specific_alternative(args.method)
+    if most > 1 and alternative:
+        print(f'\nnote: {args.method} maps are not box-specific (one weight per channel, so a '
+              f'box\'s map also marks other objects of those channels); --method {alternative} '
+              'keeps each map on its own box', file=sys.stderr)
     summary = (f'{len(sources) - len(failed)} of {len(sources)} inputs, {detections} '
                f'detections, {time.time() - start:.1f} s -> {out_dir}')
     print(f'\ndone: {summary}' + (f' ({len(failed)} failed)' if failed else ''))

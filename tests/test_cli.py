@@ -174,3 +174,15 @@ def test_bad_input_gets_a_one_line_error(config, images, tmp_path, case, message
     lines = out.stderr.strip().splitlines()
     assert lines[-1].startswith('error: ') and message in lines[-1], out.stderr
     assert len([l for l in lines if l.startswith('error')]) == 1
+
+
+@pytest.mark.parametrize('method, note', [('gradcam++', True), ('ssgradcam++', False)])
+def test_channel_pooled_methods_get_a_note_naming_the_box_specific_one(tmp_path, method, note):
+    repo = Path(__file__).parents[1]
+    out = run(repo / 'demo' / 'rtmdet_shapes.py', repo / 'demo' / 'rtmdet_shapes.pth',
+              repo / 'demo' / 'images' / 'shapes_1.jpg', '--method', method,
+              '--out-dir', tmp_path)
+    notes = [line for line in out.stderr.splitlines() if line.startswith('note:')]
+    assert len(notes) == int(note)
+    if note:
+        assert 'not box-specific' in notes[0] and '--method ssgradcam++' in notes[0]

@@ -3,10 +3,11 @@
 The formulas are pytorch_grad_cam's own classes, plus the detection-specific methods of
 this package, one small file each (``odam``, ``ssgradcam``, ``ssgradcam++``). The engine
 calls only ``get_cam_image`` with a batch of detections' activations and gradients, and as
-``targets`` one ``BoxTarget`` (box in network-input pixels, label) per detection. Methods that need extra
-forward passes (ScoreCAM, AblationCAM) or second-order gradients (ShapleyCAM) do not fit a
-one-forward engine and are not listed. A method of your own is a ``BaseCAM`` subclass
-registered with ``@CAM_METHODS.register_module()`` in a module named in ``custom_imports``.
+``targets`` one ``BoxTarget`` (box in network-input pixels, label) per detection. Methods
+that need extra forward passes (ScoreCAM, AblationCAM) or second-order gradients
+(ShapleyCAM) do not fit a one-forward engine and are not listed. A method of your own is a
+``BaseCAM`` subclass registered with ``@CAM_METHODS.register_module()`` in a module named in
+``custom_imports``.
 
 ``eigencam``, ``kpca_cam`` and ``fem`` use activations only: their map is the same for every
 detection of an image (not box-specific). ``randomcam`` (random channel weights) is the
@@ -17,7 +18,7 @@ from pytorch_grad_cam import (FEM, KPCA_CAM, EigenCAM, EigenGradCAM, GradCAM,
                               RandomCAM, XGradCAM)
 from torch import nn
 
-from ..registry import CAM_METHODS, lookup
+from ..registry import CAM_METHODS, lookup, normalize_name
 from . import odam, ssgradcam  # noqa: F401  (register the methods of this package)
 
 for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),
@@ -26,6 +27,22 @@ for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),
                     ('eigencam', EigenCAM), ('kpca_cam', KPCA_CAM), ('fem', FEM),
                     ('randomcam', RandomCAM)]:
     CAM_METHODS.register_module(name=_name, module=_cls)
+
+
+# Methods that pool a box's gradient into one weight per channel (or ignore gradients): their
+# map of one box also lights up the other objects that drive the same channels. Each is paired
+# with the box-specific method closest to it.
+NOT_BOX_SPECIFIC = {'gradcam': 'ssgradcam', 'gradcam++': 'ssgradcam++', 'xgradcam': 'ssgradcam',
+                    'eigengradcam': 'ssgradcam', 'eigencam': 'odam', 'kpca_cam': 'odam',
+                    'fem': 'odam'}
+
+
+def box_specific_alternative(method) -> str:
+    """The box-specific counterpart of a channel-pooled method name, else ``''``."""
+    if not isinstance(method, str):
+        return ''
+    by_name = {normalize_name(name): alternative for name, alternative in NOT_BOX_SPECIFIC.items()}
+    return by_name.get(normalize_name(method), '')
 
 
 def build_cam_method(method, model: nn.Module):
