@@ -56,10 +56,11 @@ class DetCAM:
         target_layers: layer names (``'neck'``, ``'neck.out_convs[-1]'``) or modules; None
             picks every neck level (every detection gets a non-zero map). A layer that
             outputs a tuple (a whole FPN) gives one map per element.
-        method: a ``CAM_METHODS`` name, any case: gradcam, gradcam++, xgradcam, hirescam,
-            layercam, eigengradcam, gradcamelementwise, eigencam, kpca_cam, fem, randomcam.
-            ``eigencam``, ``kpca_cam`` and ``fem`` ignore gradients, so their map is the same
-            for every detection (not box-specific).
+        method: a ``CAM_METHODS`` name, any case: gradcam, gradcam++, xgradcam, eigengradcam
+            (channel-pooled: a box's map also marks other objects of the same channels);
+            hirescam, layercam, gradcamelementwise, odam, ssgradcam, ssgradcam++
+            (box-specific); eigencam, kpca_cam, fem (gradient-free: the same map for every
+            detection); randomcam (a baseline).
         device: where to build the model (an already built model stays where it is).
         score_thr: explain detections scoring at least this much.
         topk: explain at most this many (highest scores).
