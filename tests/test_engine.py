@@ -167,12 +167,24 @@ def test_custom_reshape_transform_in_library_style(models, scene):
     assert result.cams.shape[0] == 1
 
 
-def test_a_head_that_detaches_its_predictions_is_refused(models, scene):
-    # SABL's head detaches its outputs itself (not through select_single_mlvl): an exact
-    # per-box gradient is impossible, and mmdet-cam must say so rather than guess.
-    model = models('sabl/sabl-retinanet_r50_fpn_1x_coco.py')
-    with pytest.raises(UnsupportedModelError, match='carry no gradient'):
-        DetCAM(model, score_thr=0, topk=1)(scene)
+def test_a_head_that_detaches_its_outputs_in_post_processing_is_explained(models, scene):
+    # SABL's predict_by_feat detaches the head outputs itself before decoding them
+    result = DetCAM(models('sabl/sabl-retinanet_r50_fpn_1x_coco.py'), method='hirescam',
+                    score_thr=0, topk=3)(scene)
+    assert_valid_maps(result, scene, 3)
+    assert not np.array_equal(result.cams[0], result.cams[1])
+
+
+def test_predictions_detached_outside_post_processing_are_refused(models, scene):
+    # an exact per-box gradient is then impossible, and mmdet-cam must say so, not guess
+    model = models(RETINANET)
+    handle = model.bbox_head.register_forward_hook(
+        lambda module, inputs, outputs: tuple([t.detach() for t in out] for out in outputs))
+    try:
+        with pytest.raises(UnsupportedModelError, match='carry no gradient'):
+            DetCAM(model, score_thr=0, topk=1)(scene)
+    finally:
+        handle.remove()
 
 
 def test_the_model_is_left_as_it_was(models, scene):
@@ -188,6 +200,8 @@ def test_the_model_is_left_as_it_was(models, scene):
     assert base_dense_head.select_single_mlvl is misc.select_single_mlvl
     assert torch.sqrt(torch.tensor(4.0)) == 2 and torch.sqrt.__name__ == 'sqrt'
     assert torch.Tensor.__deepcopy__.__module__ == 'torch._tensor'
+    assert torch.Tensor.detach.__name__ == 'detach'
+    assert 'predict_by_feat' not in vars(model.bbox_head)
 
 
 @pytest.mark.parametrize('config', [RETINANET, 'fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py',

@@ -3,6 +3,7 @@
 * :func:`differentiable_inference` undoes mmdet's inference-time ``detach`` of head outputs,
   so a reported score stays connected to the exact prediction that produced it (NMS only
   gathers), and keeps square roots in post-processing from turning gradients into NaN;
+  :func:`post_processing_keeps_graph` does the same for heads that detach their own outputs;
   :func:`masks_without_gradients` keeps mask branches, which no box score depends on, out of
   the graph.
 * :func:`frozen_parameters` stops autograd from tracking weights: only activations need
@@ -133,6 +134,43 @@ def _differentiable_soft_nms(soft_nms):
         decay = torch.where(earlier, weight, one).prod(dim=1)
         return torch.cat([kept, (scores[inds] * decay)[:, None]], dim=1), inds
     return differentiable
+
+
+@contextlib.contextmanager
+def post_processing_keeps_graph(model: nn.Module) -> Iterator[None]:
+    """While a dense head of ``model`` post-processes (``predict_by_feat``), ``detach()`` of a
+    tensor in the graph returns a clone that stays in it.
+
+    Some heads detach their raw outputs themselves before decoding (SABL). At inference that
+    changes no value (mmdet runs it under ``no_grad``); here it would cut every detection off
+    its features. Detaches anywhere else (e.g. DETR's reference points) are left alone.
+    """
+    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+    heads = [m for m in model.modules() if isinstance(m, BaseDenseHead)]
+
+    def keeping_graph(predict_by_feat):
+        def predict(*args, **kwargs):
+            Tensor.detach = _detach_in_graph
+            try:
+                return predict_by_feat(*args, **kwargs)
+            finally:
+                Tensor.detach = _TENSOR_DETACH
+        return predict
+
+    for head in heads:
+        head.predict_by_feat = keeping_graph(head.predict_by_feat)  # instance attribute
+    try:
+        yield
+    finally:
+        for head in heads:
+            del head.predict_by_feat
+
+
+_TENSOR_DETACH = Tensor.detach
+
+
+def _detach_in_graph(tensor: Tensor) -> Tensor:
+    return tensor.clone() if tensor.requires_grad else _TENSOR_DETACH(tensor)
 
 
 @contextlib.contextmanager

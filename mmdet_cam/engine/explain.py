@@ -22,7 +22,8 @@ from ..errors import DetCAMError, UnsupportedModelError
 from ..model.detector import mmdet_failure
 from ..model.layers import predicting_detector
 from .capture import (DenseHeadOutputs, FeatureShapes, LayerCapture, differentiable_inference,
-                      frozen_parameters, grads_for, masks_without_gradients)
+                      frozen_parameters, grads_for, masks_without_gradients,
+                      post_processing_keeps_graph)
 
 
 class ZeroGradientWarning(UserWarning):
@@ -104,7 +105,8 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
     if neck_or_backbone is None:
         neck_or_backbone = getattr(detector, 'backbone', None)
     with frozen_parameters(model), differentiable_inference(), \
-            masks_without_gradients(detector), torch.enable_grad(), \
+            post_processing_keeps_graph(detector), masks_without_gradients(detector), \
+            torch.enable_grad(), \
             LayerCapture(layers, layer_names) as capture, \
             FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(detector) as head:
         data_sample = model.predict(inputs, data_samples)[0]
