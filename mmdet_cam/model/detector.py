@@ -104,23 +104,23 @@ def _single_process_norms(model_cfg) -> None:
             cfg['type'] = 'BN'
 
 
-def keep_all_detections(test_cfg, max_per_img: int = 0, empty_boxes: bool = True) -> None:
+def keep_all_detections(test_cfg, max_per_img: int = 0) -> None:
     """Remove score thresholds, minimum box sizes and corner-pairing distances from a model's
     ``test_cfg`` in place and raise ``max_per_img``/``nms_pre`` to at least ``max_per_img``:
     untrained models (tests, benchmarks) score below the usual thresholds, may predict empty
-    boxes, and pair no corners (CornerNet). ``empty_boxes=False`` keeps ``min_bbox_size``."""
+    boxes, and pair no corners (CornerNet)."""
     if isinstance(test_cfg, dict):
         for key, value in test_cfg.items():
             if key == 'score_thr':
                 test_cfg[key] = 0.0
             elif key == 'distance_threshold':
                 test_cfg[key] = float('inf')
-            elif key == 'min_bbox_size' and empty_boxes:
+            elif key == 'min_bbox_size':
                 test_cfg[key] = -1
             elif key in ('max_per_img', 'nms_pre') and isinstance(value, int):
                 test_cfg[key] = max(value, max_per_img)
             else:
-                keep_all_detections(value, max_per_img, empty_boxes)
+                keep_all_detections(value, max_per_img)
 
 
 def build_detector(config: ConfigLike,
