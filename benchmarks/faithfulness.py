@@ -88,6 +88,8 @@ def plot(curves: dict, path: Path, steps: int) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax in axes:
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a colour per method
     x = np.linspace(0, 1, steps + 1)
     for method, by_mode in curves.items():
         style = '--' if method in BASELINES else '-'
