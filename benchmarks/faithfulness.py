@@ -19,7 +19,6 @@ Baselines: ``random`` (random blobs at the maps' scale: smooth random maps, seed
 Prints a markdown table and writes the mean deletion/insertion curves per method to
 ``docs/faithfulness_curves.png``.
 """
-import argparse
 import time
 import warnings
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from localization import load_split, match  # benchmarks/localization.py
+from localization import demo_arguments, load_split, match  # benchmarks/localization.py
 from mmdet_cam import DetCAM, build_detector
 from mmdet_cam.engine.candidates import CandidateScorer
 from mmdet_cam.methods import method_names
@@ -106,12 +105,7 @@ def plot(curves: dict, path: Path, steps: int) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--config', default=str(REPO / 'demo' / 'rtmdet_shapes.py'))
-    parser.add_argument('--checkpoint', default=str(REPO / 'demo' / 'rtmdet_shapes.pth'))
-    parser.add_argument('--data-root', default=str(REPO / 'data' / 'shapes'),
-                        help='made by tools/make_shapes_dataset.py')
+    parser = demo_arguments(__doc__)
     parser.add_argument('--num-images', type=int, default=60)
     parser.add_argument('--quick', action='store_true', help='8 images, 10 steps')
     parser.add_argument('--steps', type=int, default=20, help='perturbation steps per curve')

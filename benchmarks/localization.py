@@ -64,13 +64,20 @@ def evaluate(cam, samples):
                 energy=np.mean(energies), chance=np.mean(chances))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
+def demo_arguments(description: str) -> argparse.ArgumentParser:
+    """A parser with ``--config``, ``--checkpoint`` (default: the shipped demo model) and
+    ``--data-root`` (its synthetic dataset)."""
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default=str(REPO / 'demo' / 'rtmdet_shapes.py'))
     parser.add_argument('--checkpoint', default=str(REPO / 'demo' / 'rtmdet_shapes.pth'))
     parser.add_argument('--data-root', default=str(REPO / 'data' / 'shapes'),
                         help='made by tools/make_shapes_dataset.py')
+    return parser
+
+
+def main():
+    parser = demo_arguments(__doc__)
     parser.add_argument('--split', default='val')
     parser.add_argument('--num-images', type=int, help='first N images only')
     parser.add_argument('--methods', nargs='+', default=None, help='default: all')
