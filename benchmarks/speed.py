@@ -82,7 +82,7 @@ def timed(fn):
 
 
 def limit_seconds(model, inputs, samples, layers, names, n):
-    with frozen_parameters(model), differentiable_inference(), torch.enable_grad(), \
+    with frozen_parameters(model), differentiable_inference(model), torch.enable_grad(), \
             LayerCapture(layers, names) as capture, DenseHeadOutputs(model) as head:
         start = time.perf_counter()
         pred = model.predict(inputs, samples, rescale=True)[0].pred_instances

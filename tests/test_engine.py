@@ -213,7 +213,7 @@ def test_backward_through_dense_head_outputs_gives_the_plain_gradients(models, s
     from mmdet_cam.model.detector import build_test_pipeline, preprocess
     model = models(config)
     inputs, samples = preprocess(model, build_test_pipeline(model.cfg), scene)
-    with frozen_parameters(model), differentiable_inference(), torch.enable_grad(), \
+    with frozen_parameters(model), differentiable_inference(model), torch.enable_grad(), \
             LayerCapture([model.neck], ['neck']) as capture, DenseHeadOutputs(model) as head:
         scores = model.predict(inputs, samples)[0].pred_instances.scores
         assert head.tensors, 'a one-stage dense head records its outputs'

@@ -1,11 +1,10 @@
 """One forward pass that keeps what per-detection gradients need.
 
-* :func:`differentiable_inference` undoes mmdet's inference-time ``detach`` of head outputs,
-  so a reported score stays connected to the exact prediction that produced it (NMS only
-  gathers), and keeps square roots in post-processing from turning gradients into NaN;
-  :func:`post_processing_keeps_graph` does the same for heads that detach their own outputs;
-  :func:`masks_without_gradients` keeps mask branches, which no box score depends on, out of
-  the graph.
+* :func:`differentiable_inference` undoes mmdet's inference-time ``detach`` of head outputs
+  (also inside heads that detach their own outputs), so a reported score stays connected to
+  the exact prediction that produced it (NMS only gathers), keeps square roots in
+  post-processing from turning gradients into NaN, and keeps mask branches, which no box
+  score depends on, out of the graph.
 * :func:`frozen_parameters` stops autograd from tracking weights: only activations need
   gradients, so the backward pass of each detection touches the head alone.
 * :class:`LayerCapture` turns every output of the target layers into a gradient leaf, which
@@ -23,11 +22,27 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
+from ..model.layers import predicting_detector
 
 
 @contextlib.contextmanager
-def differentiable_inference() -> Iterator[None]:
-    """Keep mmdet's inference differentiable while active.
+def differentiable_inference(model: Optional[nn.Module] = None) -> Iterator[None]:
+    """Keep mmdet's inference differentiable while active: the patches of
+    :func:`_graph_keeping_patches` and, for ``model``'s predicting detector,
+    :func:`post_processing_keeps_graph` and :func:`masks_without_gradients`. The engine and the
+    library-path adapter both enter it, so both see the same detector."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_graph_keeping_patches())
+        if model is not None:
+            detector = predicting_detector(model)
+            stack.enter_context(post_processing_keeps_graph(detector))
+            stack.enter_context(masks_without_gradients(detector))
+        yield
+
+
+@contextlib.contextmanager
+def _graph_keeping_patches() -> Iterator[None]:
+    """Patches of mmdet, mmcv and torch functions, all restored on exit.
 
     * mmdet's ``select_single_mlvl(..., detach=True)`` keeps the graph. Heads import the
       function by name, so it is swapped in every loaded mmdet module that holds it (no mmdet

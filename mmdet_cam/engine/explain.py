@@ -22,12 +22,15 @@ from ..errors import DetCAMError, UnsupportedModelError
 from ..model.detector import mmdet_failure
 from ..model.layers import predicting_detector
 from .capture import (DenseHeadOutputs, FeatureShapes, LayerCapture, differentiable_inference,
-                      frozen_parameters, grads_for, masks_without_gradients,
-                      post_processing_keeps_graph)
+                      frozen_parameters, grads_for)
 
 
 class ZeroGradientWarning(UserWarning):
     """A target layer received no gradient from a detection (its map there is all zero)."""
+
+
+class NonFiniteGradientWarning(UserWarning):
+    """A detection's gradient held NaN or inf values, which were set to 0 in its map."""
 
 
 @dataclass
@@ -36,10 +39,6 @@ class BoxTarget:
     network-input pixels and its label (the library's own methods ignore it)."""
     bbox: tuple
     label: int
-
-
-class NonFiniteGradientWarning(UserWarning):
-    """A detection's gradient held NaN or inf values, which were set to 0 in its map."""
 
 
 @dataclass
@@ -104,9 +103,7 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
     neck_or_backbone = getattr(detector, 'neck', None)
     if neck_or_backbone is None:
         neck_or_backbone = getattr(detector, 'backbone', None)
-    with frozen_parameters(model), differentiable_inference(), \
-            post_processing_keeps_graph(detector), masks_without_gradients(detector), \
-            torch.enable_grad(), \
+    with frozen_parameters(model), differentiable_inference(model), torch.enable_grad(), \
             LayerCapture(layers, layer_names) as capture, \
             FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(detector) as head:
         data_sample = model.predict(inputs, data_samples)[0]

@@ -13,8 +13,7 @@ from mmdet.structures.bbox import bbox_overlaps
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
-from ..engine.capture import (differentiable_inference, masks_without_gradients,
-                              post_processing_keeps_graph)
+from ..engine.capture import differentiable_inference
 from ..engine.targets import ScoreTarget
 
 
@@ -32,8 +31,7 @@ class DetectorAsCAMModel(nn.Module):
         self.data_samples = data_samples
 
     def forward(self, inputs: Tensor):
-        with differentiable_inference(), post_processing_keeps_graph(self.detector), \
-                masks_without_gradients(self.detector):
+        with differentiable_inference(self.detector):
             results = self.detector.predict(inputs, self.data_samples)
         return [result.pred_instances for result in results]
 
