@@ -11,7 +11,7 @@ from torch import nn
 
 from .model.detector import (ConfigLike, build_detector, build_test_pipeline, mmdet_failure,
                              preprocess, read_image)
-from .engine.explain import explain
+from .engine.explain import FUSE_MODES, explain
 from .errors import UnknownNameError
 from .engine.geometry import to_original_image
 from .model.layers import layer_name, resolve_layers
@@ -26,7 +26,8 @@ class DetCAMResult:
 
     Attributes:
         detections: ``bboxes`` (x1, y1, x2, y2 in original-image pixels), ``scores`` and
-            ``labels`` as the detector reports them, highest score first.
+            ``labels`` as the detector reports them, highest score first; ``levels``: the
+            pyramid level each came from (where gradients were computed).
         cams: float32 ``(N, H, W)`` maps in [0, 1] for the ``H x W`` original image,
             ``cams[i]`` explaining ``detections[i]``.
         image: the BGR image the maps belong to.
@@ -58,7 +59,7 @@ class DetCAM:
             outputs a tuple (a whole FPN) gives one map per element.
         method: a ``CAM_METHODS`` name, any case: gradcam, gradcam++, xgradcam, eigengradcam
             (channel-pooled: a box's map also marks other objects of the same channels);
-            hirescam, layercam, gradcamelementwise, odam, ssgradcam, ssgradcam++
+            hirescam, layercam, gradcamelementwise, odam, ssgradcam, ssgradcam++, gcame
             (box-specific); eigencam, kpca_cam, fem (gradient-free: the same map for every
             detection); randomcam (a baseline).
         device: where to build the model (an already built model stays where it is).
@@ -68,7 +69,8 @@ class DetCAM:
         target: ``'score'``, ``'logit'``, ``'bbox'`` (a ``CAM_TARGETS`` name, a config dict
             such as ``dict(type='bbox', coord='x2')``, or a callable ``pred_instances ->
             values``).
-        fuse: ``'mean'`` or ``'max'`` over layers and pyramid levels.
+        fuse: ``'mean'`` or ``'max'`` over layers and pyramid levels, or ``'own'``: each
+            detection's own level only (``detections.levels``).
         eigen_smooth: pytorch_grad_cam's first-principal-component smoothing.
         reshape_transform: ``'auto'`` (token sequences -> maps) or a callable.
         batch_size: detections whose gradients are kept in memory at once.
@@ -106,8 +108,8 @@ class DetCAM:
             raise UnknownNameError(
                 'the model has no .cfg: build it with mmdet.apis.init_detector or '
                 'mmdet_cam.build_detector, or pass config=, so its test pipeline is known')
-        if fuse not in ('mean', 'max'):
-            raise UnknownNameError(f"fuse must be 'mean' or 'max', got {fuse!r}")
+        if fuse not in FUSE_MODES:
+            raise UnknownNameError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
         self.layers = resolve_layers(self.model, target_layers)
         self.layer_names = [layer_name(self.model, layer) for layer in self.layers]
         self.method = build_cam_method(method, self.model)

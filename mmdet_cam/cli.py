@@ -16,6 +16,7 @@ import numpy as np
 from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
 
+from .engine.explain import FUSE_MODES
 from .errors import BadImageError, DetCAMError, InputNotFoundError
 from .methods import box_specific_alternative, method_names
 from .outputs import ResultWriter
@@ -54,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--target-layers', nargs='+', metavar='LAYER',
                         help="layers to explain at, e.g. 'neck' or 'neck.out_convs[-1]' "
                         'backbone.stage4 (default: every neck level)')
-    parser.add_argument('--fuse', choices=['mean', 'max'], default='mean',
-                        help='how maps of several layers / pyramid levels combine (default: mean)')
+    parser.add_argument('--fuse', choices=FUSE_MODES, default='mean',
+                        help="how maps of several layers / pyramid levels combine; 'own': "
+                        "only each box's own level (default: mean)")
     parser.add_argument('--target', choices=['score', 'logit', 'bbox'], default='score',
                         help='what is explained: the score, its log-odds, or a box coordinate '
                         '(default: score)')

@@ -88,6 +88,8 @@ class ResultWriter:
                 score=round(float(result.detections.scores[k]), 4),
                 peak=list(peak_location(cam)), peak_in_box=pointing_hit(cam, box),
                 energy_in_box=round(energy_in_box(cam, box), 4),
+                **({'level': int(result.detections.levels[k])}
+                   if 'levels' in result.detections else {}),
                 zero_gradient_layers=result.zero_gradient_layers[k]))
         return rows
 

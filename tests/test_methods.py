@@ -1,11 +1,12 @@
-"""The detection-specific methods of this package (odam, ssgradcam, ssgradcam++) on the shipped
-demo detector: valid, box-specific maps."""
+"""The detection-specific methods of this package (odam, ssgradcam, ssgradcam++, gcame) on the
+shipped demo detector: valid, box-specific maps; and each detection's own level."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mmdet_cam import DetCAM, build_detector
+from mmdet_cam.methods.gcame import gaussian_masks
 from mmdet_cam.methods.ssgradcam import box_masks, space_map
 from mmdet_cam.metrics import object_discrimination, pointing_hit
 
@@ -30,7 +31,7 @@ def two_apart(result):
     raise AssertionError('no two separate detections')
 
 
-@pytest.mark.parametrize('method', ['odam', 'ssgradcam', 'ssgradcam++'])
+@pytest.mark.parametrize('method', ['odam', 'ssgradcam', 'ssgradcam++', 'gcame'])
 def test_each_box_map_peaks_in_its_own_box(demo_model, method):
     result = DetCAM(demo_model, method=method, score_thr=0.3)(IMAGE)
     assert len(result) >= 2
@@ -53,6 +54,8 @@ def test_box_specific_methods_put_less_on_other_objects_than_gradcam(demo_model)
     gradcam = mean_odi('gradcam')
     for method in ('odam', 'ssgradcam', 'ssgradcam++'):
         assert mean_odi(method) < gradcam / 2, method
+    # gcame's Gaussians are as wide as its reference formula makes them: sigma grows with
+    # |log |w_c||, about 10 cells for this model's small channel weights (see the benchmark)
 
 
 def test_odam_is_hirescams_formula_at_the_boxs_own_level(demo_model):
@@ -75,3 +78,26 @@ def test_space_map_and_box_masks():
     assert masks.shape == (1, 1, 4, 4)
     assert masks[0, 0, :2, :2].all() and not masks[0, 0, 2:].any() and not masks[0, 0, :, 2:].any()
     assert box_masks(None, (1, 3, 32, 32), (4, 4)).all()
+
+
+def test_gaussian_masks_peak_at_the_centre_and_widen_with_sigma():
+    masks = gaussian_masks(np.array([[1, 2]]), np.array([[0.5, 3.0]]), (5, 6))
+    assert masks.shape == (1, 2, 5, 6) and masks.min() == 0 and masks.max() == 1
+    assert masks[0, 0, 1, 2] == 1 and masks[0, 1, 1, 2] == 1
+    assert masks[0, 1, 1, 4] > masks[0, 0, 1, 4]  # the wider one keeps more two cells away
+
+
+def test_own_level_is_where_the_gradient_is_and_fuse_own_uses_only_it(demo_model):
+    """Every neck level is a target; an RTMDet box's gradient reaches its own level only, so its
+    reported level is that one and (for a gradient-free method, whose maps do not depend on the
+    box) its ``fuse='own'`` map is the map of that level alone."""
+    per_level = [DetCAM(demo_model, method='eigencam', target_layers=[f'neck.out_convs.{k}'],
+                        score_thr=0.3)(IMAGE).cams[0] for k in range(3)]
+    result = DetCAM(demo_model, method='eigencam', fuse='own', score_thr=0.3)(IMAGE)
+    levels = result.detections.levels.tolist()
+    assert len(set(levels)) > 1  # the demo image's boxes come from different levels
+    for k, level in enumerate(levels):
+        np.testing.assert_allclose(result.cams[k], per_level[level], atol=1e-5)
+        gradients = DetCAM(demo_model, method='hirescam', target_layers=[
+            f'neck.out_convs.{level}'], score_thr=0.3)(IMAGE)
+        assert not gradients.zero_gradient_layers[k]  # its own level has its gradient

@@ -5,6 +5,10 @@ back-propagates each selected detection's own target value (its score, by defaul
 layers only, and hands the stacked per-box gradients to the pytorch_grad_cam method's own
 ``get_cam_image`` in chunks. The maps it returns live on the padded network input;
 ``geometry.to_original_image`` maps them onto the original image.
+
+Each detection also gets its *own level*: per target layer, the output (pyramid level) whose
+activations contribute most to its value, ``sum |dS/dA * A|``. For dense and RoI heads that is
+the only level its gradient reaches; ``fuse='own'`` builds every box's map from its own levels.
 """
 import copy
 import warnings
@@ -23,6 +27,9 @@ from ..model.detector import mmdet_failure
 from ..model.layers import predicting_detector
 from .capture import (DenseHeadOutputs, FeatureShapes, LayerCapture, differentiable_inference,
                       frozen_parameters, grads_for)
+
+
+FUSE_MODES = ('mean', 'max', 'own')
 
 
 class ZeroGradientWarning(UserWarning):
@@ -44,7 +51,9 @@ class BoxTarget:
 @dataclass
 class BoxCAMs:
     """Output of :func:`explain`: the selected detections (detached) and their maps on the
-    padded network input, ``maps[i]`` belonging to ``detections[i]``."""
+    padded network input, ``maps[i]`` belonging to ``detections[i]``. ``detections.levels``
+    is each detection's own level (index among the outputs of the target layer with the most
+    outputs), where gradients were computed."""
     detections: InstanceData
     maps: np.ndarray  # float32 (N, H_in, W_in)
     data_sample: object = None
@@ -72,11 +81,13 @@ def explain(model: nn.Module,
         target: detections -> one differentiable value per detection.
         select: detections -> indices of the detections to explain, in output order.
         reshape: raw layer output -> list of ``[B, C, H, W]`` maps (see ``reshape.py``).
-        fuse: ``'mean'`` or ``'max'`` over all layer outputs (pyramid levels count as outputs).
+        fuse: ``'mean'`` or ``'max'`` over all layer outputs (pyramid levels count as
+            outputs), or ``'own'``: per layer, the detection's own level only (then the mean
+            over layers).
         batch_size: detections whose gradients are held in memory at once.
     """
-    if fuse not in ('mean', 'max'):
-        raise ValueError(f"fuse must be 'mean' or 'max', got {fuse!r}")
+    if fuse not in FUSE_MODES:
+        raise ValueError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
     pristine = copy.deepcopy(data_samples)  # predict() adds its results to data_samples
     try:
         return _explain(model, inputs, data_samples, layers, layer_names, method, target,
@@ -117,7 +128,8 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
         if not capture.activations:
             raise UnsupportedModelError(
                 f'the target layers {list(layer_names)} were not called in the forward pass')
-        if method.uses_gradients and not values.requires_grad:
+        own_levels = method.uses_gradients or fuse == 'own'
+        if own_levels and not values.requires_grad:
             raise UnsupportedModelError(
                 f'the detections of {type(model).__name__} carry no gradient to '
                 f'{list(layer_names)}: its head detaches its predictions in a way mmdet-cam '
@@ -127,14 +139,17 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
         boxes = [BoxTarget(tuple(box * scale), int(label)) for box, label in
                  zip(detections.bboxes.cpu().numpy(), detections.labels.tolist())]
         layer_maps = _LayerMaps(capture, reshape, shapes.shapes, method, inputs, eigen_smooth,
-                                (width, height), head.tensors, boxes)
-        maps, zero_layers = [], []
+                                (width, height), head.tensors, boxes, own_levels)
+        maps, zero_layers, own = [], [], []
         for start in range(0, len(keep), batch_size):
             chunk = range(start, min(start + batch_size, len(keep)))
-            per_output, zero = layer_maps.for_boxes(values, chunk)
-            maps.append(_fuse(per_output, fuse))
+            per_output, zero, own_outputs = layer_maps.for_boxes(values, chunk)
+            maps.append(_fuse(per_output, fuse, own_outputs))
             zero_layers.extend(zero)
+            own.append(own_outputs)
     maps = np.concatenate(maps)
+    if own_levels:
+        detections.levels = torch.as_tensor(layer_maps.level_index(np.concatenate(own)))
     _warn_zero_gradients(zero_layers, detections, layer_names)
     _warn_non_finite(layer_maps.non_finite, detections)
     return BoxCAMs(detections, maps, data_sample, zero_layers)
@@ -144,7 +159,7 @@ class _LayerMaps:
     """Turns captured activations plus per-box gradients into per-output, input-sized maps."""
 
     def __init__(self, capture, reshape, feature_shapes, method, inputs, eigen_smooth, size,
-                 head_outputs=(), boxes=()):
+                 head_outputs=(), boxes=(), own_levels=False):
         self.capture, self.reshape, self.shapes = capture, reshape, feature_shapes
         self.head_outputs, self.boxes = head_outputs, list(boxes)
         self.method, self.inputs, self.eigen_smooth, self.size = method, inputs, eigen_smooth, size
@@ -152,6 +167,9 @@ class _LayerMaps:
         self.outputs = [(owner, piece.detach().cpu().numpy())
                         for owner, act in zip(capture.owners, capture.activations)
                         for piece in reshape(act, feature_shapes)]
+        self.own_levels = own_levels
+        owners = np.array([owner for owner, _ in self.outputs])
+        self.owner_outputs = [np.flatnonzero(owners == o) for o in sorted(set(owners))]
         self._zero_maps_zero = {}
         self.non_finite: List[int] = []  # boxes whose gradient had NaN/inf (set to 0)
         if not self.method.uses_gradients:  # activation-only methods are not box-specific
@@ -159,16 +177,37 @@ class _LayerMaps:
                             enumerate(self.outputs)]
 
     def for_boxes(self, values: Tensor, boxes: range):
-        """Maps ``[(K, H_in, W_in)]`` per layer output, and per box the layers with no
-        gradient from it."""
-        if not self.method.uses_gradients:
-            return [np.repeat(m, len(boxes), axis=0) for m in self._shared], [[]] * len(boxes)
+        """Maps ``[(K, H_in, W_in)]`` per layer output; per box the layers with no gradient
+        from it; and ``[K, layers]`` the index of each box's own output per target layer
+        (None without gradients)."""
+        if not self.own_levels:  # activation-only method, no gradients needed
+            maps = [np.repeat(m, len(boxes), axis=0) for m in self._shared]
+            return maps, [[]] * len(boxes), None
         per_box = [self._finite(i, grads_for(values[i], self.capture.activations,
                                              self.head_outputs)) for i in boxes]
         zero = [self._layers_without_gradient(grads) for grads in per_box]
         stacked = [torch.cat(gs) for gs in zip(*per_box)]  # one [K, C, H, W] per activation
         grads = [piece.cpu().numpy() for g in stacked for piece in self.reshape(g, self.shapes)]
-        return self._maps(grads, [self.boxes[i] for i in boxes] if self.boxes else None), zero
+        own = self._own_outputs(grads)
+        if not self.method.uses_gradients:
+            maps = [np.repeat(m, len(boxes), axis=0) for m in self._shared]
+        else:
+            maps = self._maps(grads, [self.boxes[i] for i in boxes] if self.boxes else None)
+        return maps, zero, own
+
+    def _own_outputs(self, grads: List[np.ndarray]) -> np.ndarray:
+        """``[K, layers]``: per box and target layer, the output with the largest
+        ``sum |grad * activation|``."""
+        energy = np.stack([np.abs(g * a).reshape(len(g), -1).sum(axis=1)
+                           for g, (_, a) in zip(grads, self.outputs)], axis=1)
+        return np.stack([outputs[energy[:, outputs].argmax(axis=1)]
+                         for outputs in self.owner_outputs], axis=1)
+
+    def level_index(self, own: np.ndarray) -> np.ndarray:
+        """Each box's own level: its own output's index within the target layer with the
+        most outputs (the pyramid)."""
+        widest = max(range(len(self.owner_outputs)), key=lambda o: len(self.owner_outputs[o]))
+        return own[:, widest] - self.owner_outputs[widest][0]
 
     def _finite(self, box: int, grads: List[Tensor]) -> List[Tensor]:
         if all(bool(torch.isfinite(g).all()) for g in grads):
@@ -212,10 +251,14 @@ class _LayerMaps:
         return self._zero_maps_zero[index]
 
 
-def _fuse(per_output: List[np.ndarray], how: str) -> np.ndarray:
-    """pytorch_grad_cam's multi-layer aggregation (ReLU, mean or max, min-max per map)."""
+def _fuse(per_output: List[np.ndarray], how: str, own=None) -> np.ndarray:
+    """pytorch_grad_cam's multi-layer aggregation (ReLU, mean or max, min-max per map);
+    ``'own'``: the mean over each box's own outputs (``own``: ``[K, layers]`` indices)."""
     stacked = np.maximum(np.stack(per_output, axis=1), 0)
-    fused = stacked.mean(axis=1) if how == 'mean' else stacked.max(axis=1)
+    if how == 'own':
+        fused = stacked[np.arange(len(stacked))[:, None], own].mean(axis=1)
+    else:
+        fused = stacked.mean(axis=1) if how == 'mean' else stacked.max(axis=1)
     return scale_cam_image(fused)
 
 

@@ -1,7 +1,7 @@
 """CAM methods, by registry name.
 
 The formulas are pytorch_grad_cam's own classes, plus the detection-specific methods of
-this package, one small file each (``odam``, ``ssgradcam``, ``ssgradcam++``). The engine
+this package, one small file each (``odam``, ``ssgradcam``, ``ssgradcam++``, ``gcame``). The engine
 calls only ``get_cam_image`` with a batch of detections' activations and gradients, and as
 ``targets`` one ``BoxTarget`` (box in network-input pixels, label) per detection. Methods
 that need extra forward passes (ScoreCAM, AblationCAM) or second-order gradients
@@ -19,7 +19,7 @@ from pytorch_grad_cam import (FEM, KPCA_CAM, EigenCAM, EigenGradCAM, GradCAM,
 from torch import nn
 
 from ..registry import CAM_METHODS, lookup, normalize_name
-from . import odam, ssgradcam  # noqa: F401  (register the methods of this package)
+from . import gcame, odam, ssgradcam  # noqa: F401  (register the methods of this package)
 
 for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),
                     ('xgradcam', XGradCAM), ('hirescam', HiResCAM), ('layercam', LayerCAM),
