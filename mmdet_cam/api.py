@@ -1,4 +1,5 @@
 """Python API: ``DetCAM`` explains every detection of an image with its own heatmap."""
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
@@ -123,16 +124,28 @@ class DetCAM:
         self.class_ids = None if classes is None else self._class_ids(classes)
         self.fuse, self.eigen_smooth, self.batch_size = fuse, eigen_smooth, batch_size
 
-    def __call__(self, img: Union[str, Path, np.ndarray]) -> DetCAMResult:
-        """Maps for every kept detection of ``img`` (a path or an HxWx3 BGR uint8 array)."""
+    def __call__(self, img: Union[str, Path, np.ndarray],
+                 candidates: Optional[Callable] = None) -> DetCAMResult:
+        """Maps for every kept detection of ``img`` (a path or an HxWx3 BGR uint8 array).
+
+        ``candidates``: explain these raw candidates instead of the kept detections (see
+        ``mmdet_cam.engine.explain.explain``)."""
         image = read_image(img)
         with mmdet_failure(self.config, 'prepare an image for'):
             inputs, data_samples = preprocess(self.model, self.pipeline, image)
         out = explain(self.model, inputs, data_samples, self.layers, self.layer_names,
                       self.method, self.target, self.select, self.reshape, self.fuse,
-                      self.eigen_smooth, self.batch_size)
+                      self.eigen_smooth, self.batch_size, candidates)
         cams = to_original_image(out.maps, out.data_sample.metainfo)
         return DetCAMResult(out.detections, cams, image, out.zero_gradient_layers)
+
+    def with_model(self, model: nn.Module) -> 'DetCAM':
+        """The same settings for another model of the same architecture (e.g. a copy with
+        changed weights); its target layers are found by name."""
+        other = copy.copy(self)
+        other.model = model
+        other.layers = resolve_layers(model, self.layer_names)
+        return other
 
     def select(self, pred: InstanceData) -> torch.Tensor:
         """Indices of the detections to explain, highest score first."""

@@ -1,19 +1,23 @@
-"""A detector's raw candidates for batches of images: the callable behind faithfulness metrics.
+"""A detector's raw candidates: scored for batches of images, and held fixed across models.
 
 :class:`CandidateScorer` runs the detector with its final head's score threshold removed, NMS
 made a no-op (IoU threshold 1) and the per-image cap lifted, so every (candidate, class) pair
 it scores comes back; ``mmdet_cam.metrics.faithfulness.tracker`` turns that into the
 tracked score of one detection in perturbed images.
+
+:class:`FixedCandidates` explains the *same* raw candidates in a model whose weights were
+changed (the sanity check's randomised copies), whatever they score there.
 """
 import contextlib
 import copy
-from typing import Iterator, List, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 from mmengine.structures import InstanceData
-from torch import nn
+from torch import Tensor, nn
 
+from ..errors import UnsupportedModelError
 from ..model.detector import preprocess
 from ..model.layers import predicting_detector
 
@@ -63,3 +67,71 @@ class CandidateScorer:
             with torch.no_grad(), every_candidate(self.model):
                 results += [s.pred_instances.cpu() for s in self.model.predict(inputs, samples)]
         return results
+
+
+class FixedCandidates:
+    """The raw candidates behind some detections, as fixed functions of the box heads' raw
+    outputs; a ``candidates`` argument of :func:`~mmdet_cam.engine.explain.explain`.
+
+    The first call (with the original model) explains the detections that ``select`` picks,
+    with their ``target`` values, and records for each the gradient ``w`` of its value with
+    respect to the raw head outputs ``T``. Later calls (with models of changed weights, same
+    image) explain ``sum(w * T')``: the same candidates (same raw positions, same weights),
+    whatever the new model scores them. Its gradient w.r.t. the features equals the original
+    value's at the original weights (chain rule), so the maps of both calls compare like
+    with like.
+    """
+
+    def __init__(self, target: Callable, select: Callable):
+        self.target, self.select = target, select
+        self.weights: Optional[List[List[Tensor]]] = None
+        self.detections: Optional[InstanceData] = None
+
+    def __call__(self, pred: InstanceData, head_outputs: List[Tensor]):
+        if not head_outputs:
+            raise UnsupportedModelError(
+                'no raw box-head outputs were recorded (no module named bbox_head ran): the '
+                'candidates of this detector cannot be held fixed')
+        if self.weights is None:
+            keep = self.select(pred)
+            values = self.target(pred)[keep]
+            self.weights = [self._gradient(value, head_outputs) for value in values]
+            self.detections = pred[keep]
+            return values, self.detections
+        shapes = [tuple(t.shape) for t in head_outputs]
+        expected = [tuple(w.shape) for w in self.weights[0]] if self.weights else shapes
+        if shapes != expected:
+            raise UnsupportedModelError(
+                'the raw candidates changed in number with the new weights (the head now '
+                f'returns tensors of shapes {shapes}), so they cannot be held fixed')
+        values = [sum((w * t).sum() for w, t in zip(weights, head_outputs))
+                  for weights in self.weights]
+        return (torch.stack(values) if values else torch.zeros(0)), self.detections
+
+    @staticmethod
+    def _gradient(value: Tensor, head_outputs: List[Tensor]) -> List[Tensor]:
+        grads = torch.autograd.grad(value, head_outputs, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(t) if g is None else g.detach()
+                for g, t in zip(grads, head_outputs)]
+
+
+@contextlib.contextmanager
+def pinned_proposals(model: nn.Module, store: dict) -> Iterator[None]:
+    """While active, a two-stage detector's RPN returns the proposals it returned the first
+    time (recorded in ``store``), so its RoI head sees the same RoIs whatever its weights."""
+    rpn_head = getattr(predicting_detector(model), 'rpn_head', None)
+    if rpn_head is None:
+        yield
+        return
+    predict = rpn_head.predict
+
+    def pinned(*args, **kwargs):
+        if 'proposals' not in store:
+            store['proposals'] = [r.detach() for r in predict(*args, **kwargs)]
+        return copy.deepcopy(store['proposals'])
+
+    rpn_head.predict = pinned  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del rpn_head.predict

@@ -362,13 +362,41 @@ class DenseHeadOutputs(_OutputRecorder):
         self.tensors: List[Tensor] = []
 
     def _hook(self, module, inputs, output):
-        def tensors(value):
-            if isinstance(value, Tensor):
-                return [value] if value.requires_grad else []
-            if isinstance(value, (tuple, list)):
-                return [t for item in value for t in tensors(item)]
-            return []
-        self.tensors = tensors(output)
+        self.tensors = _tensors_in(output)
+
+
+class FinalHeadOutputs:
+    """Records, in call order, every tensor that the detector's box heads return from
+    ``forward``: the raw candidates' class scores and box deltas, whatever the detector (its
+    ``bbox_head``, a dense or DETR head, or the ``roi_head.bbox_head`` of each RoI stage)."""
+
+    def __init__(self, model: nn.Module):
+        self.heads: List[nn.Module] = []
+        for name, module in model.named_modules():
+            if name.split('.')[-1] == 'bbox_head':  # a cascade holds one per stage
+                self.heads += list(module) if isinstance(module, nn.ModuleList) else [module]
+        self.tensors: List[Tensor] = []
+        self._handles = []
+
+    def __enter__(self) -> 'FinalHeadOutputs':
+        self._handles = [head.register_forward_hook(self._hook) for head in self.heads]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _hook(self, module, inputs, output):
+        self.tensors += _tensors_in(output)
+
+
+def _tensors_in(value) -> List[Tensor]:
+    """The tensors of a (nested) head output that are in the graph."""
+    if isinstance(value, Tensor):
+        return [value] if value.requires_grad else []
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors_in(item)]
+    return []
 
 
 def grads_for(value: Tensor, activations: Sequence[Tensor],

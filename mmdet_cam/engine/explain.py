@@ -13,7 +13,7 @@ the only level its gradient reaches; ``fuse='own'`` builds every box's map from 
 import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from ..errors import DetCAMError, UnsupportedModelError
 from ..model.detector import mmdet_failure
 from ..model.layers import predicting_detector
-from .capture import (DenseHeadOutputs, FeatureShapes, LayerCapture, differentiable_inference,
-                      frozen_parameters, grads_for)
+from .capture import (DenseHeadOutputs, FeatureShapes, FinalHeadOutputs, LayerCapture,
+                      differentiable_inference, frozen_parameters, grads_for)
 
 
 FUSE_MODES = ('mean', 'max', 'own')
@@ -71,7 +71,8 @@ def explain(model: nn.Module,
             reshape: Callable,
             fuse: str = 'mean',
             eigen_smooth: bool = False,
-            batch_size: int = 16) -> BoxCAMs:
+            batch_size: int = 16,
+            candidates: Optional[Callable] = None) -> BoxCAMs:
     """Maps for the detections of one preprocessed image (a batch of size 1).
 
     Args:
@@ -85,13 +86,17 @@ def explain(model: nn.Module,
             outputs), or ``'own'``: per layer, the detection's own level only (then the mean
             over layers).
         batch_size: detections whose gradients are held in memory at once.
+        candidates: instead of ``target`` and ``select``, ``(pred_instances, head_outputs) ->
+            (values, detections)``, where ``head_outputs`` are the raw outputs of the box heads
+            (see ``capture.FinalHeadOutputs``): for explaining raw candidates that need not be
+            among the reported detections (``candidates.FixedCandidates``).
     """
     if fuse not in FUSE_MODES:
         raise ValueError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
     pristine = copy.deepcopy(data_samples)  # predict() adds its results to data_samples
     try:
         return _explain(model, inputs, data_samples, layers, layer_names, method, target,
-                        select, reshape, fuse, eigen_smooth, batch_size)
+                        select, reshape, fuse, eigen_smooth, batch_size, candidates)
     except DetCAMError:
         raise
     except Exception:
@@ -109,21 +114,26 @@ def _check_mmdet_inference(model: nn.Module, inputs: Tensor, data_samples: list)
 
 
 def _explain(model, inputs, data_samples, layers, layer_names, method, target, select,
-             reshape, fuse, eigen_smooth, batch_size) -> BoxCAMs:
+             reshape, fuse, eigen_smooth, batch_size, candidates) -> BoxCAMs:
     detector = predicting_detector(model)
     neck_or_backbone = getattr(detector, 'neck', None)
     if neck_or_backbone is None:
         neck_or_backbone = getattr(detector, 'backbone', None)
     with frozen_parameters(model), differentiable_inference(model), torch.enable_grad(), \
             LayerCapture(layers, layer_names) as capture, \
-            FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(detector) as head:
+            FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(detector) as head, \
+            FinalHeadOutputs(detector) as final:
         data_sample = model.predict(inputs, data_samples)[0]
         pred = data_sample.pred_instances
-        keep = select(pred)
-        values = target(pred)[keep] if len(keep) else None
-        detections = _detached(pred[keep])
+        if candidates is None:
+            keep = select(pred)
+            values = target(pred)[keep]
+            detections = pred[keep]
+        else:
+            values, detections = candidates(pred, final.tensors)
+        detections = _detached(detections)
         height, width = inputs.shape[-2:]
-        if values is None:
+        if not len(detections):
             return BoxCAMs(detections, np.zeros((0, height, width), np.float32), data_sample)
         if not capture.activations:
             raise UnsupportedModelError(
@@ -141,8 +151,8 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
         layer_maps = _LayerMaps(capture, reshape, shapes.shapes, method, inputs, eigen_smooth,
                                 (width, height), head.tensors, boxes, own_levels)
         maps, zero_layers, own = [], [], []
-        for start in range(0, len(keep), batch_size):
-            chunk = range(start, min(start + batch_size, len(keep)))
+        for start in range(0, len(detections), batch_size):
+            chunk = range(start, min(start + batch_size, len(detections)))
             per_output, zero, own_outputs = layer_maps.for_boxes(values, chunk)
             maps.append(_fuse(per_output, fuse, own_outputs))
             zero_layers.extend(zero)

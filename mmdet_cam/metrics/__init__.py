@@ -1,9 +1,12 @@
-"""Scores of maps against boxes. Arrays in, numbers out: nothing here calls a model or knows
-which method made a map."""
+"""Scores of maps against boxes. Arrays in, numbers out: nothing here builds a model or knows
+which method made a map. The one exception is the sanity check (``sanity``), which re-runs an
+explainer on randomised copies of its model."""
 from .faithfulness import (auc, object_discrimination, perturbation_curve, tracked_score,
                            tracker)
 from .localization import (box_area_share, box_mask, energy_in_box, peak_location,
                            pointing_hit)
+from .sanity import SanityResult, parameter_randomisation
 
 __all__ = ['box_area_share', 'box_mask', 'energy_in_box', 'peak_location', 'pointing_hit',
-           'auc', 'object_discrimination', 'perturbation_curve', 'tracked_score', 'tracker']
+           'auc', 'object_discrimination', 'perturbation_curve', 'tracked_score', 'tracker',
+           'SanityResult', 'parameter_randomisation']
