@@ -1,13 +1,13 @@
 """mmdet-cam: per-detection class-activation maps for MMDetection 3.x detectors.
 
 ``import mmdet_cam`` (or ``custom_imports = dict(imports=['mmdet_cam'])`` in an mmdet config)
-registers the plugin's CAM methods, targets and reshape transforms, and ``DetCAMHook`` and
-``CAMLocalizationMetric`` in mmdet's registries.
+registers the plugin's CAM methods, targets and reshape transforms, and ``DetCAMHook``,
+``CAMLocalizationMetric`` and ``CAMFaithfulnessMetric`` in mmdet's registries.
 """
 from . import methods  # noqa: F401  (register the built-in entries)
 from .engine import reshape, targets  # noqa: F401
 from .api import DetCAM, DetCAMResult
-from .runner.evaluation import CAMLocalizationMetric
+from .runner.evaluation import CAMFaithfulnessMetric, CAMLocalizationMetric
 from .runner.hooks import DetCAMHook
 from .model.detector import build_detector, resolve_config
 from .engine.explain import ZeroGradientWarning
@@ -17,7 +17,7 @@ from .registry import CAM_METHODS, CAM_TARGETS, RESHAPE_TRANSFORMS
 from .version import __version__
 
 __all__ = [
-    'DetCAM', 'DetCAMResult', 'DetCAMHook', 'CAMLocalizationMetric', 'build_detector',
-    'resolve_config', 'get_layer', 'list_layers', 'DetCAMError', 'ZeroGradientWarning',
+    'DetCAM', 'DetCAMResult', 'DetCAMHook', 'CAMLocalizationMetric', 'CAMFaithfulnessMetric',
+    'build_detector', 'resolve_config', 'get_layer', 'list_layers', 'DetCAMError', 'ZeroGradientWarning',
     'CAM_METHODS', 'CAM_TARGETS', 'RESHAPE_TRANSFORMS', '__version__'
 ]

@@ -8,8 +8,8 @@ import pytest
 
 from mmdet_cam import DetCAM
 from mmdet_cam.engine.candidates import CandidateScorer
-from mmdet_cam.metrics import (auc, object_discrimination, perturbation_curve, tracked_score,
-                               tracker)
+from mmdet_cam.metrics import (auc, object_discrimination, perturbation_curve, road_combined,
+                               road_curve, tracked_score, tracker)
 from mmdet_cam.shapes import make_image
 
 REPO = Path(__file__).parents[1]
@@ -88,3 +88,18 @@ def test_deleting_the_salient_pixels_removes_the_detection_faster_than_random(de
                                interpolation=cv2.INTER_CUBIC)
             random.append(auc(perturbation_curve(image, blobs, score_fn, steps=10)))
     assert np.mean(salient) < np.mean(random) - 0.1, (salient, random)
+
+
+def test_road_removes_the_detection_when_its_salient_pixels_are_imputed(demo):
+    """ROAD through pytorch_grad_cam's imputer: imputing the map's top pixels lowers the tracked
+    score more than imputing its bottom ones (positive combined score), unlike a reversed map."""
+    cam, image, result = demo
+    scorer = CandidateScorer(cam.model, cam.pipeline)
+    box, label = result.detections.bboxes[0].tolist(), int(result.detections.labels[0])
+    score_fn = tracker(scorer, box, label)
+    most = road_curve(image, result.cams[0], score_fn, True, percentiles=(50, 90))
+    least = road_curve(image, result.cams[0], score_fn, False, percentiles=(50, 90))
+    assert most.shape == (2,) and (most < least).all()
+    combined = road_combined(image, result.cams[0], score_fn, percentiles=(50, 90))
+    assert combined == pytest.approx(((least - most) / 2).mean(), abs=0.05)  # imputation noise
+    assert combined > 0 > road_combined(image, 1 - result.cams[0], score_fn, percentiles=(50, 90))

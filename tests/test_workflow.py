@@ -1,5 +1,6 @@
-"""The OpenMMLab workflow: mmdet's test loop with DetCAMHook and CAMLocalizationMetric, on one
-process and on two (torchrun, gloo, CPU), and CAM methods added from a user's own module."""
+"""The OpenMMLab workflow: mmdet's test loop with DetCAMHook, CAMLocalizationMetric and
+CAMFaithfulnessMetric, on one process and on two (torchrun, gloo, CPU), and CAM methods added
+from a user's own module."""
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ from mmdet_cam.shapes import write_split
 
 REPO = Path(__file__).parents[1]
 CONFIG = REPO / 'configs' / 'rtmdet_shapes_cam.py'
+FAITHFULNESS_CONFIG = REPO / 'configs' / 'rtmdet_shapes_cam_faithfulness.py'
 CHECKPOINT = REPO / 'demo' / 'rtmdet_shapes.pth'
 
 
@@ -40,7 +42,7 @@ def val_split_options(val_root: Path) -> dict:
 def run_test_loop(work_dir: Path, val_root: Path, processes: int) -> dict:
     options = [f'{key}={value}' for key, value in val_split_options(val_root).items()]
     options.append('test_dataloader.batch_size=2')
-    tool = [str(REPO / 'tools' / 'test_cam.py'), str(CONFIG), str(CHECKPOINT),
+    tool = [str(REPO / 'tools' / 'test_cam.py'), str(FAITHFULNESS_CONFIG), str(CHECKPOINT),
             '--work-dir', str(work_dir), '--cfg-options', *options]
     if processes == 1:
         command = [sys.executable, *tool]
@@ -64,9 +66,12 @@ def test_test_loop_writes_one_output_per_image_and_metrics_agree_across_processe
         assert sorted(p.name for p in cam_dir.glob('*_cam.jpg')) == [f'{s}_cam.jpg' for s in stems]
         assert sorted(p.stem for p in cam_dir.glob('*.json')) == stems
     assert single['cam/matched'] > 0
-    for key in ('cam/pointing', 'cam/energy', 'cam/chance', 'cam/matched', 'coco/bbox_mAP'):
+    for key in ('cam/pointing', 'cam/energy', 'cam/chance', 'cam/matched', 'coco/bbox_mAP',
+                'cam/deletion', 'cam/insertion', 'cam/oa', 'cam/explained'):
         assert single[key] == pytest.approx(double[key], abs=1e-6), key
     assert single['cam/energy'] > single['cam/chance']
+    assert single['cam/explained'] >= single['cam/matched']
+    assert 0 <= single['cam/deletion'] < single['cam/insertion'] <= 1
 
 
 def test_a_method_from_the_users_module_works_by_name(tmp_path):

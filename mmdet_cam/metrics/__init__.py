@@ -1,12 +1,13 @@
 """Scores of maps against boxes. Arrays in, numbers out: nothing here builds a model or knows
 which method made a map. The one exception is the sanity check (``sanity``), which re-runs an
 explainer on randomised copies of its model."""
-from .faithfulness import (auc, object_discrimination, perturbation_curve, tracked_score,
-                           tracker)
+from .faithfulness import (auc, detection_faithfulness, object_discrimination,
+                           perturbation_curve, road_combined, road_curve, tracked_score, tracker)
 from .localization import (box_area_share, box_mask, energy_in_box, peak_location,
                            pointing_hit)
 from .sanity import SanityResult, parameter_randomisation
 
 __all__ = ['box_area_share', 'box_mask', 'energy_in_box', 'peak_location', 'pointing_hit',
-           'auc', 'object_discrimination', 'perturbation_curve', 'tracked_score', 'tracker',
+           'auc', 'detection_faithfulness', 'object_discrimination', 'perturbation_curve',
+           'road_combined', 'road_curve', 'tracked_score', 'tracker',
            'SanityResult', 'parameter_randomisation']

@@ -7,6 +7,10 @@ D-RISE and ODAM do: each perturbed image is scored by a *tracked score* of the e
 detection (:func:`tracked_score`), a smooth function of the detector's raw candidates that
 follows the object even when its box moves, instead of re-identifying it after NMS.
 
+ROAD (Rong et al., arXiv 2202.00449) replaces the removed pixels by pytorch_grad_cam's noisy
+linear imputation from their neighbours instead, so that the removal itself leaks less of the
+map's shape into the perturbed image (:func:`road_curve`, :func:`road_combined`).
+
 Arrays and a callable in, numbers out: nothing here builds a model or knows how a map was made.
 ``score_fn`` maps a list of ``H x W x 3`` uint8 images to one score per image; :func:`tracker`
 makes one from any callable that returns a detector's candidates per image (such as
@@ -16,6 +20,10 @@ from typing import Callable, List, Optional, Sequence
 
 import cv2
 import numpy as np
+import torch
+from pytorch_grad_cam.metrics.perturbation_confidence import (RemoveLeastRelevantFirst,
+                                                              RemoveMostRelevantFirst)
+from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
 from .localization import box_mask
 
@@ -111,6 +119,43 @@ def perturbation_curve(image: np.ndarray, saliency: np.ndarray, score_fn: ScoreF
             batch.append(np.where(taken, end, start).astype(image.dtype))
         scores.extend(float(s) for s in score_fn(batch))
     return np.asarray(scores)
+
+
+def detection_faithfulness(image: np.ndarray, saliency: np.ndarray, score_fn: ScoreFn,
+                           steps: int = 20) -> dict:
+    """``deletion`` and ``insertion`` AUCs of one detection's map (default substrates), and
+    ``oa`` = insertion - deletion."""
+    deletion = auc(perturbation_curve(image, saliency, score_fn, 'deletion', steps))
+    insertion = auc(perturbation_curve(image, saliency, score_fn, 'insertion', steps))
+    return dict(deletion=deletion, insertion=insertion, oa=insertion - deletion)
+
+
+ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+
+
+def road_curve(image: np.ndarray, saliency: np.ndarray, score_fn: ScoreFn,
+               most_relevant_first: bool = True,
+               percentiles: Sequence[float] = ROAD_PERCENTILES) -> np.ndarray:
+    """Scores after pixels are removed by ROAD's noisy linear imputation, one per percentile,
+    with pytorch_grad_cam's own removal: at ``p``, most-relevant-first removes the pixels at or
+    above the map's ``p``-th percentile; least-relevant-first ranks by ``1 - map`` instead.
+    ``saliency`` in [0, 1], the size of ``image``."""
+    remove = RemoveMostRelevantFirst if most_relevant_first else RemoveLeastRelevantFirst
+    pixels = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), np.float32))
+    mask = torch.from_numpy(np.asarray(saliency, np.float32))
+    images = [remove(p, NoisyLinearImputer())(pixels, mask).numpy().transpose(1, 2, 0)
+              for p in percentiles]
+    return np.asarray(score_fn([np.clip(i, 0, 255).round().astype(np.uint8) for i in images]),
+                      np.float64)
+
+
+def road_combined(image: np.ndarray, saliency: np.ndarray, score_fn: ScoreFn,
+                  percentiles: Sequence[float] = ROAD_PERCENTILES) -> float:
+    """The library's ``ROADCombined``: the mean over percentiles of (least-relevant-first
+    score - most-relevant-first score) / 2; higher is better."""
+    most = road_curve(image, saliency, score_fn, True, percentiles)
+    least = road_curve(image, saliency, score_fn, False, percentiles)
+    return float(((least - most) / 2).mean())
 
 
 def auc(curve: Sequence[float]) -> float:

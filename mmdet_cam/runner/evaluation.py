@@ -1,7 +1,10 @@
-"""``CAMLocalizationMetric``: pointing game and energy pointing game of per-detection maps
-against the ground-truth boxes, next to ``CocoMetric`` in ``test_evaluator``.
+"""Metrics of the maps ``DetCAMHook`` computes in mmdet's test loop, next to ``CocoMetric``:
 
-    test_evaluator = [dict(type='CocoMetric', ...), dict(type='CAMLocalizationMetric')]
+    test_evaluator = [dict(type='CocoMetric', ...), dict(type='CAMLocalizationMetric'),
+                      dict(type='CAMFaithfulnessMetric')]  # needs faithfulness_steps > 0
+
+``CAMLocalizationMetric``: pointing game and energy pointing game of per-detection maps
+against the ground-truth boxes. ``CAMFaithfulnessMetric``: deletion / insertion AUCs.
 
 It scores the maps that ``DetCAMHook`` attached to the data samples (images the hook did not
 explain are skipped). A detection counts when a ground-truth box of its class overlaps it with
@@ -9,6 +12,7 @@ IoU >= ``iou_thr``; ground-truth boxes are read from the data samples, which are
 original-image pixels when the test pipeline loads annotations after ``Resize``, as mmdet's
 configs do. Results are gathered across processes by mmengine's evaluator.
 """
+import logging
 from typing import Optional, Sequence
 
 import numpy as np
@@ -16,6 +20,7 @@ import torch
 from mmdet.registry import METRICS
 from mmdet.structures.bbox import bbox_overlaps
 from mmengine.evaluator import BaseMetric
+from mmengine.logging import print_log
 
 from ..metrics import box_area_share, energy_in_box, pointing_hit
 
@@ -70,3 +75,29 @@ class CAMLocalizationMetric(BaseMetric):
         pointing, energy, chance = matched.mean(axis=0)
         return dict(pointing=float(pointing), energy=float(energy), chance=float(chance),
                     matched=len(matched), unmatched=len(rows) - len(matched))
+
+
+@METRICS.register_module()
+class CAMFaithfulnessMetric(BaseMetric):
+    """Means over explained detections of ``deletion`` and ``insertion`` AUC and ``oa``
+    (insertion - deletion), as measured by ``DetCAMHook(faithfulness_steps=N)``, and the number
+    of ``explained`` detections. Every detection the hook explained counts, matched to a
+    ground-truth box or not: faithfulness is about the model, not the labels."""
+
+    default_prefix = 'cam'
+
+    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        for sample in data_samples:
+            if 'cam_faithfulness' in sample:
+                self.results.append([(row['deletion'], row['insertion'])
+                                     for row in sample['cam_faithfulness']])
+
+    def compute_metrics(self, results: list) -> dict:
+        rows = np.array([row for image in results for row in image], np.float64).reshape(-1, 2)
+        if len(rows) == 0:
+            print_log('CAMFaithfulnessMetric: no faithfulness figures; set faithfulness_steps '
+                      'of DetCAMHook above 0', logger='current', level=logging.WARNING)
+            return dict(deletion=0.0, insertion=0.0, oa=0.0, explained=0)
+        deletion, insertion = rows.mean(axis=0)
+        return dict(deletion=float(deletion), insertion=float(insertion),
+                    oa=float(insertion - deletion), explained=len(rows))
