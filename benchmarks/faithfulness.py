@@ -9,16 +9,27 @@ ground-truth box of its class (IoU >= 0.5), and for each method:
              by the mean colour (lower: the map found what the detector needs)
   insertion  AUC while they are restored into a blurred image (higher is better)
   OA         insertion - deletion
+  ROAD       pytorch_grad_cam's ROADCombined with the tracked score (first --road-images only)
+  sanity     Spearman between each map and the map of the same raw candidate once the box head
+             is randomised (parameter randomisation, first --sanity-images only; every explained
+             detection); a method passes below 0.5
+  last       the same once the whole model is randomised
 Baselines: ``random`` (random blobs at the maps' scale: smooth random maps, seeded) and
 ``centre`` (a Gaussian centred on the detected box, sigma a quarter of its size).
 
+The last line names the default method this evidence picks: the best OA among the methods
+that are box-specific (not channel-pooled, not gradient-free, not random) and pass the
+sanity check.
+
     python tools/make_shapes_dataset.py data/shapes        # once
     python benchmarks/faithfulness.py --quick               # 8 images, a few minutes
-    nohup python benchmarks/faithfulness.py > faithfulness.log 2>&1 &   # 60 images
+    nohup python benchmarks/faithfulness.py > faithfulness.log 2>&1 &   # 40 images, ~45 min
 
 Prints a markdown table and writes the mean deletion/insertion curves per method to
-``docs/faithfulness_curves.png``.
+``docs/faithfulness_curves.png``. Rows are kept in ``work_dirs/faithfulness/<settings>.jsonl``
+as they finish: a run that is stopped resumes where it was.
 """
+import json
 import time
 import warnings
 from pathlib import Path
@@ -29,12 +40,17 @@ import numpy as np
 from localization import demo_arguments, load_split, match  # benchmarks/localization.py
 from mmdet_cam import DetCAM, build_detector
 from mmdet_cam.engine.candidates import CandidateScorer
-from mmdet_cam.methods import method_names
-from mmdet_cam.metrics import (auc, energy_in_box, object_discrimination, perturbation_curve,
-                               pointing_hit, tracker)
+from mmdet_cam.methods import NOT_BOX_SPECIFIC, method_names
+from mmdet_cam.metrics import (auc, energy_in_box, object_discrimination,
+                               parameter_randomisation, perturbation_curve, pointing_hit,
+                               road_combined, tracker)
 
 REPO = Path(__file__).parents[1]
 BASELINES = ('random', 'centre')
+NOT_EXPLAINING = ('randomcam',) + BASELINES
+SANITY_PASS = 0.5
+COLUMNS = ('boxes', 'pointing', 'energy', 'odi', 'deletion', 'insertion', 'oa', 'road', 'sanity',
+           'last', 'seconds')
 
 
 def baseline_map(kind: str, shape, box, rng) -> np.ndarray:
@@ -49,12 +65,13 @@ def baseline_map(kind: str, shape, box, rng) -> np.ndarray:
                     + (ys - (y1 + y2) / 2) ** 2 / (2 * sy ** 2))).astype(np.float32)
 
 
-def evaluate(model, method, samples, scorer, steps, score_thr, seed=0):
+def evaluate(model, method, samples, scorer, steps, score_thr, road_images, sanity_images,
+             seed=0):
     rng = np.random.default_rng(seed)
     cam = DetCAM(model, method='gradcam' if method in BASELINES else method,
                  score_thr=score_thr)
-    rows, curves, seconds = [], {'deletion': [], 'insertion': []}, 0.0
-    for path, gt in samples:
+    rows, curves, seconds, road = [], {'deletion': [], 'insertion': []}, 0.0, []
+    for index, (path, gt) in enumerate(samples):
         start = time.time()
         result = cam(str(path))
         seconds += time.time() - start if method not in BASELINES else 0.0
@@ -72,14 +89,45 @@ def evaluate(model, method, samples, scorer, steps, score_thr, seed=0):
             insertion = perturbation_curve(image, saliency, score_fn, 'insertion', steps)
             curves['deletion'].append(deletion)
             curves['insertion'].append(insertion)
+            if index < road_images:
+                road.append(road_combined(image, saliency, score_fn))
             rows.append(dict(pointing=pointing_hit(saliency, box),
                              energy=energy_in_box(saliency, box),
                              odi=object_discrimination(saliency, box, others),
                              deletion=auc(deletion), insertion=auc(insertion)))
     summary = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
     summary.update(boxes=len(rows), oa=summary['insertion'] - summary['deletion'],
-                   seconds=seconds / max(len(rows), 1))
-    return summary, {mode: np.mean(c, axis=0) for mode, c in curves.items()}
+                   seconds=seconds / max(len(rows), 1),
+                   road=float(np.mean(road)) if road else float('nan'),
+                   **sanity(cam, method, samples[:sanity_images]))
+    return summary, {mode: np.mean(c, axis=0).tolist() for mode, c in curves.items()}
+
+
+def sanity(cam, method, samples) -> dict:
+    """Mean Spearman once the box head, and once everything, is randomised (NaN for the
+    baselines, whose maps do not come from the model)."""
+    if method in BASELINES or not samples:
+        return dict(sanity=float('nan'), last=float('nan'))
+    head, last = [], []
+    for path, _ in samples:
+        result = parameter_randomisation(cam, str(path))
+        if len(result.detections):
+            head += result.head_randomised.tolist()
+            last += result.correlation[-1].tolist()
+    return dict(sanity=float(np.mean(head)), last=float(np.mean(last)))
+
+
+def default_by_evidence(rows: dict) -> str:
+    """The best OA among box-specific methods that pass the sanity check."""
+    eligible = {m: r for m, r in rows.items() if m not in NOT_BOX_SPECIFIC
+                and m not in NOT_EXPLAINING and r['sanity'] < SANITY_PASS}
+    return max(eligible, key=lambda m: eligible[m]['oa']) if eligible else ''
+
+
+def table_row(method: str, row: dict) -> str:
+    cells = [str(row['boxes'])] + [f'{row[c]:.3f}' if np.isfinite(row[c]) else '-'
+                                   for c in COLUMNS[1:]]
+    return f"| {method} | {' | '.join(cells)} |"
 
 
 def plot(curves: dict, path: Path, steps: int) -> None:
@@ -106,15 +154,18 @@ def plot(curves: dict, path: Path, steps: int) -> None:
 
 def main():
     parser = demo_arguments(__doc__)
-    parser.add_argument('--num-images', type=int, default=60)
-    parser.add_argument('--quick', action='store_true', help='8 images, 10 steps')
+    parser.add_argument('--num-images', type=int, default=40)
+    parser.add_argument('--quick', action='store_true',
+                        help='8 images, 10 steps, ROAD on 1 image, sanity on 2')
     parser.add_argument('--steps', type=int, default=20, help='perturbation steps per curve')
     parser.add_argument('--methods', nargs='+', help='default: every registered method')
     parser.add_argument('--score-thr', type=float, default=0.3)
+    parser.add_argument('--road-images', type=int, default=2)
+    parser.add_argument('--sanity-images', type=int, default=8)
     parser.add_argument('--plot', default=str(REPO / 'docs' / 'faithfulness_curves.png'))
     args = parser.parse_args()
     if args.quick:
-        args.num_images, args.steps = 8, 10
+        args.num_images, args.steps, args.road_images, args.sanity_images = 8, 10, 1, 2
 
     warnings.simplefilter('ignore')
     samples = load_split(Path(args.data_root), 'val')[:args.num_images]
@@ -122,18 +173,31 @@ def main():
     scorer = CandidateScorer(model, DetCAM(model).pipeline)
     methods = (args.methods or [m for m in method_names() if m not in ('kpca_cam', 'fem')])
     methods = list(methods) + [b for b in BASELINES if b not in methods]
-    print(f'{len(samples)} val images, score_thr {args.score_thr}, {args.steps} steps\n')
-    print('| method | boxes | pointing | energy | ODI | deletion | insertion | OA | s/box |')
-    print('|---|---:|---:|---:|---:|---:|---:|---:|---:|')
-    curves = {}
+    settings = (f'n{len(samples)}_s{args.steps}_t{args.score_thr}_r{args.road_images}'
+                f'_y{args.sanity_images}')
+    store = REPO / 'work_dirs' / 'faithfulness' / f'{settings}.jsonl'
+    done = {}
+    if store.is_file():
+        done = {r['method']: r for r in map(json.loads, store.read_text().splitlines())}
+    store.parent.mkdir(parents=True, exist_ok=True)
+    print(f'{len(samples)} val images, score_thr {args.score_thr}, {args.steps} steps, ROAD '
+          f'on {args.road_images}, sanity on {args.sanity_images} (rows kept in {store})\n')
+    print('| method | boxes | pointing | energy | ODI | deletion | insertion | OA | ROAD | '
+          'sanity | last | s/box |')
+    print('|---|' + '---:|' * len(COLUMNS))
+    rows, curves = {}, {}
     for method in methods:
-        row, curves[method] = evaluate(model, method, samples, scorer, args.steps,
-                                       args.score_thr)
-        print(f"| {method} | {row['boxes']} | {row['pointing']:.3f} | {row['energy']:.3f} | "
-              f"{row['odi']:.3f} | {row['deletion']:.3f} | {row['insertion']:.3f} | "
-              f"{row['oa']:.3f} | {row['seconds']:.3f} |", flush=True)
+        if method not in done:
+            row, curve = evaluate(model, method, samples, scorer, args.steps, args.score_thr,
+                                  args.road_images, args.sanity_images)
+            done[method] = dict(method=method, row=row, curves=curve)
+            with store.open('a') as f:
+                f.write(json.dumps(done[method]) + '\n')
+        rows[method], curves[method] = done[method]['row'], done[method]['curves']
+        print(table_row(method, rows[method]), flush=True)
     plot(curves, Path(args.plot), args.steps)
     print(f'\ncurves -> {args.plot}')
+    print(f'default by this evidence: {default_by_evidence(rows) or "none qualifies"}')
 
 
 if __name__ == '__main__':
