@@ -16,7 +16,9 @@ from .engine.explain import FUSE_MODES, explain
 from .errors import UnknownNameError
 from .engine.geometry import to_original_image
 from .model.layers import layer_name, resolve_layers
+from .engine.candidates import CandidateScorer
 from .methods import build_cam_method
+from .methods.drise import num_classes_of
 from .registry import CAM_TARGETS, lookup
 from .engine.reshape import build_reshape_transform
 
@@ -62,7 +64,8 @@ class DetCAM:
             (channel-pooled: a box's map also marks other objects of the same channels);
             hirescam, layercam, gradcamelementwise, odam, ssgradcam, ssgradcam++, gcame
             (box-specific); eigencam, kpca_cam, fem (gradient-free: the same map for every
-            detection); randomcam (a baseline).
+            detection); randomcam (a baseline); drise (black-box: the detector on randomly
+            masked images, ``dict(type='drise', num_masks=..., seed=...)``).
         device: where to build the model (an already built model stays where it is).
         score_thr: explain detections scoring at least this much.
         topk: explain at most this many (highest scores).
@@ -133,11 +136,23 @@ class DetCAM:
         image = read_image(img)
         with mmdet_failure(self.config, 'prepare an image for'):
             inputs, data_samples = preprocess(self.model, self.pipeline, image)
+        if getattr(self.method, 'perturbs_inputs', False):
+            return self._black_box(image, inputs, data_samples)
         out = explain(self.model, inputs, data_samples, self.layers, self.layer_names,
                       self.method, self.target, self.select, self.reshape, self.fuse,
                       self.eigen_smooth, self.batch_size, candidates)
         cams = to_original_image(out.maps, out.data_sample.metainfo)
         return DetCAMResult(out.detections, cams, image, out.zero_gradient_layers)
+
+    def _black_box(self, image: np.ndarray, inputs, data_samples) -> DetCAMResult:
+        """Maps of a method that perturbs the image (D-RISE) for the kept detections."""
+        with torch.no_grad(), mmdet_failure(self.config, 'run the detector of'):
+            pred = self.model.predict(inputs, data_samples)[0].pred_instances
+        detections = pred[self.select(pred)].cpu()
+        cams = self.method(image, detections.bboxes.numpy(), detections.scores.numpy(),
+                           detections.labels.numpy(), CandidateScorer(self.model, self.pipeline),
+                           num_classes_of(self.model))
+        return DetCAMResult(detections, cams, image, [[] for _ in range(len(detections))])
 
     def with_model(self, model: nn.Module) -> 'DetCAM':
         """The same settings for another model of the same architecture (e.g. a copy with

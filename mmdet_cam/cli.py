@@ -26,7 +26,10 @@ VIDEO_EXTENSIONS = ('.mp4', '.avi')
 
 EXAMPLES = """examples:
   # every detection of one image, GradCAM++ on every neck level (the default layers)
-  %(prog)s demo/cam_demo_config.py demo/cam_demo.pth demo/demo.jpg --method gradcam++
+  %(prog)s demo/rtmdet_shapes.py demo/rtmdet_shapes.pth demo/images/shapes_1.jpg --method gradcam++
+  # black-box D-RISE maps (no gradients), 1000 masks, a fixed seed
+  %(prog)s demo/rtmdet_shapes.py demo/rtmdet_shapes.pth demo/images --method drise \
+      --method-options num_masks=1000 seed=0
   # an mmdet config by name, one FPN level, top 3 boxes, one image per box
   %(prog)s retinanet_r50_fpn_1x_coco retinanet.pth img.jpg --target-layers neck.fpn_convs.0 \\
       --topk 3 --per-box
@@ -52,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--method', default='gradcam', metavar='NAME',
                         help=f'CAM method, any case (default: gradcam): {", ".join(method_names())}'
                         '. eigencam, kpca_cam and fem are not box-specific')
+    parser.add_argument('--method-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='options of the method, e.g. num_masks=2000 seed=0 for drise')
     parser.add_argument('--target-layers', nargs='+', metavar='LAYER',
                         help="layers to explain at, e.g. 'neck' or 'neck.out_convs[-1]' "
                         'backbone.stage4 (default: every neck level)')
@@ -124,10 +129,11 @@ def run(args) -> int:
     out_dir = ensure_writable(args.out_dir)
     target = (dict(type='bbox', coord=args.bbox_coord) if args.target == 'bbox'
               else args.target)
+    method = dict(type=args.method, **args.method_options) if args.method_options else args.method
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='no checkpoint', module='mmdet_cam')
         cam = DetCAM(args.config, checkpoint, target_layers=args.target_layers,
-                     method=args.method, device=args.device, score_thr=args.score_thr,
+                     method=method, device=args.device, score_thr=args.score_thr,
                      topk=args.topk, classes=args.classes, target=target, fuse=args.fuse,
                      batch_size=args.batch_size, cfg_options=args.cfg_options,
                      trust_checkpoint=args.trust_checkpoint)
@@ -137,8 +143,10 @@ def run(args) -> int:
         return print_layers(cam, sources[0])
     writer = ResultWriter(
         out_dir, cam.model.dataset_meta,
-        dict(method=args.method, target=args.target, target_layers=cam.layer_names,
-             fuse=args.fuse),
+        dict(method=args.method, method_options=args.method_options or {},
+             target=args.target, fuse=args.fuse,
+             target_layers=[] if getattr(cam.method, 'perturbs_inputs', False)
+             else cam.layer_names),
         alpha=args.alpha, renormalize=args.renormalize, per_box=args.per_box,
         save_npy=args.save_npy, save_all=args.save_all)
     start, failed, detections, most = time.time(), [], 0, 0

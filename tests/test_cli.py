@@ -125,7 +125,7 @@ def test_list_layers_prints_names_and_shapes(config, images):
 
 def test_help_documents_every_option_with_examples():
     out = run('--help')
-    for option in ('--method', '--target-layers', '--fuse', '--target', '--score-thr', '--topk',
+    for option in ('--method', '--method-options', '--target-layers', '--fuse', '--target', '--score-thr', '--topk',
                    '--classes', '--device', '--out-dir', '--renormalize', '--per-box',
                    '--save-npy', '--save-all', '--list-layers', '--cfg-options', '--alpha',
                    '--show', 'examples:'):
@@ -139,6 +139,8 @@ def test_help_documents_every_option_with_examples():
     ('corrupt_image', 'cannot read image'),
     ('empty_folder', 'no images or videos in folder'),
     ('unknown_method', "unknown cam method 'gradcan'"),
+    ('bad_method_option', "bad options for method DRISE: DRISE.__init__() got an unexpected "
+     "keyword argument 'num_maks'"),
     ('bad_layer', 'Close matches: neck.fpn_convs'),
     ('unwritable_out_dir', 'cannot write to output folder'),
     ('missing_device', 'cuda'),
@@ -161,6 +163,8 @@ def test_bad_input_gets_a_one_line_error(config, images, tmp_path, case, message
         image.mkdir()
     elif case == 'unknown_method':
         args = ['--method', 'gradcan']
+    elif case == 'bad_method_option':
+        args = ['--method', 'drise', '--method-options', 'num_maks=10']
     elif case == 'bad_layer':
         args = ['--target-layers', 'neck.fpn_conv.0']
     elif case == 'unwritable_out_dir':

@@ -143,7 +143,8 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
             raise UnsupportedModelError(
                 f'the detections of {type(model).__name__} carry no gradient to '
                 f'{list(layer_names)}: its head detaches its predictions in a way mmdet-cam '
-                'cannot undo, so exact per-detection maps are not possible for it')
+                'cannot undo, so exact per-detection maps are not possible for it; '
+                '--method drise needs no gradients')
 
         scale = np.tile(np.asarray(data_sample.metainfo.get('scale_factor', (1, 1))[:2]), 2)
         boxes = [BoxTarget(tuple(box * scale), int(label)) for box, label in

@@ -1,13 +1,14 @@
 """CAM methods, by registry name.
 
-The formulas are pytorch_grad_cam's own classes, plus the detection-specific methods of
-this package, one small file each (``odam``, ``ssgradcam``, ``ssgradcam++``, ``gcame``). The engine
+The formulas are pytorch_grad_cam's own classes, plus the detection-specific methods of this
+package, one small file each (``odam``, ``ssgradcam``, ``ssgradcam++``, ``gcame``). The engine
 calls only ``get_cam_image`` with a batch of detections' activations and gradients, and as
-``targets`` one ``BoxTarget`` (box in network-input pixels, label) per detection. Methods
-that need extra forward passes (ScoreCAM, AblationCAM) or second-order gradients
-(ShapleyCAM) do not fit a one-forward engine and are not listed. A method of your own is a
-``BaseCAM`` subclass registered with ``@CAM_METHODS.register_module()`` in a module named in
-``custom_imports``.
+``targets`` one ``BoxTarget`` (box in network-input pixels, label) per detection. ``drise`` is
+black-box: it runs the detector on masked copies of the image instead (``perturbs_inputs``).
+Methods that need extra forward passes per channel (ScoreCAM, AblationCAM) or second-order
+gradients (ShapleyCAM) do not fit a one-forward engine and are not listed. A method of your
+own is a ``BaseCAM`` subclass registered with ``@CAM_METHODS.register_module()`` in a module
+named in ``custom_imports``.
 
 ``eigencam``, ``kpca_cam`` and ``fem`` use activations only: their map is the same for every
 detection of an image (not box-specific). ``randomcam`` (random channel weights) is the
@@ -16,10 +17,12 @@ sanity-check baseline for localisation metrics.
 from pytorch_grad_cam import (FEM, KPCA_CAM, EigenCAM, EigenGradCAM, GradCAM,
                               GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
                               RandomCAM, XGradCAM)
+from pytorch_grad_cam.base_cam import BaseCAM
 from torch import nn
 
+from ..errors import UnknownNameError
 from ..registry import CAM_METHODS, lookup, normalize_name
-from . import gcame, odam, ssgradcam  # noqa: F401  (register the methods of this package)
+from . import drise, gcame, odam, ssgradcam  # noqa: F401  (register the methods of this package)
 
 for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),
                     ('xgradcam', XGradCAM), ('hirescam', HiResCAM), ('layercam', LayerCAM),
@@ -47,14 +50,26 @@ def box_specific_alternative(method) -> str:
 
 def build_cam_method(method, model: nn.Module):
     """A method instance from a registry name (any case; ``gradcam++`` = ``gradcamplusplus``),
-    a ``BaseCAM`` subclass, or an instance (returned as is).
+    a config dict (``dict(type='drise', num_masks=2000)``: the other keys are the method's
+    options), a class, or an instance (returned as is).
 
-    The instance is built with no target layers, so it registers no hooks on ``model``.
+    A ``BaseCAM`` is built with no target layers, so it registers no hooks on ``model``.
     """
+    options = {}
+    if isinstance(method, dict):
+        options = dict(method)
+        if 'type' not in options:
+            raise UnknownNameError(f'a method config needs a type, got {method}')
+        method = options.pop('type')
     if isinstance(method, str):
         method = lookup(CAM_METHODS, method)
     if isinstance(method, type):
-        method = method(model, target_layers=[])
+        arguments = (model,) if issubclass(method, BaseCAM) else ()
+        extra = dict(target_layers=[]) if arguments else {}
+        try:
+            method = method(*arguments, **extra, **options)
+        except (TypeError, ValueError) as error:
+            raise UnknownNameError(f'bad options for method {method.__name__}: {error}') from None
     return method
 
 

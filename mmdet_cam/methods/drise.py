@@ -1,0 +1,140 @@
+"""D-RISE (Petsiuk et al., CVPR 2021, arXiv 2006.03204): black-box saliency of each detection
+from the detector's outputs on randomly masked copies of the image; no gradients needed.
+
+Each mask is a coarse random grid (``grid`` x ``grid`` cells, each kept with probability ``p``),
+upsampled bilinearly to one cell more than the image and cropped at a random sub-cell shift, as
+in RISE; it multiplies the raw image before the test pipeline. A mask's weight for a detection
+is the best *similarity* among the masked image's raw candidates (no score threshold, no NMS):
+IoU x cosine of class-probability vectors. mmdet reports one probability per candidate and
+class, so both vectors are completed as the reference implementation
+(``vision-explanation-methods``' ``expand_class_scores``) completes them: the score at the
+label and ``(1 - score) / C`` at the other ``C`` entries; objectness is folded into mmdet's
+scores. Saliency = sum of masks x weights minus the mean weight x sum of masks (the reference's
+baseline), min-max scaled. Every detection of the image is explained from the same masks, the
+detector runs on batches of masked images, and memory is bounded by ``batch_size``.
+"""
+import sys
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+from mmengine.utils import ProgressBar
+
+from ..registry import CAM_METHODS
+
+
+@CAM_METHODS.register_module(name='drise')
+class DRISE:
+    """D-RISE maps for given detections.
+
+    Args:
+        num_masks: masks per image (more masks, less noise).
+        grid: mask cells per side.
+        p: probability that a cell is kept.
+        batch_size: masked images per forward pass.
+        seed: the masks' random seed (same seed, same maps).
+        progress: show a progress bar over the masks.
+    """
+
+    uses_gradients = False
+    perturbs_inputs = True  # DetCAM runs it on the image instead of the gradient engine
+
+    def __init__(self, num_masks: int = 2000, grid: int = 16, p: float = 0.5,
+                 batch_size: int = 16, seed: int = 0, progress: bool = True):
+        if num_masks < 1 or grid < 1 or batch_size < 1 or not 0 < p < 1:
+            raise ValueError('drise needs num_masks, grid and batch_size >= 1 and 0 < p < 1, '
+                             f'got {num_masks}, {grid}, {batch_size} and {p}')
+        self.num_masks, self.grid, self.p = num_masks, grid, p
+        self.batch_size, self.seed, self.progress = batch_size, seed, progress
+
+    def masks(self, height: int, width: int) -> Iterator[np.ndarray]:
+        """Batches of ``[B, height, width]`` float32 masks in [0, 1], ``num_masks`` in all."""
+        rng = np.random.default_rng(self.seed)
+        cell_h, cell_w = -(-height // self.grid), -(-width // self.grid)
+        size = ((self.grid + 1) * cell_w, (self.grid + 1) * cell_h)  # cv2: (width, height)
+        for first in range(0, self.num_masks, self.batch_size):
+            count = min(self.batch_size, self.num_masks - first)
+            cells = (rng.random((count, self.grid, self.grid)) < self.p).astype(np.float32)
+            shifts = rng.integers(0, (cell_h, cell_w), size=(count, 2))
+            yield np.stack([
+                cv2.resize(c, size, interpolation=cv2.INTER_LINEAR)[dy:dy + height, dx:dx + width]
+                for c, (dy, dx) in zip(cells, shifts)])
+
+    def __call__(self, image: np.ndarray, bboxes: np.ndarray, scores: np.ndarray,
+                 labels: np.ndarray, candidates_fn: Callable, num_classes: int) -> np.ndarray:
+        """``[N, H, W]`` maps in [0, 1] for the ``N`` detections ``(bboxes, scores, labels)`` of
+        ``image`` (BGR ``H x W x 3``, boxes in its pixels). ``candidates_fn(images)`` gives per
+        image the raw candidates (``bboxes``, ``scores``, ``labels``), e.g. a
+        ``CandidateScorer``."""
+        height, width = image.shape[:2]
+        weighted = np.zeros((len(bboxes), height, width), np.float64)
+        total = np.zeros((height, width), np.float64)
+        weight_sum = np.zeros(len(bboxes), np.float64)
+        bar = ProgressBar(self.num_masks, file=sys.stderr) if self.progress else None
+        for masks in self.masks(height, width):
+            masked = [(image * m[..., None]).round().astype(np.uint8) for m in masks]
+            weights = np.stack([similarity(bboxes, scores, labels, c, num_classes)
+                                for c in candidates_fn(masked)], axis=1)  # [N, B]
+            weighted += np.tensordot(weights, masks, axes=1)
+            total += masks.sum(axis=0)
+            weight_sum += weights.sum(axis=1)
+            if bar is not None:
+                bar.update(len(masks))
+        if bar is not None:
+            sys.stderr.write('\n')
+        saliency = weighted - (weight_sum / self.num_masks)[:, None, None] * total
+        low = saliency.min(axis=(1, 2), keepdims=True)
+        span = saliency.max(axis=(1, 2), keepdims=True) - low
+        return np.where(span > 0, (saliency - low) / np.where(span > 0, span, 1), 0).astype(
+            np.float32)
+
+
+def similarity(bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, candidates,
+               num_classes: int) -> np.ndarray:
+    """Per detection, the best IoU x class-vector cosine over ``candidates`` (0 if none)."""
+    boxes = np.asarray(candidates.bboxes, np.float64).reshape(-1, 4)
+    if len(boxes) == 0 or len(bboxes) == 0:
+        return np.zeros(len(bboxes))
+    cosine = class_cosine(np.asarray(scores, np.float64), np.asarray(labels),
+                          np.asarray(candidates.scores, np.float64),
+                          np.asarray(candidates.labels), num_classes)
+    return (pairwise_iou(np.asarray(bboxes, np.float64), boxes) * cosine).max(axis=1)
+
+
+def class_cosine(scores_a, labels_a, scores_b, labels_b, num_classes: int) -> np.ndarray:
+    """``[A, B]`` cosines of completed class vectors (``num_classes + 1`` entries: the score at
+    the label, ``(1 - score) / num_classes`` elsewhere)."""
+    rest_a = (1 - scores_a) / num_classes
+    rest_b = (1 - scores_b) / num_classes
+    same = labels_a[:, None] == labels_b[None]
+    rests = np.outer(rest_a, rest_b)
+    dot = np.where(same, np.outer(scores_a, scores_b) + num_classes * rests,
+                   np.outer(scores_a, rest_b) + np.outer(rest_a, scores_b)
+                   + (num_classes - 1) * rests)
+    norm_a = np.sqrt(scores_a ** 2 + num_classes * rest_a ** 2)
+    norm_b = np.sqrt(scores_b ** 2 + num_classes * rest_b ** 2)
+    return dot / np.maximum(np.outer(norm_a, norm_b), 1e-12)
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[A, B]`` IoUs of two sets of ``(x1, y1, x2, y2)`` boxes."""
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def num_classes_of(model) -> int:
+    """The number of classes a detector predicts (from its dataset meta or its head)."""
+    classes = (getattr(model, 'dataset_meta', None) or {}).get('classes')
+    if classes:
+        return len(classes)
+    for module in model.modules():
+        count = getattr(module, 'num_classes', None)
+        if isinstance(count, int) and count > 0:
+            return count
+    raise ValueError('cannot tell how many classes the model predicts')
+

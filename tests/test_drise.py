@@ -1,0 +1,66 @@
+"""D-RISE: black-box maps of each detection from the detector's outputs on masked images."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmdet_cam import DetCAM, build_detector
+from mmdet_cam.errors import UnknownNameError
+from mmdet_cam.methods import build_cam_method
+from mmdet_cam.methods.drise import DRISE, class_cosine, pairwise_iou
+from mmdet_cam.metrics import box_mask
+
+REPO = Path(__file__).parents[1]
+IMAGE = str(REPO / 'demo' / 'images' / 'shapes_1.jpg')
+
+
+@pytest.fixture(scope='module')
+def demo_model():
+    return build_detector(str(REPO / 'demo' / 'rtmdet_shapes.py'),
+                          str(REPO / 'demo' / 'rtmdet_shapes.pth'))
+
+
+def drise(model, **options):
+    return DetCAM(model, method=dict(type='drise', progress=False, **options), topk=2)
+
+
+def test_maps_are_seeded_valid_and_higher_on_their_own_box(demo_model):
+    result = drise(demo_model, num_masks=128, seed=0)(IMAGE)
+    assert len(result) == 2 and result.cams.shape == (2,) + result.image.shape[:2]
+    assert np.isfinite(result.cams).all() and result.cams.min() == 0 and result.cams.max() == 1
+    few = drise(demo_model, num_masks=32, seed=0)(IMAGE).cams
+    np.testing.assert_array_equal(few, drise(demo_model, num_masks=32, seed=0)(IMAGE).cams)
+    assert not np.array_equal(few, drise(demo_model, num_masks=32, seed=1)(IMAGE).cams)
+    assert not np.allclose(result.cams[0], result.cams[1])  # each box its own map
+    # a Monte Carlo estimate: with this few masks only the most confident box is asserted on
+    inside = box_mask(result.cams[0].shape, result.detections.bboxes[0].tolist())
+    assert result.cams[0][inside].mean() > 1.2 * result.cams[0][~inside].mean()
+
+
+def test_masks_are_coarse_random_grids_kept_with_probability_p():
+    method = DRISE(num_masks=40, grid=4, p=0.25, batch_size=16, seed=0)
+    batches = list(method.masks(30, 50))
+    assert [len(b) for b in batches] == [16, 16, 8]
+    masks = np.concatenate(batches)
+    assert masks.shape == (40, 30, 50) and masks.min() >= 0 and masks.max() <= 1
+    assert abs(masks.mean() - 0.25) < 0.08
+    assert len({m.tobytes() for m in masks}) == 40  # a different mask each time
+    np.testing.assert_array_equal(masks, np.concatenate(list(method.masks(30, 50))))
+
+
+def test_similarity_terms():
+    boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], float)
+    np.testing.assert_allclose(pairwise_iou(boxes[:1], boxes), [[1, 1 / 3, 0]])
+    cosine = class_cosine(np.array([0.9]), np.array([1]), np.array([0.9, 0.6, 0.9]),
+                          np.array([1, 1, 2]), num_classes=3)
+    assert cosine[0, 0] == pytest.approx(1)
+    assert cosine[0, 0] > cosine[0, 1] > cosine[0, 2]
+
+
+def test_options_are_checked():
+    with pytest.raises(UnknownNameError, match='0 < p < 1'):
+        build_cam_method(dict(type='drise', p=1.5), None)
+    with pytest.raises(UnknownNameError, match='needs a type'):
+        build_cam_method(dict(num_masks=10), None)
+    method = build_cam_method(dict(type='drise', num_masks=10, seed=3), None)
+    assert (method.num_masks, method.seed) == (10, 3)
