@@ -17,7 +17,7 @@ from .errors import UnknownNameError
 from .engine.geometry import to_original_image
 from .model.layers import layer_name, resolve_layers
 from .engine.candidates import CandidateScorer
-from .methods import build_cam_method
+from .methods import DEFAULT_METHOD, build_cam_method
 from .methods.drise import num_classes_of
 from .registry import CAM_TARGETS, lookup
 from .engine.reshape import build_reshape_transform
@@ -89,7 +89,7 @@ class DetCAM:
                  model_or_config: Union[nn.Module, ConfigLike],
                  checkpoint: Optional[str] = None,
                  target_layers=None,
-                 method='gradcam',
+                 method=DEFAULT_METHOD,
                  device: str = 'cpu',
                  score_thr: float = 0.3,
                  topk: Optional[int] = None,

@@ -18,7 +18,7 @@ from mmengine.utils import ProgressBar
 
 from .engine.explain import FUSE_MODES
 from .errors import BadImageError, DetCAMError, InputNotFoundError
-from .methods import box_specific_alternative, method_names
+from .methods import DEFAULT_METHOD, box_specific_alternative, method_names
 from .outputs import ResultWriter
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'model (random weights: for testing only)')
     parser.add_argument('img', help="image file, folder, glob ('imgs/*.jpg') or video "
                         '(.mp4/.avi: written back as a video with the overlay)')
-    parser.add_argument('--method', default='gradcam', metavar='NAME',
-                        help=f'CAM method, any case (default: gradcam): {", ".join(method_names())}'
+    parser.add_argument('--method', default=DEFAULT_METHOD, metavar='NAME',
+                        help=f'CAM method, any case (default: {DEFAULT_METHOD}): '
+                        f'{", ".join(method_names())}'
                         '. eigencam, kpca_cam and fem are not box-specific')
     parser.add_argument('--method-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='options of the method, e.g. num_masks=2000 seed=0 for drise')

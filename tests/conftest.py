@@ -1,5 +1,6 @@
 """Shared fixtures: small real mmdet models (built once per session) and synthetic images."""
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ from mmdet_cam import build_detector, resolve_config
 from mmdet_cam.model.detector import keep_all_detections
 
 SIZE = 320  # network input side used by the tests (the configs' own sizes are 640-1333)
+REPO = Path(__file__).parents[1]
+DEMO_IMAGE = str(REPO / 'demo' / 'images' / 'shapes_1.jpg')
 
 
 def small_config(name: str, size: int = SIZE):
@@ -60,3 +63,10 @@ def make_scene(height=240, width=320, seed=0):
 @pytest.fixture(scope='session')
 def scene():
     return make_scene()
+
+
+@pytest.fixture(scope='session')
+def demo_model():
+    """The shipped demo detector (trained RTMDet on synthetic shapes)."""
+    return build_detector(str(REPO / 'demo' / 'rtmdet_shapes.py'),
+                          str(REPO / 'demo' / 'rtmdet_shapes.pth'))

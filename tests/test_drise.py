@@ -1,23 +1,13 @@
 """D-RISE: black-box maps of each detection from the detector's outputs on masked images."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from mmdet_cam import DetCAM, build_detector
+from conftest import DEMO_IMAGE as IMAGE
+from mmdet_cam import DetCAM
 from mmdet_cam.errors import UnknownNameError
 from mmdet_cam.methods import build_cam_method
 from mmdet_cam.methods.drise import DRISE, class_cosine, pairwise_iou
 from mmdet_cam.metrics import box_mask
-
-REPO = Path(__file__).parents[1]
-IMAGE = str(REPO / 'demo' / 'images' / 'shapes_1.jpg')
-
-
-@pytest.fixture(scope='module')
-def demo_model():
-    return build_detector(str(REPO / 'demo' / 'rtmdet_shapes.py'),
-                          str(REPO / 'demo' / 'rtmdet_shapes.pth'))
 
 
 def drise(model, **options):

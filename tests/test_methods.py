@@ -1,23 +1,13 @@
 """The detection-specific methods of this package (odam, ssgradcam, ssgradcam++, gcame) on the
 shipped demo detector: valid, box-specific maps; and each detection's own level."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from mmdet_cam import DetCAM, build_detector
+from conftest import DEMO_IMAGE as IMAGE
+from mmdet_cam import DetCAM
 from mmdet_cam.methods.gcame import gaussian_masks
 from mmdet_cam.methods.ssgradcam import box_masks, space_map
 from mmdet_cam.metrics import object_discrimination, pointing_hit
-
-REPO = Path(__file__).parents[1]
-IMAGE = str(REPO / 'demo' / 'images' / 'shapes_1.jpg')
-
-
-@pytest.fixture(scope='module')
-def demo_model():
-    return build_detector(str(REPO / 'demo' / 'rtmdet_shapes.py'),
-                          str(REPO / 'demo' / 'rtmdet_shapes.pth'))
 
 
 def two_apart(result):

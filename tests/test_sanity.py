@@ -1,22 +1,12 @@
 """The parameter-randomisation sanity check: the same raw candidates are explained in every
 randomised copy, and maps that depend on the weights change."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from mmdet_cam import DetCAM, build_detector
+from conftest import DEMO_IMAGE as IMAGE
+from mmdet_cam import DetCAM
 from mmdet_cam.metrics import parameter_randomisation
 from mmdet_cam.metrics.sanity import spearman
-
-REPO = Path(__file__).parents[1]
-IMAGE = str(REPO / 'demo' / 'images' / 'shapes_1.jpg')
-
-
-@pytest.fixture(scope='module')
-def demo_model():
-    return build_detector(str(REPO / 'demo' / 'rtmdet_shapes.py'),
-                          str(REPO / 'demo' / 'rtmdet_shapes.pth'))
 
 
 def test_randomising_the_head_changes_odam_maps_and_not_the_model(demo_model):

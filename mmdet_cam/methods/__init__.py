@@ -32,6 +32,9 @@ for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),
     CAM_METHODS.register_module(name=_name, module=_cls)
 
 
+# The default method, chosen by benchmarks/faithfulness.py (see the README's Faithfulness section)
+DEFAULT_METHOD = 'gradcam'
+
 # Methods that pool a box's gradient into one weight per channel (or ignore gradients): their
 # map of one box also lights up the other objects that drive the same channels. Each is paired
 # with the box-specific method closest to it.

@@ -21,6 +21,7 @@ from mmengine.model import is_model_wrapper
 
 from ..api import DetCAM
 from ..engine.candidates import CandidateScorer
+from ..methods import DEFAULT_METHOD
 from ..metrics import detection_faithfulness, tracker
 from ..outputs import ResultWriter
 
@@ -40,7 +41,7 @@ class DetCAMHook(Hook):
     priority = 'NORMAL'
 
     def __init__(self,
-                 method: str = 'gradcam',
+                 method: Union[str, dict] = DEFAULT_METHOD,
                  target_layers: Optional[Union[str, Sequence[str]]] = None,
                  target: Union[str, dict] = 'score',
                  score_thr: float = 0.3,
