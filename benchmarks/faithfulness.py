@@ -30,12 +30,14 @@ Prints a markdown table and writes the mean deletion/insertion curves per method
 as they finish: a run that is stopped resumes where it was.
 """
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
+from mmengine.utils import ProgressBar
 
 from localization import demo_arguments, load_split, match  # benchmarks/localization.py
 from mmdet_cam import DetCAM, build_detector
@@ -71,7 +73,9 @@ def evaluate(model, method, samples, scorer, steps, score_thr, road_images, sani
     cam = DetCAM(model, method='gradcam' if method in BASELINES else method,
                  score_thr=score_thr)
     rows, curves, seconds, road = [], {'deletion': [], 'insertion': []}, 0.0, []
+    progress = ProgressBar(len(samples), file=sys.stderr)
     for index, (path, gt) in enumerate(samples):
+        progress.update()
         start = time.time()
         result = cam(str(path))
         seconds += time.time() - start if method not in BASELINES else 0.0
