@@ -1,5 +1,7 @@
 """Python API: ``DetCAM`` explains every detection of an image with its own heatmap."""
+import contextlib
 import copy
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
@@ -13,10 +15,10 @@ from torch import nn
 from .model.detector import (ConfigLike, build_detector, build_test_pipeline, mmdet_failure,
                              preprocess, read_image)
 from .engine.explain import FUSE_MODES, explain
-from .errors import UnknownNameError
+from .errors import BadInputError, UnknownNameError
 from .engine.geometry import to_original_image
 from .model.layers import layer_name, resolve_layers
-from .engine.candidates import CandidateScorer
+from .engine.candidates import CandidateScorer, NamedBoxes, every_candidate
 from .methods import DEFAULT_METHOD, build_cam_method
 from .methods.drise import num_classes_of
 from .registry import CAM_TARGETS, lookup
@@ -128,19 +130,33 @@ class DetCAM:
         self.fuse, self.eigen_smooth, self.batch_size = fuse, eigen_smooth, batch_size
 
     def __call__(self, img: Union[str, Path, np.ndarray],
-                 candidates: Optional[Callable] = None) -> DetCAMResult:
+                 candidates: Optional[Callable] = None,
+                 boxes=None, labels=None) -> DetCAMResult:
         """Maps for every kept detection of ``img`` (a path or an HxWx3 BGR uint8 array).
 
-        ``candidates``: explain these raw candidates instead of the kept detections (see
-        ``mmdet_cam.engine.explain.explain``)."""
+        Args:
+            boxes: instead, explain what the model thought at these boxes (``[N, 4]``
+                x1, y1, x2, y2 in original-image pixels, e.g. ground-truth boxes of missed
+                objects): the raw candidate (no score threshold, no NMS) that best matches each,
+                by IoU x probability of its class. ``detections.named_bboxes`` and
+                ``detections.ious`` give each box and its candidate's IoU with it.
+            labels: the class (id or name) of each box; None, or None for a box: the class
+                the best matching candidate scores highest.
+            candidates: explain these raw candidates instead (see
+                ``mmdet_cam.engine.explain.explain``).
+        """
         image = read_image(img)
+        if boxes is not None:
+            candidates = NamedBoxes(self._checked_boxes(boxes, image.shape[:2]),
+                                    self._named_labels(labels, len(boxes)))
         with mmdet_failure(self.config, 'prepare an image for'):
             inputs, data_samples = preprocess(self.model, self.pipeline, image)
         if getattr(self.method, 'perturbs_inputs', False):
             return self._black_box(image, inputs, data_samples)
-        out = explain(self.model, inputs, data_samples, self.layers, self.layer_names,
-                      self.method, self.target, self.select, self.reshape, self.fuse,
-                      self.eigen_smooth, self.batch_size, candidates)
+        with every_candidate(self.model) if boxes is not None else contextlib.nullcontext():
+            out = explain(self.model, inputs, data_samples, self.layers, self.layer_names,
+                          self.method, self.target, self.select, self.reshape, self.fuse,
+                          self.eigen_smooth, self.batch_size, candidates)
         cams = to_original_image(out.maps, out.data_sample.metainfo)
         return DetCAMResult(out.detections, cams, image, out.zero_gradient_layers)
 
@@ -153,6 +169,28 @@ class DetCAM:
                            detections.labels.numpy(), CandidateScorer(self.model, self.pipeline),
                            num_classes_of(self.model))
         return DetCAMResult(detections, cams, image, [[] for _ in range(len(detections))])
+
+    @staticmethod
+    def _checked_boxes(boxes, size) -> np.ndarray:
+        boxes = np.asarray(boxes, dtype=np.float64)
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or not len(boxes):
+            raise BadInputError(f'boxes must be N x 4 (x1, y1, x2, y2), got shape {boxes.shape}')
+        height, width = size
+        for box in boxes:
+            x1, y1, x2, y2 = box
+            if not (x2 > x1 and y2 > y1):
+                raise BadInputError(f'box {box.tolist()} is empty or reversed (need x2 > x1, '
+                                    'y2 > y1)')
+            if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+                raise BadInputError(f'box {box.tolist()} is outside the {width}x{height} image')
+        return boxes
+
+    def _named_labels(self, labels, count: int) -> List[Optional[int]]:
+        if labels is None:
+            return [None] * count
+        if isinstance(labels, (str, int)) or len(labels) != count:
+            raise BadInputError(f'give one label per box ({count}), got {labels!r}')
+        return [None if label is None else self._class_ids([label])[0] for label in labels]
 
     def with_model(self, model: nn.Module) -> 'DetCAM':
         """The same settings for another model of the same architecture (e.g. a copy with
@@ -177,8 +215,10 @@ class DetCAM:
         for c in classes:
             if isinstance(c, str) and not c.isdigit():
                 if c not in self.class_names:
-                    raise UnknownNameError(
-                        f'unknown class {c!r}; the model knows {", ".join(self.class_names)}')
+                    close = difflib.get_close_matches(c, self.class_names, n=3, cutoff=0.5)
+                    hint = f' Did you mean {", ".join(close)}?' if close else ''
+                    raise UnknownNameError(f'unknown class {c!r}.{hint} The model knows '
+                                           f'{", ".join(self.class_names)}')
                 ids.append(self.class_names.index(c))
             else:
                 ids.append(int(c))

@@ -17,7 +17,7 @@ from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
 
 from .engine.explain import FUSE_MODES
-from .errors import BadImageError, DetCAMError, InputNotFoundError
+from .errors import BadImageError, BadInputError, DetCAMError, InputNotFoundError
 from .methods import DEFAULT_METHOD, box_specific_alternative, method_names
 from .outputs import ResultWriter
 
@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                         '(default: score)')
     parser.add_argument('--bbox-coord', choices=['x1', 'y1', 'x2', 'y2'], default='x1',
                         help='box coordinate explained with --target bbox (default: x1)')
+    parser.add_argument('--boxes', nargs='+', metavar='X1,Y1,X2,Y2[:CLASS]',
+                        help='explain what the model thought at these boxes (e.g. objects it '
+                        'missed), whatever it scored there: the best matching raw candidate of '
+                        'each, for CLASS (default: the class it scores highest); one image only')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='explain detections scoring at least this (default: 0.3)')
     parser.add_argument('--topk', type=int, help='explain at most the K highest-scoring boxes')
@@ -124,6 +128,9 @@ def run(args) -> int:
     if not 0 <= args.alpha <= 1:
         raise DetCAMError(f'--alpha must be between 0 and 1, got {args.alpha}')
     sources = expand_inputs(args.img)
+    boxes, labels = parse_boxes(args.boxes) if args.boxes else (None, None)
+    if boxes is not None and (len(sources) > 1 or is_video(sources[0])):
+        raise BadInputError('--boxes names boxes of one image; give a single image file')
     checkpoint = None if args.checkpoint.lower() == 'none' else args.checkpoint
     if checkpoint and '://' not in checkpoint and not Path(checkpoint).is_file():
         raise InputNotFoundError(f'checkpoint not found: {checkpoint}')
@@ -156,7 +163,7 @@ def run(args) -> int:
     for source in sources:
         try:
             count = (explain_video(cam, writer, source) if is_video(source)
-                     else explain_image(cam, writer, source, args.show))
+                     else explain_image(cam, writer, source, args.show, boxes, labels))
             detections, most = detections + count, max(most, count)
         except (BadImageError, InputNotFoundError) as error:
             if len(sources) == 1:
@@ -229,8 +236,25 @@ def first_frame(video: str) -> np.ndarray:
     return frame
 
 
-def explain_image(cam, writer: ResultWriter, source: str, show: bool) -> int:
-    result = cam(source)
+def parse_boxes(specs: List[str]):
+    """``['x1,y1,x2,y2[:class]', ...]`` -> boxes ``[N, 4]`` and labels (None: any class)."""
+    boxes, labels = [], []
+    for spec in specs:
+        coords, _, label = spec.partition(':')
+        try:
+            box = [float(v) for v in coords.split(',')]
+        except ValueError:
+            box = []
+        if len(box) != 4:
+            raise BadInputError(f'--boxes {spec!r}: expected x1,y1,x2,y2 or x1,y1,x2,y2:class')
+        boxes.append(box)
+        labels.append(label or None)
+    return boxes, labels
+
+
+def explain_image(cam, writer: ResultWriter, source: str, show: bool, boxes=None,
+                  labels=None) -> int:
+    result = cam(source) if boxes is None else cam(source, boxes=boxes, labels=labels)
     picture = writer.write_image(result, Path(source).stem, source)
     if show:
         try:

@@ -34,3 +34,7 @@ class DeviceError(DetCAMError, RuntimeError):
 
 class DetectorFailedError(DetCAMError, RuntimeError):
     """mmdet itself cannot build or run the detector (same failure without mmdet-cam)."""
+
+
+class BadInputError(DetCAMError, ValueError):
+    """An argument whose value cannot be used (an empty or out-of-image box, ...)."""

@@ -90,6 +90,10 @@ class ResultWriter:
                 energy_in_box=round(energy_in_box(cam, box), 4),
                 **({'level': int(result.detections.levels[k])}
                    if 'levels' in result.detections else {}),
+                **({'named_bbox': [round(v, 2) for v in
+                                   result.detections.named_bboxes[k].tolist()],
+                    'iou_with_named': round(float(result.detections.ious[k]), 4)}
+                   if 'named_bboxes' in result.detections else {}),
                 zero_gradient_layers=result.zero_gradient_layers[k]))
         return rows
 

@@ -125,7 +125,7 @@ def test_list_layers_prints_names_and_shapes(config, images):
 
 def test_help_documents_every_option_with_examples():
     out = run('--help')
-    for option in ('--method', '--method-options', '--target-layers', '--fuse', '--target', '--score-thr', '--topk',
+    for option in ('--method', '--method-options', '--boxes', '--target-layers', '--fuse', '--target', '--score-thr', '--topk',
                    '--classes', '--device', '--out-dir', '--renormalize', '--per-box',
                    '--save-npy', '--save-all', '--list-layers', '--cfg-options', '--alpha',
                    '--show', 'examples:'):
@@ -142,6 +142,8 @@ def test_help_documents_every_option_with_examples():
     ('bad_method_option', "bad options for method DRISE: DRISE.__init__() got an unexpected "
      "keyword argument 'num_maks'"),
     ('bad_layer', 'Close matches: neck.fpn_convs'),
+    ('reversed_box', 'is empty or reversed'),
+    ('boxes_for_a_folder', '--boxes names boxes of one image'),
     ('unwritable_out_dir', 'cannot write to output folder'),
     ('missing_device', 'cuda'),
     ('mmdet_fails', 'mmdet cannot run the detector of ssd300_coco.py'),
@@ -167,6 +169,10 @@ def test_bad_input_gets_a_one_line_error(config, images, tmp_path, case, message
         args = ['--method', 'drise', '--method-options', 'num_maks=10']
     elif case == 'bad_layer':
         args = ['--target-layers', 'neck.fpn_conv.0']
+    elif case == 'reversed_box':
+        args = ['--boxes', '50,50,10,10:person']
+    elif case == 'boxes_for_a_folder':
+        image, args = images, ['--boxes', '10,10,50,50']
     elif case == 'unwritable_out_dir':
         (tmp_path / 'file').write_text('x')
         out_dir = tmp_path / 'file' / 'sub'
@@ -190,3 +196,14 @@ def test_channel_pooled_methods_get_a_note_naming_the_box_specific_one(tmp_path,
     assert len(notes) == int(note)
     if note:
         assert 'not box-specific' in notes[0] and '--method ssgradcam++' in notes[0]
+
+
+def test_named_boxes_are_explained_and_reported_with_their_match(tmp_path):
+    repo = Path(__file__).parents[1]
+    run(repo / 'demo' / 'rtmdet_shapes.py', repo / 'demo' / 'rtmdet_shapes.pth',
+        repo / 'demo' / 'images' / 'shapes_1.jpg', '--score-thr', '0.999', '--method', 'odam',
+        '--boxes', '190,40,276,128:triangle', '110,115,180,185', '--out-dir', tmp_path)
+    rows = json.loads((tmp_path / 'shapes_1.json').read_text())['detections']
+    assert [r['named_bbox'] for r in rows] == [[190, 40, 276, 128], [110, 115, 180, 185]]
+    assert rows[0]['class_name'] == 'triangle'
+    assert all(0 < r['iou_with_named'] <= 1 and r['peak_in_box'] for r in rows)

@@ -5,7 +5,8 @@ made a no-op (IoU threshold 1) and the per-image cap lifted, so every (candidate
 it scores comes back; ``mmdet_cam.metrics.faithfulness.tracker`` turns that into the
 tracked score of one detection in perturbed images.
 
-:class:`FixedCandidates` explains the *same* raw candidates in a model whose weights were
+:class:`NamedBoxes` explains the candidates that best match boxes a user names, whatever
+they score. :class:`FixedCandidates` explains the *same* raw candidates in a model whose weights were
 changed (the sanity check's randomised copies), whatever they score there.
 """
 import contextlib
@@ -135,3 +136,39 @@ def pinned_proposals(model: nn.Module, store: dict) -> Iterator[None]:
         yield
     finally:
         del rpn_head.predict
+
+
+class NamedBoxes:
+    """The raw candidates that best match boxes a user names (a ground-truth box, a box drawn
+    by hand): a ``candidates`` argument of :func:`~mmdet_cam.engine.explain.explain`, run
+    under :func:`every_candidate` so that no score threshold or NMS hides a weak candidate.
+
+    For each named box (original-image pixels) the candidate with the highest IoU x
+    probability of the named class (of any class where the label is None) is explained, for
+    that class. The explained detections carry ``named_bboxes`` and ``ious`` (the candidate's
+    IoU with its named box): "what the model thought here".
+    """
+
+    def __init__(self, bboxes, labels: Sequence[Optional[int]]):
+        self.bboxes = torch.as_tensor(bboxes, dtype=torch.float32).reshape(-1, 4)
+        self.labels = list(labels)
+
+    def __call__(self, pred: InstanceData, head_outputs: List[Tensor]):
+        from mmdet.structures.bbox import bbox_overlaps
+        if not len(pred):
+            raise UnsupportedModelError('the detector returned no candidates for this image')
+        ious = bbox_overlaps(self.bboxes.to(pred.bboxes.device), pred.bboxes.detach())
+        scores = pred.scores.detach()
+        best = []
+        for k, label in enumerate(self.labels):
+            match = ious[k] * scores
+            if label is not None:
+                if not bool((pred.labels == label).any()):
+                    raise UnsupportedModelError(f'the detector has no candidate of class {label}')
+                match = torch.where(pred.labels == label, match, torch.full_like(match, -1))
+            best.append(int(match.argmax()))
+        index = torch.as_tensor(best, device=pred.scores.device)
+        detections = pred[index]
+        detections.named_bboxes = self.bboxes.to(pred.bboxes.device)
+        detections.ious = ious[torch.arange(len(best)), index]
+        return pred.scores[index], detections

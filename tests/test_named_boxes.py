@@ -1,0 +1,54 @@
+"""Explaining boxes the user names (e.g. objects the detector missed): the best matching raw
+candidate of each is explained, whatever it scored."""
+import numpy as np
+import pytest
+
+from mmdet_cam import DetCAM
+from mmdet_cam.errors import BadInputError, UnknownNameError
+from mmdet_cam.metrics import pointing_hit
+from mmdet_cam.shapes import CLASSES, make_image
+
+
+def test_missed_objects_are_found_and_explained_inside_their_boxes(demo_model):
+    """With a threshold so high that nothing is reported, each ground-truth object given as a
+    box is matched by a candidate of its class with IoU >= 0.7, and the default method's map of
+    that candidate peaks inside the object for at least 90% of the objects."""
+    cam = DetCAM(demo_model, score_thr=0.999)
+    hits, count = 0, 0
+    for seed in range(4):
+        image, objects = make_image(np.random.default_rng(100 + seed))
+        assert len(cam(image)) == 0
+        boxes = [o['bbox'] for o in objects]
+        result = cam(image, boxes=boxes, labels=[CLASSES[o['label']] for o in objects])
+        assert result.detections.labels.tolist() == [o['label'] for o in objects]
+        np.testing.assert_allclose(result.detections.named_bboxes.numpy(), boxes, atol=1e-4)
+        assert (result.detections.ious >= 0.7).all(), result.detections.ious
+        hits += sum(pointing_hit(m, box) for m, box in zip(result.cams, boxes))
+        count += len(boxes)
+    assert hits >= 0.9 * count, (hits, count)
+
+
+def test_a_named_class_is_explained_for_that_class(demo_model):
+    image, objects = make_image(np.random.default_rng(100))
+    box, label = objects[0]['bbox'], objects[0]['label']
+    other = (label + 1) % len(CLASSES)
+    cam = DetCAM(demo_model, method='odam')
+    own = cam(image, boxes=[box], labels=[label])
+    elsewhere = cam(image, boxes=[box], labels=[CLASSES[other]])
+    assert elsewhere.detections.labels.tolist() == [other]
+    assert float(elsewhere.detections.scores[0]) < float(own.detections.scores[0])
+    anyclass = cam(image, boxes=[box])  # no class: the candidate's best class
+    assert anyclass.detections.labels.tolist() == [label]
+
+
+@pytest.mark.parametrize('boxes, labels, error, message', [
+    ([[50, 50, 10, 10]], None, BadInputError, 'empty or reversed'),
+    ([[0, 0, 400, 100]], None, BadInputError, 'outside the 320x240 image'),
+    ([[0, 0, 10]], None, BadInputError, 'N x 4'),
+    ([[0, 0, 10, 10]], ['trinagle'], UnknownNameError, 'Did you mean triangle'),
+    ([[0, 0, 10, 10]], ['circle', 'square'], BadInputError, 'one label per box'),
+])
+def test_bad_boxes_get_clear_errors(demo_model, boxes, labels, error, message):
+    image, _ = make_image(np.random.default_rng(0))
+    with pytest.raises(error, match=message):
+        DetCAM(demo_model)(image, boxes=boxes, labels=labels)
