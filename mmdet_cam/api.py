@@ -131,7 +131,7 @@ class DetCAM:
 
     def __call__(self, img: Union[str, Path, np.ndarray],
                  candidates: Optional[Callable] = None,
-                 boxes=None, labels=None) -> DetCAMResult:
+                 boxes=None, labels=None, explain_class=None) -> DetCAMResult:
         """Maps for every kept detection of ``img`` (a path or an HxWx3 BGR uint8 array).
 
         Args:
@@ -142,29 +142,60 @@ class DetCAM:
                 ``detections.ious`` give each box and its candidate's IoU with it.
             labels: the class (id or name) of each box; None, or None for a box: the class
                 the best matching candidate scores highest.
+            explain_class: explain, for each kept detection, the same candidate's score for
+                this class (id or name) instead of its reported one: "why a truck and not a
+                car?" is the reported map next to this one. ``detections.reported_labels``
+                and ``.reported_scores`` keep what was reported.
             candidates: explain these raw candidates instead (see
                 ``mmdet_cam.engine.explain.explain``).
         """
         image = read_image(img)
+        if explain_class is not None:
+            return self._other_class(image, self._class_ids([explain_class])[0])
         if boxes is not None:
             candidates = NamedBoxes(self._checked_boxes(boxes, image.shape[:2]),
                                     self._named_labels(labels, len(boxes)))
+            return self._explain(image, candidates, every=True)
+        return self._explain(image, candidates)
+
+    def _explain(self, image: np.ndarray, candidates=None, every: bool = False) -> DetCAMResult:
+        """Maps for the kept detections, or for ``candidates`` (of every candidate of the
+        model when ``every``: no score threshold, no NMS)."""
+        if getattr(self.method, 'perturbs_inputs', False):
+            if candidates is not None:
+                raise BadInputError('drise explains the reported detections only')
+            return self._black_box(image)
         with mmdet_failure(self.config, 'prepare an image for'):
             inputs, data_samples = preprocess(self.model, self.pipeline, image)
-        if getattr(self.method, 'perturbs_inputs', False):
-            return self._black_box(image, inputs, data_samples)
-        with every_candidate(self.model) if boxes is not None else contextlib.nullcontext():
+        with every_candidate(self.model) if every else contextlib.nullcontext():
             out = explain(self.model, inputs, data_samples, self.layers, self.layer_names,
                           self.method, self.target, self.select, self.reshape, self.fuse,
                           self.eigen_smooth, self.batch_size, candidates)
         cams = to_original_image(out.maps, out.data_sample.metainfo)
         return DetCAMResult(out.detections, cams, image, out.zero_gradient_layers)
 
-    def _black_box(self, image: np.ndarray, inputs, data_samples) -> DetCAMResult:
-        """Maps of a method that perturbs the image (D-RISE) for the kept detections."""
+    def _other_class(self, image: np.ndarray, label: int) -> DetCAMResult:
+        reported = self._detections(image)
+        if not len(reported):
+            return DetCAMResult(reported, np.zeros((0,) + image.shape[:2], np.float32), image,
+                                [])
+        same = NamedBoxes(reported.bboxes, [label] * len(reported), by_iou=True)
+        result = self._explain(image, same, every=True)
+        result.detections.reported_labels = reported.labels
+        result.detections.reported_scores = reported.scores
+        return result
+
+    def _detections(self, image: np.ndarray) -> InstanceData:
+        """The kept detections of a plain (no-gradient) run of the model."""
+        with mmdet_failure(self.config, 'prepare an image for'):
+            inputs, data_samples = preprocess(self.model, self.pipeline, image)
         with torch.no_grad(), mmdet_failure(self.config, 'run the detector of'):
             pred = self.model.predict(inputs, data_samples)[0].pred_instances
-        detections = pred[self.select(pred)].cpu()
+        return pred[self.select(pred)].cpu()
+
+    def _black_box(self, image: np.ndarray) -> DetCAMResult:
+        """Maps of a method that perturbs the image (D-RISE) for the kept detections."""
+        detections = self._detections(image)
         cams = self.method(image, detections.bboxes.numpy(), detections.scores.numpy(),
                            detections.labels.numpy(), CandidateScorer(self.model, self.pipeline),
                            num_classes_of(self.model))

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='explain what the model thought at these boxes (e.g. objects it '
                         'missed), whatever it scored there: the best matching raw candidate of '
                         'each, for CLASS (default: the class it scores highest); one image only')
+    parser.add_argument('--explain-class', metavar='CLASS',
+                        help="explain each detection's score for CLASS instead of its reported "
+                        'class (same candidate): "why a truck and not a car?"')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='explain detections scoring at least this (default: 0.3)')
     parser.add_argument('--topk', type=int, help='explain at most the K highest-scoring boxes')
@@ -129,6 +132,9 @@ def run(args) -> int:
         raise DetCAMError(f'--alpha must be between 0 and 1, got {args.alpha}')
     sources = expand_inputs(args.img)
     boxes, labels = parse_boxes(args.boxes) if args.boxes else (None, None)
+    if boxes is not None and args.explain_class:
+        raise BadInputError('--boxes and --explain-class do not go together: give the class '
+                            'with each box (x1,y1,x2,y2:class)')
     if boxes is not None and (len(sources) > 1 or is_video(sources[0])):
         raise BadInputError('--boxes names boxes of one image; give a single image file')
     checkpoint = None if args.checkpoint.lower() == 'none' else args.checkpoint
@@ -152,6 +158,7 @@ def run(args) -> int:
     writer = ResultWriter(
         out_dir, cam.model.dataset_meta,
         dict(method=args.method, method_options=args.method_options or {},
+             explain_class=args.explain_class,
              target=args.target, fuse=args.fuse,
              target_layers=[] if getattr(cam.method, 'perturbs_inputs', False)
              else cam.layer_names),
@@ -162,8 +169,10 @@ def run(args) -> int:
     progress = ProgressBar(len(images)) if len(images) > 1 else None
     for source in sources:
         try:
-            count = (explain_video(cam, writer, source) if is_video(source)
-                     else explain_image(cam, writer, source, args.show, boxes, labels))
+            count = (explain_video(cam, writer, source, args.explain_class) if is_video(source)
+                     else explain_image(cam, writer, source, args.show,
+                                        dict(boxes=boxes, labels=labels,
+                                             explain_class=args.explain_class)))
             detections, most = detections + count, max(most, count)
         except (BadImageError, InputNotFoundError) as error:
             if len(sources) == 1:
@@ -252,9 +261,9 @@ def parse_boxes(specs: List[str]):
     return boxes, labels
 
 
-def explain_image(cam, writer: ResultWriter, source: str, show: bool, boxes=None,
-                  labels=None) -> int:
-    result = cam(source) if boxes is None else cam(source, boxes=boxes, labels=labels)
+def explain_image(cam, writer: ResultWriter, source: str, show: bool, what: dict) -> int:
+    """``what``: ``boxes``, ``labels`` and ``explain_class`` as for ``DetCAM.__call__``."""
+    result = cam(source, **what)
     picture = writer.write_image(result, Path(source).stem, source)
     if show:
         try:
@@ -264,7 +273,7 @@ def explain_image(cam, writer: ResultWriter, source: str, show: bool, boxes=None
     return len(result)
 
 
-def explain_video(cam, writer: ResultWriter, source: str) -> int:
+def explain_video(cam, writer: ResultWriter, source: str, explain_class=None) -> int:
     """Write ``<stem>_cam.mp4`` (same frame rate) and ``<stem>.json`` with every frame's boxes."""
     reader = mmcv.VideoReader(source)
     if reader.frame_cnt == 0 or reader.width == 0:
@@ -277,7 +286,7 @@ def explain_video(cam, writer: ResultWriter, source: str) -> int:
     progress = ProgressBar(reader.frame_cnt)
     try:
         for index, frame in enumerate(reader):
-            result = cam(frame)
+            result = cam(frame, explain_class=explain_class)
             video.write(writer.render(result))
             frames.append(dict(frame=index, detections=writer.describe(result)))
             count += len(result)

@@ -94,6 +94,9 @@ class ResultWriter:
                                    result.detections.named_bboxes[k].tolist()],
                     'iou_with_named': round(float(result.detections.ious[k]), 4)}
                    if 'named_bboxes' in result.detections else {}),
+                **({'reported_class': self.class_name(int(result.detections.reported_labels[k])),
+                    'reported_score': round(float(result.detections.reported_scores[k]), 4)}
+                   if 'reported_labels' in result.detections else {}),
                 zero_gradient_layers=result.zero_gradient_layers[k]))
         return rows
 

@@ -125,7 +125,8 @@ def test_list_layers_prints_names_and_shapes(config, images):
 
 def test_help_documents_every_option_with_examples():
     out = run('--help')
-    for option in ('--method', '--method-options', '--boxes', '--target-layers', '--fuse', '--target', '--score-thr', '--topk',
+    for option in ('--method', '--method-options', '--boxes', '--explain-class',
+                   '--target-layers', '--fuse', '--target', '--score-thr', '--topk',
                    '--classes', '--device', '--out-dir', '--renormalize', '--per-box',
                    '--save-npy', '--save-all', '--list-layers', '--cfg-options', '--alpha',
                    '--show', 'examples:'):

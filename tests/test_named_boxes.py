@@ -3,9 +3,13 @@ candidate of each is explained, whatever it scored."""
 import numpy as np
 import pytest
 
+from conftest import DEMO_IMAGE
 from mmdet_cam import DetCAM
+from mmdet_cam.engine.candidates import CandidateScorer
 from mmdet_cam.errors import BadInputError, UnknownNameError
 from mmdet_cam.metrics import pointing_hit
+from mmdet_cam.metrics.faithfulness import box_iou
+from mmdet_cam.model.detector import read_image
 from mmdet_cam.shapes import CLASSES, make_image
 
 
@@ -52,3 +56,23 @@ def test_bad_boxes_get_clear_errors(demo_model, boxes, labels, error, message):
     image, _ = make_image(np.random.default_rng(0))
     with pytest.raises(error, match=message):
         DetCAM(demo_model)(image, boxes=boxes, labels=labels)
+
+
+def test_another_class_is_the_same_candidates_probability_of_it(demo_model):
+    cam = DetCAM(demo_model, method='odam', topk=3)
+    reported = cam(DEMO_IMAGE)
+    circle = CLASSES.index('circle')
+    result = cam(DEMO_IMAGE, explain_class='circle')
+    assert result.detections.labels.tolist() == [circle] * len(reported)
+    assert result.detections.reported_labels.tolist() == reported.detections.labels.tolist()
+    np.testing.assert_allclose(result.detections.bboxes, reported.detections.bboxes, atol=1e-3)
+    # independently, from a no-gradient run: the candidate with that box, for that class
+    candidates = CandidateScorer(cam.model, cam.pipeline)([read_image(DEMO_IMAGE)])[0]
+    for k, box in enumerate(reported.detections.bboxes.tolist()):
+        same = (box_iou(candidates.bboxes.numpy(), box) > 0.999) & (
+            candidates.labels.numpy() == circle)
+        assert same.sum() == 1
+        assert float(result.detections.scores[k]) == pytest.approx(
+            float(candidates.scores[same.argmax()]), rel=1e-4)
+        if reported.detections.labels[k] != circle:
+            assert not np.allclose(result.cams[k], reported.cams[k], atol=0.05)

@@ -146,12 +146,15 @@ class NamedBoxes:
     For each named box (original-image pixels) the candidate with the highest IoU x
     probability of the named class (of any class where the label is None) is explained, for
     that class. The explained detections carry ``named_bboxes`` and ``ious`` (the candidate's
-    IoU with its named box): "what the model thought here".
+    IoU with its named box): "what the model thought here". With ``by_iou`` the candidate
+    with the highest IoU is taken whatever its score: given a detection's own box, that is the
+    same candidate's score for another class (exactly so where box regression does not depend
+    on the class: the same box comes back for every class).
     """
 
-    def __init__(self, bboxes, labels: Sequence[Optional[int]]):
+    def __init__(self, bboxes, labels: Sequence[Optional[int]], by_iou: bool = False):
         self.bboxes = torch.as_tensor(bboxes, dtype=torch.float32).reshape(-1, 4)
-        self.labels = list(labels)
+        self.labels, self.by_iou = list(labels), by_iou
 
     def __call__(self, pred: InstanceData, head_outputs: List[Tensor]):
         from mmdet.structures.bbox import bbox_overlaps
@@ -161,7 +164,7 @@ class NamedBoxes:
         scores = pred.scores.detach()
         best = []
         for k, label in enumerate(self.labels):
-            match = ious[k] * scores
+            match = ious[k] + 1e-6 * scores if self.by_iou else ious[k] * scores
             if label is not None:
                 if not bool((pred.labels == label).any()):
                     raise UnsupportedModelError(f'the detector has no candidate of class {label}')
