@@ -19,6 +19,7 @@ from mmengine.utils import ProgressBar
 from .engine.explain import FUSE_MODES
 from .errors import BadImageError, BadInputError, DetCAMError, InputNotFoundError
 from .methods import DEFAULT_METHOD, box_specific_alternative, method_names
+from .named_boxes import parse_box_specs, read_boxes_file
 from .outputs import ResultWriter
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='explain what the model thought at these boxes (e.g. objects it '
                         'missed), whatever it scored there: the best matching raw candidate of '
                         'each, for CLASS (default: the class it scores highest); one image only')
+    parser.add_argument('--boxes-file', metavar='FILE',
+                        help='the same for the boxes in a file: COCO annotations (the images '
+                        'they name), {"image.jpg": [{"bbox": [x1, y1, x2, y2], "class": name}]} '
+                        'or a list of such boxes for one image')
     parser.add_argument('--explain-class', metavar='CLASS',
                         help="explain each detection's score for CLASS instead of its reported "
                         'class (same candidate): "why a truck and not a car?"')
@@ -131,12 +136,7 @@ def run(args) -> int:
     if not 0 <= args.alpha <= 1:
         raise DetCAMError(f'--alpha must be between 0 and 1, got {args.alpha}')
     sources = expand_inputs(args.img)
-    boxes, labels = parse_boxes(args.boxes) if args.boxes else (None, None)
-    if boxes is not None and args.explain_class:
-        raise BadInputError('--boxes and --explain-class do not go together: give the class '
-                            'with each box (x1,y1,x2,y2:class)')
-    if boxes is not None and (len(sources) > 1 or is_video(sources[0])):
-        raise BadInputError('--boxes names boxes of one image; give a single image file')
+    named = named_boxes(args, sources)
     checkpoint = None if args.checkpoint.lower() == 'none' else args.checkpoint
     if checkpoint and '://' not in checkpoint and not Path(checkpoint).is_file():
         raise InputNotFoundError(f'checkpoint not found: {checkpoint}')
@@ -168,11 +168,19 @@ def run(args) -> int:
     images = [s for s in sources if not is_video(s)]
     progress = ProgressBar(len(images)) if len(images) > 1 else None
     for source in sources:
+        what = dict(explain_class=args.explain_class)
+        if named is not None:
+            if Path(source).name not in named:
+                print(f'\nskipped {source}: no boxes for it in {args.boxes_file}',
+                      file=sys.stderr)
+                if progress is not None:
+                    progress.update()
+                continue
+            boxes, labels = named[Path(source).name]
+            what = dict(boxes=boxes, labels=labels)
         try:
             count = (explain_video(cam, writer, source, args.explain_class) if is_video(source)
-                     else explain_image(cam, writer, source, args.show,
-                                        dict(boxes=boxes, labels=labels,
-                                             explain_class=args.explain_class)))
+                     else explain_image(cam, writer, source, args.show, what))
             detections, most = detections + count, max(most, count)
         except (BadImageError, InputNotFoundError) as error:
             if len(sources) == 1:
@@ -245,20 +253,23 @@ def first_frame(video: str) -> np.ndarray:
     return frame
 
 
-def parse_boxes(specs: List[str]):
-    """``['x1,y1,x2,y2[:class]', ...]`` -> boxes ``[N, 4]`` and labels (None: any class)."""
-    boxes, labels = [], []
-    for spec in specs:
-        coords, _, label = spec.partition(':')
-        try:
-            box = [float(v) for v in coords.split(',')]
-        except ValueError:
-            box = []
-        if len(box) != 4:
-            raise BadInputError(f'--boxes {spec!r}: expected x1,y1,x2,y2 or x1,y1,x2,y2:class')
-        boxes.append(box)
-        labels.append(label or None)
-    return boxes, labels
+def named_boxes(args, sources: List[str]):
+    """``{image file name: (boxes, labels)}`` from ``--boxes`` or ``--boxes-file``, or None."""
+    if not (args.boxes or args.boxes_file):
+        return None
+    if args.boxes and args.boxes_file:
+        raise BadInputError('give --boxes or --boxes-file, not both')
+    if args.explain_class:
+        raise BadInputError('--boxes and --explain-class do not go together: give the class '
+                            'of each box with it')
+    if any(is_video(source) for source in sources):
+        raise BadInputError('named boxes are for images, not videos')
+    if args.boxes_file:
+        return read_boxes_file(args.boxes_file, [Path(s).name for s in sources])
+    if len(sources) > 1:
+        raise BadInputError('--boxes names boxes of one image; give a single image file '
+                            '(or --boxes-file for several)')
+    return {Path(sources[0]).name: parse_box_specs(args.boxes)}
 
 
 def explain_image(cam, writer: ResultWriter, source: str, show: bool, what: dict) -> int:

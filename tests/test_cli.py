@@ -208,3 +208,23 @@ def test_named_boxes_are_explained_and_reported_with_their_match(tmp_path):
     assert [r['named_bbox'] for r in rows] == [[190, 40, 276, 128], [110, 115, 180, 185]]
     assert rows[0]['class_name'] == 'triangle'
     assert all(0 < r['iou_with_named'] <= 1 and r['peak_in_box'] for r in rows)
+
+
+def test_boxes_file_in_coco_format_explains_each_images_objects(tmp_path):
+    from mmdet_cam.shapes import write_split
+    write_split(tmp_path, 'val', 3, seed=7)
+    repo = Path(__file__).parents[1]
+    annotations = json.loads((tmp_path / 'val.json').read_text())
+    run(repo / 'demo' / 'rtmdet_shapes.py', repo / 'demo' / 'rtmdet_shapes.pth', tmp_path / 'val',
+        '--score-thr', '0.999', '--boxes-file', tmp_path / 'val.json', '--out-dir', tmp_path / 'out')
+    for image in annotations['images']:
+        expected = [a['bbox'] for a in annotations['annotations'] if a['image_id'] == image['id']]
+        rows = json.loads((tmp_path / 'out' / f"{Path(image['file_name']).stem}.json").read_text())
+        named = [r['named_bbox'] for r in rows['detections']]
+        np.testing.assert_allclose(named, [[x, y, x + w, y + h] for x, y, w, h in expected],
+                                   atol=0.01)
+    other = tmp_path / 'other.json'
+    other.write_text(json.dumps({'elsewhere.jpg': [{'bbox': [1, 1, 9, 9]}]}))
+    out = run(repo / 'demo' / 'rtmdet_shapes.py', repo / 'demo' / 'rtmdet_shapes.pth',
+              tmp_path / 'val', '--boxes-file', other, '--out-dir', tmp_path / 'out', expect=2)
+    assert out.stderr.strip().splitlines()[-1].startswith('error: ') and 'names none' in out.stderr
