@@ -33,7 +33,7 @@ for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),
 
 
 # The default method, chosen by benchmarks/faithfulness.py (see the README's Faithfulness section)
-DEFAULT_METHOD = 'gradcam'
+DEFAULT_METHOD = 'odam'
 
 # Methods that pool a box's gradient into one weight per channel (or ignore gradients): their
 # map of one box also lights up the other objects that drive the same channels. Each is paired
