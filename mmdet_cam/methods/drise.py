@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 import cv2
 import numpy as np
+import torch
 from mmengine.utils import ProgressBar
 
 from ..registry import CAM_METHODS
@@ -117,14 +118,10 @@ def class_cosine(scores_a, labels_a, scores_b, labels_b, num_classes: int) -> np
 
 
 def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``[A, B]`` IoUs of two sets of ``(x1, y1, x2, y2)`` boxes."""
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    """``[A, B]`` IoUs of two sets of ``(x1, y1, x2, y2)`` boxes (mmdet's ``bbox_overlaps``)."""
+    from mmdet.structures.bbox import bbox_overlaps
+    return bbox_overlaps(torch.as_tensor(a, dtype=torch.float64),
+                         torch.as_tensor(b, dtype=torch.float64)).numpy()
 
 
 def num_classes_of(model) -> int:
