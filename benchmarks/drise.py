@@ -36,7 +36,6 @@ import torch
 from mmdet_cam import DetCAM, build_detector
 from mmdet_cam.engine.candidates import CandidateScorer
 from mmdet_cam.methods.drise import DRISE, num_classes_of
-from mmdet_cam.model.detector import preprocess
 from mmdet_cam.metrics import pointing_hit
 
 REPO = Path(__file__).parents[1]
@@ -115,10 +114,7 @@ def main():
     samples = []
     for path in args.images:
         image = mmcv.imread(path)
-        inputs, data_samples = preprocess(model, base.pipeline, image)
-        with torch.no_grad():
-            pred = model.predict(inputs, data_samples)[0].pred_instances
-        detections = pred[base.select(pred)].cpu()
+        detections = base.detect(image)
         start = time.time()
         mine = ours(image, detections, args.masks, 0)
         ours_rate = args.masks / (time.time() - start)

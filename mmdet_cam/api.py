@@ -175,7 +175,7 @@ class DetCAM:
         return DetCAMResult(out.detections, cams, image, out.zero_gradient_layers)
 
     def _other_class(self, image: np.ndarray, label: int) -> DetCAMResult:
-        reported = self._detections(image)
+        reported = self.detect(image)
         if not len(reported):
             return DetCAMResult(reported, np.zeros((0,) + image.shape[:2], np.float32), image,
                                 [])
@@ -185,8 +185,9 @@ class DetCAM:
         result.detections.reported_scores = reported.scores
         return result
 
-    def _detections(self, image: np.ndarray) -> InstanceData:
-        """The kept detections of a plain (no-gradient) run of the model."""
+    def detect(self, image: np.ndarray) -> InstanceData:
+        """The detections this explainer keeps (``score_thr``, ``topk``, ``classes``) from a
+        plain, no-gradient run of the model on a BGR image; original-image pixels, on CPU."""
         with mmdet_failure(self.config, 'prepare an image for'):
             inputs, data_samples = preprocess(self.model, self.pipeline, image)
         with torch.no_grad(), mmdet_failure(self.config, 'run the detector of'):
@@ -195,7 +196,7 @@ class DetCAM:
 
     def _black_box(self, image: np.ndarray) -> DetCAMResult:
         """Maps of a method that perturbs the image (D-RISE) for the kept detections."""
-        detections = self._detections(image)
+        detections = self.detect(image)
         cams = self.method(image, detections.bboxes.numpy(), detections.scores.numpy(),
                            detections.labels.numpy(), CandidateScorer(self.model, self.pipeline),
                            num_classes_of(self.model))

@@ -37,7 +37,6 @@ class DRISE:
         progress: show a progress bar over the masks.
     """
 
-    uses_gradients = False
     perturbs_inputs = True  # DetCAM runs it on the image instead of the gradient engine
 
     def __init__(self, num_masks: int = 2000, grid: int = 16, p: float = 0.5,
