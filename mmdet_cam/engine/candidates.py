@@ -8,6 +8,10 @@ tracked score of one detection in perturbed images.
 :class:`NamedBoxes` explains the candidates that best match boxes a user names, whatever
 they score. :class:`FixedCandidates` explains the *same* raw candidates in a model whose weights were
 changed (the sanity check's randomised copies), whatever they score there.
+
+:class:`RawCandidatesModel` and :class:`TrackedDetection` are the model and the target that
+pytorch_grad_cam's perturbation methods (ScoreCAM, AblationCAM) re-run per batch: network
+inputs of one image in, raw candidates out, each detection followed by its tracked score.
 """
 import contextlib
 import copy
@@ -175,3 +179,48 @@ class NamedBoxes:
         detections.named_bboxes = self.bboxes.to(pred.bboxes.device)
         detections.ious = ious[torch.arange(len(best)), index]
         return pred.scores[index], detections
+
+
+class RawCandidatesModel(nn.Module):
+    """The detector as a pytorch_grad_cam model for methods that re-run it: a batch of network
+    inputs of one image (same size, same ``data_sample``) in, per input its raw candidates
+    (no score threshold, no NMS; original-image pixels, CPU, no gradients) out."""
+
+    def __init__(self, detector: nn.Module, data_sample):
+        super().__init__()
+        self.detector, self.data_sample = detector, data_sample
+
+    def forward(self, inputs: Tensor, copies: Optional[int] = None) -> List[InstanceData]:
+        samples = [copy.deepcopy(self.data_sample) for _ in range(copies or len(inputs))]
+        with torch.no_grad(), every_candidate(self.detector):
+            return [s.pred_instances.cpu() for s in self.detector.predict(inputs, samples)]
+
+    def with_layer_output(self, inputs: Tensor, layer: nn.Module, replace: Callable,
+                          copies: int) -> List[InstanceData]:
+        """Candidates of ``copies`` runs on ``inputs`` (one image) in which ``layer``'s output
+        is replaced by ``replace(output)``, a batch of ``copies``. When ``layer`` is the
+        detector's whole backbone or neck, what comes before it runs once, not ``copies``
+        times (only the layer's outputs feed the rest of the detector)."""
+        detector = predicting_detector(self.detector)
+        once = any(layer is getattr(detector, part, None) for part in ('backbone', 'neck'))
+        handle = layer.register_forward_hook(lambda module, args, output: replace(output))
+        try:
+            return self(inputs if once else inputs.expand(copies, *inputs.shape[1:]), copies)
+        finally:
+            handle.remove()
+
+
+class TrackedDetection:
+    """A pytorch_grad_cam target for models that are re-run on perturbed inputs: the tracked
+    score of the detection ``(bbox, label)`` (original-image pixels) among one image's raw
+    candidates, the best IoU x probability of ``label`` (``metrics.faithfulness.tracked_score``,
+    as D-RISE and the deletion metric follow a detection)."""
+
+    def __init__(self, bbox, label: int):
+        self.bbox = [float(v) for v in bbox]
+        self.label = int(label)
+
+    def __call__(self, candidates: InstanceData) -> Tensor:
+        from ..metrics.faithfulness import tracked_score  # metrics.sanity imports this module
+        return torch.tensor(tracked_score(candidates.bboxes.numpy(), candidates.scores.numpy(),
+                                          candidates.labels.numpy(), self.bbox, self.label))

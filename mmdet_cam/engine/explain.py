@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..errors import DetCAMError, UnsupportedModelError
 from ..model.detector import mmdet_failure
 from ..model.layers import predicting_detector
+from .candidates import RawCandidatesModel, TrackedDetection
 from .capture import (DenseHeadOutputs, FeatureShapes, FinalHeadOutputs, LayerCapture,
                       differentiable_inference, frozen_parameters, grads_for)
 
@@ -96,7 +97,8 @@ def explain(model: nn.Module,
     pristine = copy.deepcopy(data_samples)  # predict() adds its results to data_samples
     try:
         return _explain(model, inputs, data_samples, layers, layer_names, method, target,
-                        select, reshape, fuse, eigen_smooth, batch_size, candidates)
+                        select, reshape, fuse, eigen_smooth, batch_size, candidates,
+                        pristine[0])
     except DetCAMError:
         raise
     except Exception:
@@ -114,7 +116,7 @@ def _check_mmdet_inference(model: nn.Module, inputs: Tensor, data_samples: list)
 
 
 def _explain(model, inputs, data_samples, layers, layer_names, method, target, select,
-             reshape, fuse, eigen_smooth, batch_size, candidates) -> BoxCAMs:
+             reshape, fuse, eigen_smooth, batch_size, candidates, pristine_sample) -> BoxCAMs:
     detector = predicting_detector(model)
     neck_or_backbone = getattr(detector, 'neck', None)
     if neck_or_backbone is None:
@@ -139,6 +141,7 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
             raise UnsupportedModelError(
                 f'the target layers {list(layer_names)} were not called in the forward pass')
         own_levels = method.uses_gradients or fuse == 'own'
+        perturbs = getattr(method, 'scores_perturbations', False)
         if own_levels and not values.requires_grad:
             raise UnsupportedModelError(
                 f'the detections of {type(model).__name__} carry no gradient to '
@@ -152,12 +155,18 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
         layer_maps = _LayerMaps(capture, reshape, shapes.shapes, method, inputs, eigen_smooth,
                                 (width, height), head.tensors, boxes, own_levels)
         maps, zero_layers, own = [], [], []
-        for start in range(0, len(detections), batch_size):
+        for start in range(0, len(detections) if own_levels or not perturbs else 0,
+                           batch_size):
             chunk = range(start, min(start + batch_size, len(detections)))
             per_output, zero, own_outputs = layer_maps.for_boxes(values, chunk)
-            maps.append(_fuse(per_output, fuse, own_outputs))
+            if not perturbs:
+                maps.append(_fuse(per_output, fuse, own_outputs))
             zero_layers.extend(zero)
             own.append(own_outputs)
+    if perturbs:  # re-runs the detector, so after the capture hooks are gone
+        zero_layers = zero_layers or [[] for _ in range(len(detections))]
+        per_output = layer_maps.perturbed(RawCandidatesModel(model, pristine_sample), detections)
+        maps = [_fuse(per_output, fuse, np.concatenate(own) if own_levels else None)]
     maps = np.concatenate(maps)
     if own_levels:
         detections.levels = torch.as_tensor(layer_maps.level_index(np.concatenate(own)))
@@ -183,7 +192,8 @@ class _LayerMaps:
         self.owner_outputs = [np.flatnonzero(owners == o) for o in sorted(set(owners))]
         self._zero_maps_zero = {}
         self.non_finite: List[int] = []  # boxes whose gradient had NaN/inf (set to 0)
-        if not self.method.uses_gradients:  # activation-only methods are not box-specific
+        if not self.method.uses_gradients and not getattr(method, 'scores_perturbations', False):
+            # activation-only methods are not box-specific
             self._shared = [self._cam(i, np.zeros_like(a)) for i, (_, a) in
                             enumerate(self.outputs)]
 
@@ -205,6 +215,23 @@ class _LayerMaps:
         else:
             maps = self._maps(grads, [self.boxes[i] for i in boxes] if self.boxes else None)
         return maps, zero, own
+
+    def perturbed(self, candidates_model, detections: InstanceData) -> List[np.ndarray]:
+        """Maps ``[(N, H_in, W_in)]`` per layer output of a method that scores re-runs of the
+        detector (``scores_perturbations``: ScoreCAM, AblationCAM), for all ``detections`` at
+        once; ``candidates_model`` (a ``RawCandidatesModel``) is what it re-runs."""
+        targets = [TrackedDetection(box, label) for box, label in
+                   zip(detections.bboxes.tolist(), detections.labels.tolist())]
+        detector, self.method.model = self.method.model, candidates_model
+        try:
+            maps = []
+            for index, (owner, act) in enumerate(self.outputs):
+                self.method.output_index = sum(o == owner for o, _ in self.outputs[:index])
+                no_gradient = np.zeros((len(targets),) + act.shape[1:], act.dtype)
+                maps.append(self._cam(index, no_gradient, targets))
+            return maps
+        finally:
+            self.method.model = detector
 
     def _own_outputs(self, grads: List[np.ndarray]) -> np.ndarray:
         """``[K, layers]``: per box and target layer, the output with the largest

@@ -5,9 +5,9 @@ package, one small file each (``odam``, ``ssgradcam``, ``ssgradcam++``, ``gcame`
 calls only ``get_cam_image`` with a batch of detections' activations and gradients, and as
 ``targets`` one ``BoxTarget`` (box in network-input pixels, label) per detection. ``drise`` is
 black-box: it runs the detector on masked copies of the image instead (``perturbs_inputs``).
-Methods that need extra forward passes per channel (ScoreCAM, AblationCAM) or second-order
-gradients (ShapleyCAM) do not fit a one-forward engine and are not listed. A method of your
-own is a ``BaseCAM`` subclass registered with ``@CAM_METHODS.register_module()`` in a module
+``scorecam`` and ``ablationcam`` are the library's channel weights from extra forward passes
+per channel, shared by all detections of an image (``perturbation.py``). ShapleyCAM (second-
+order gradients) does not fit the engine and is not listed. A method of your own is a ``BaseCAM`` subclass registered with ``@CAM_METHODS.register_module()`` in a module
 named in ``custom_imports``.
 
 ``eigencam``, ``kpca_cam`` and ``fem`` use activations only: their map is the same for every
@@ -22,7 +22,8 @@ from torch import nn
 
 from ..errors import UnknownNameError
 from ..registry import CAM_METHODS, lookup, normalize_name
-from . import drise, gcame, odam, ssgradcam  # noqa: F401  (register the methods of this package)
+# register the methods of this package
+from . import drise, gcame, odam, perturbation, ssgradcam  # noqa: F401
 
 for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),
                     ('xgradcam', XGradCAM), ('hirescam', HiResCAM), ('layercam', LayerCAM),

@@ -1,0 +1,171 @@
+"""ScoreCAM and AblationCAM for every detection of an image at once.
+
+The channel weights are pytorch_grad_cam's: ScoreCAM scores the input masked by each
+(upsampled, min-max scaled) activation channel and takes the softmax of the scores over
+channels; AblationCAM replaces the layer's output by copies with one channel ablated (the
+library's ``AblationLayer``) and takes the relative score drop. The library runs those
+forwards once per target; here one batch of perturbed forwards is scored for *all* targets,
+so an image costs one pass over the channels whatever the number of detections.
+
+``model`` is a :class:`~mmdet_cam.engine.candidates.RawCandidatesModel` and each target a
+:class:`~mmdet_cam.engine.candidates.TrackedDetection` (the engine supplies both). AblationCAM
+pushes the ablated activations through the rest of the detector only: when the target layer
+is the whole neck (the default) or backbone, what comes before it runs once.
+"""
+import sys
+from typing import Callable, List, Sequence
+
+import numpy as np
+import torch
+from mmengine.utils import ProgressBar
+from pytorch_grad_cam import AblationCAM, ScoreCAM
+from pytorch_grad_cam.ablation_layer import AblationLayer
+from torch import Tensor
+
+from ..errors import UnsupportedModelError
+from ..registry import CAM_METHODS
+
+
+class _SharedForwards:
+    """Scores many targets from the same re-runs of the model."""
+
+    scores_perturbations = True  # the engine hands it a RawCandidatesModel and tracked targets
+    output_index = 0  # which output of a multi-output target layer (pyramid level) is meant
+
+    def _scores(self, outputs: Sequence, targets: Sequence[Callable]) -> np.ndarray:
+        """``[len(outputs), len(targets)]`` float32, as the library reads each target."""
+        return np.float32([[target(o).cpu().item() for target in targets] for o in outputs])
+
+    def _bar(self, total: int):
+        return ProgressBar(total, file=sys.stderr) if self.progress else None
+
+
+@CAM_METHODS.register_module(name='scorecam')
+class BoxScoreCAM(_SharedForwards, ScoreCAM):
+    """ScoreCAM (Wang et al., CVPR-W 2020) per detection; one masked forward per channel.
+
+    Args:
+        batch_size: masked images per forward pass.
+        progress: show a progress bar over the channels.
+    """
+
+    def __init__(self, model, target_layers, reshape_transform=None, batch_size: int = 16,
+                 progress: bool = False):
+        super().__init__(model, target_layers, reshape_transform=reshape_transform)
+        self.batch_size, self.progress = batch_size, progress
+
+    def get_cam_weights(self, input_tensor: Tensor, target_layer, targets, activations,
+                        grads) -> np.ndarray:
+        # every row of ``activations`` is the same image: one set of masks serves all targets
+        channels = activations.shape[1]
+        upsample = torch.nn.UpsamplingBilinear2d(size=input_tensor.shape[-2:])
+        scores, bar = [], self._bar(channels)
+        with torch.no_grad():
+            for first in range(0, channels, self.batch_size):
+                part = torch.from_numpy(activations[:1, first:first + self.batch_size].copy())
+                part = part.to(input_tensor.device)
+                masks = upsample(part)[0]  # [b, H, W], scaled per channel as the library does
+                flat = masks.reshape(len(masks), -1)
+                low, high = flat.min(dim=1)[0], flat.max(dim=1)[0]
+                masks = (masks - low[:, None, None]) / (high - low + 1e-8)[:, None, None]
+                scores.append(self._scores(self.model(input_tensor[:1] * masks[:, None]),
+                                           targets))
+                if bar is not None:
+                    bar.update(len(masks))
+        scores = torch.from_numpy(np.concatenate(scores).T.copy())  # [targets, channels]
+        return torch.softmax(scores, dim=-1).numpy()
+
+
+class ZeroAblationLayer(AblationLayer):
+    """Ablation as the AblationCAM paper does it: the channel is set to 0. (The library's
+    ``AblationLayer`` uses ``min - 1e7`` wherever activations can be negative, as after
+    SiLU, which there wipes out every detection whichever channel is ablated.)"""
+
+    def __call__(self, x):
+        for row, channel in enumerate(self.indices[:len(self.activations)]):
+            self.activations[row, channel] = 0
+        return self.activations
+
+
+@CAM_METHODS.register_module(name='ablationcam')
+class BoxAblationCAM(_SharedForwards, AblationCAM):
+    """AblationCAM (Desai and Ramaswamy, WACV 2020) per detection; one forward of the rest of
+    the detector per ablated channel.
+
+    Args:
+        ablation: ``'zero'`` sets the ablated channel to 0 (the paper, :class:`ZeroAblationLayer`);
+            ``'library'`` uses pytorch_grad_cam's ``AblationLayer``; or an ablation layer.
+        batch_size: ablated copies per forward pass.
+        ratio_channels_to_ablate: the library's option (1.0: every channel).
+        progress: show a progress bar over the channels.
+    """
+
+    ABLATIONS = {'zero': ZeroAblationLayer, 'library': AblationLayer}
+
+    def __init__(self, model, target_layers, reshape_transform=None, ablation='zero',
+                 batch_size: int = 32, ratio_channels_to_ablate: float = 1.0,
+                 progress: bool = False):
+        if isinstance(ablation, str):
+            if ablation not in self.ABLATIONS:
+                raise ValueError(f"ablation must be one of {', '.join(self.ABLATIONS)} or an "
+                                 f'ablation layer, got {ablation!r}')
+            ablation = self.ABLATIONS[ablation]()
+        super().__init__(model, target_layers, reshape_transform, ablation, batch_size,
+                         ratio_channels_to_ablate)
+        self.progress = progress
+
+    def get_cam_weights(self, input_tensor: Tensor, target_layer, targets, activations,
+                        grads) -> np.ndarray:
+        image = input_tensor[:1]
+        original = self._scores(self.model(image), targets)[0]  # [targets]
+        layer_output = torch.from_numpy(activations[:1].copy()).to(image.device)
+        channels = self.ablation_layer.activations_to_be_ablated(
+            activations[0], self.ratio_channels_to_ablate)
+        ablated_scores, bar = [], self._bar(len(channels))
+        with torch.no_grad():
+            for first in range(0, len(channels), self.batch_size):
+                count = min(self.batch_size, len(channels) - first)
+                # the library's ablation layer, fed as the library feeds it
+                self.ablation_layer.set_next_batch(input_batch_index=0,
+                                                   activations=layer_output,
+                                                   num_channels_to_ablate=count)
+                self.ablation_layer.indices = channels[first:]
+                ablated = self.ablation_layer(None)
+                outputs = self.model.with_layer_output(
+                    image, target_layer, _Substitute(ablated, self.output_index), count)
+                ablated_scores.append(self._scores(outputs, targets))
+                if bar is not None:
+                    bar.update(count)
+        ablated_scores = np.concatenate(ablated_scores)  # [ablated channels, targets]
+        weights = np.float32([
+            self.assemble_ablation_scores(list(ablated_scores[:, k]), original[k], channels,
+                                          activations.shape[1])
+            for k in range(len(targets))])
+        return (original[:, None] - weights) / original[:, None]
+
+
+class _Substitute:
+    """Forward-hook body: the layer's output with output ``index`` (a tensor, or one
+    element of a tuple/list) replaced by ``maps``, the other elements repeated to match."""
+
+    def __init__(self, maps: Tensor, index: int):
+        self.maps, self.index = maps, index
+
+    def __call__(self, output):
+        items = [output] if isinstance(output, Tensor) else list(output)
+        tensors = [k for k, item in enumerate(items) if isinstance(item, Tensor)]
+        if self.index >= len(tensors) or items[tensors[self.index]].shape[1:] != \
+                self.maps.shape[1:]:
+            shapes = [tuple(items[k].shape) for k in tensors]
+            raise UnsupportedModelError(
+                f'ablationcam replaces [B, C, H, W] feature maps of shape '
+                f'{tuple(self.maps.shape[1:])}, but the target layer outputs {shapes}: choose '
+                'a convolutional layer (or the neck), or use scorecam')
+        count = len(self.maps)
+        # copies, not views: a consumer may write into its input in place
+        out: List = [item.expand(count, *item.shape[1:]).contiguous()
+                     if isinstance(item, Tensor) and len(item) == 1 else item for item in items]
+        out[tensors[self.index]] = self.maps
+        if isinstance(output, Tensor):
+            return out[0]
+        return tuple(out) if isinstance(output, tuple) else out
