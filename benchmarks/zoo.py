@@ -2,14 +2,16 @@
 
 Each config is built from mmdet's own file with ``init_weights()`` (no download), its test
 pipeline shrunk to a small image, every score threshold removed (untrained heads score far
-below 0.05), and explained with ``DetCAM``'s defaults (GradCAM, every neck level) on a shapes
-image. Each config runs in its own process (forked from this one, so mmdet is imported once)
+below 0.05), and explained with ``DetCAM`` (GradCAM unless ``--method`` says otherwise, every
+neck level) on a shapes image. Each config runs in its own process (forked from this one, so mmdet is imported once)
 under a time limit, so one hang or crash cannot stop the sweep. Results are appended to a
 JSON-lines file as they come, and a re-run resumes where it stopped.
 
     python benchmarks/zoo.py --quick                  # one config per folder, a few minutes each
     nohup python benchmarks/zoo.py > zoo.log 2>&1 &   # all configs, then docs/zoo.md
     python benchmarks/zoo.py --rerun crash            # again for the configs that crashed
+    python benchmarks/zoo.py --quick --method drise --method-options num_masks=32 \
+        --results work_dirs/zoo_drise/results.jsonl   # the black-box method, same configs
 
 Status of a config:
   works        finite maps, and at least two detections with non-zero maps that differ
@@ -36,12 +38,14 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
+from mmengine.config import DictAction
 
 from mmdet_cam import DetCAM, build_detector
 
 REPO = Path(__file__).parents[1]
 STATUSES = ('works', 'refused', 'mmdet fails', 'crash', 'skipped')
 IMAGE = REPO / 'demo' / 'images' / 'shapes_1.jpg'
+METHOD = 'gradcam'  # set by --method before the per-config processes are forked
 
 
 def shipped_configs():
@@ -140,8 +144,8 @@ def explain(cfg, size):
     shrink(cfg, size)
     torch.manual_seed(0)
     model = build_detector(cfg)
-    result = SweepCAM(model)(str(IMAGE))
-    if distinct_maps(result) < 2 and len(result) >= 2:
+    result = SweepCAM(model, method=METHOD)(str(IMAGE))
+    if METHOD == 'gradcam' and distinct_maps(result) < 2 and len(result) >= 2:
         # GradCAM's ReLU(sum of channel-weighted activations) is zero everywhere when an
         # untrained head's weights make the sum negative: look at the gradients directly
         hires = SweepCAM(model, method='hirescam')(str(IMAGE))
@@ -282,9 +286,8 @@ def write_table(results: dict, configs, path: Path, size: int) -> None:
         'with `init_weights()` (untrained, no download), test pipeline shrunk to '
         f'{size} px (a config\'s own size where mmdet fails at that size), score thresholds, '
         'minimum box sizes and corner-pairing distances removed (`keep_all_detections`), '
-        'RPNs cut to 100 proposals, explained with `DetCAM` defaults (GradCAM, every neck '
-        'level; HiResCAM where GradCAM\'s maps of the untrained model are zero or equal) for the '
-        'top 4 detections with finite boxes, non-empty ones first, on '
+        'RPNs cut to 100 proposals, explained with `DetCAM` and the method '
+        f'{method_description()} (every neck level) for the top 4 detections with finite boxes, non-empty ones first, on '
         '`demo/images/shapes_1.jpg`. Written by `python benchmarks/zoo.py` on a 2-core CPU '
         'machine, each config in its own process with a time limit.',
         '',
@@ -312,6 +315,13 @@ def write_table(results: dict, configs, path: Path, size: int) -> None:
                      f'{r["seconds"]} |')
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('\n'.join(lines) + '\n')
+
+
+def method_description() -> str:
+    if METHOD == 'gradcam':
+        return ('`gradcam` (HiResCAM where GradCAM\'s maps of the untrained model are zero or '
+                'equal)')
+    return f'`{METHOD}`'
 
 
 def mmdet_version() -> str:
@@ -343,11 +353,17 @@ def main(argv=None) -> int:
                         help='JSON lines, appended as configs finish; read to resume')
     parser.add_argument('--rerun', nargs='+', choices=STATUSES, default=[],
                         help='run configs with these statuses again')
+    parser.add_argument('--method', default='gradcam', help='CAM method (default gradcam)')
+    parser.add_argument('--method-options', nargs='+', action=DictAction, default={},
+                        metavar='KEY=VALUE', help='options of the method, e.g. num_masks=32')
     parser.add_argument('--table', help='markdown table to write (default: docs/zoo.md for '
                         'a full run, work_dirs/zoo/zoo_quick.md for --quick)')
     args = parser.parse_args(argv)
 
     warnings.simplefilter('ignore')
+    global METHOD
+    METHOD = dict(type=args.method, **args.method_options) if args.method_options else \
+        args.method
     import mmdet.models  # noqa: F401  (imported once here, inherited by every forked process)
     root, configs = shipped_configs()
     if args.quick:

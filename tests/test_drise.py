@@ -54,3 +54,16 @@ def test_options_are_checked():
         build_cam_method(dict(num_masks=10), None)
     method = build_cam_method(dict(type='drise', num_masks=10, seed=3), None)
     assert (method.num_masks, method.seed) == (10, 3)
+
+
+@pytest.mark.parametrize('config', [
+    'sabl/sabl-retinanet_r50_fpn_1x_coco.py',  # bucketed box regression, dense head
+    'sabl/sabl-faster-rcnn_r50_fpn_1x_coco.py',  # bucketed box regression, RoI head
+])
+def test_drise_explains_sabl_heads(models, scene, config):
+    cam = DetCAM(models(config), method=dict(type='drise', num_masks=8, batch_size=8,
+                                             progress=False), score_thr=0, topk=2)
+    result = cam(scene)
+    assert len(result) == 2 and result.cams.shape == (2,) + scene.shape[:2]
+    assert np.isfinite(result.cams).all() and result.cams.max() == 1
+    assert not np.array_equal(result.cams[0], result.cams[1])

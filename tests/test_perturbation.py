@@ -82,3 +82,4 @@ def test_bad_options_and_unsupported_layers_get_clear_errors(demo_model):
         build_cam_method(dict(type='ablationcam', ablation='mean'), demo_model)
     with pytest.raises(UnknownNameError, match='bad options for method BoxScoreCAM'):
         build_cam_method(dict(type='scorecam', masks=3), demo_model)
+
