@@ -3,8 +3,8 @@
 Each config is built from mmdet's own file with ``init_weights()`` (no download), its test
 pipeline shrunk to a small image, every score threshold removed (untrained heads score far
 below 0.05), and explained with ``DetCAM`` (GradCAM unless ``--method`` says otherwise, every
-neck level) on a shapes image. Each config runs in its own process (forked from this one, so mmdet is imported once)
-under a time limit, so one hang or crash cannot stop the sweep. Results are appended to a
+neck level) on a shapes image. Each config runs in its own process (forked from this one,
+so mmdet is imported once) under a time limit, so one hang or crash cannot stop the sweep. Results are appended to a
 JSON-lines file as they come, and a re-run resumes where it stopped.
 
     python benchmarks/zoo.py --quick                  # one config per folder, a few minutes each
@@ -287,7 +287,8 @@ def write_table(results: dict, configs, path: Path, size: int) -> None:
         f'{size} px (a config\'s own size where mmdet fails at that size), score thresholds, '
         'minimum box sizes and corner-pairing distances removed (`keep_all_detections`), '
         'RPNs cut to 100 proposals, explained with `DetCAM` and the method '
-        f'{method_description()} (every neck level) for the top 4 detections with finite boxes, non-empty ones first, on '
+        f'{method_description()} (every neck level) for the top 4 detections with finite '
+        'boxes, non-empty ones first, on '
         '`demo/images/shapes_1.jpg`. Written by `python benchmarks/zoo.py` on a 2-core CPU '
         'machine, each config in its own process with a time limit.',
         '',

@@ -6,9 +6,10 @@ calls only ``get_cam_image`` with a batch of detections' activations and gradien
 ``targets`` one ``BoxTarget`` (box in network-input pixels, label) per detection. ``drise`` is
 black-box: it runs the detector on masked copies of the image instead (``perturbs_inputs``).
 ``scorecam`` and ``ablationcam`` are the library's channel weights from extra forward passes
-per channel, shared by all detections of an image (``perturbation.py``). ShapleyCAM (second-
-order gradients) does not fit the engine and is not listed. A method of your own is a ``BaseCAM`` subclass registered with ``@CAM_METHODS.register_module()`` in a module
-named in ``custom_imports``.
+per channel, shared by all detections of an image (``perturbation.py``). ShapleyCAM
+(second-order gradients) does not fit the engine and is not listed. A method of your own is a
+``BaseCAM`` subclass registered with ``@CAM_METHODS.register_module()`` in a module named in
+``custom_imports``.
 
 ``eigencam``, ``kpca_cam`` and ``fem`` use activations only: their map is the same for every
 detection of an image (not box-specific). ``randomcam`` (random channel weights) is the
