@@ -36,8 +36,10 @@ class ResultWriter:
         self.per_box, self.save_npy, self.save_all = per_box, save_npy, save_all
         self.drawer = BoxDrawer(dataset_meta)
 
-    def write_image(self, result, stem: str, source: Optional[str] = None) -> np.ndarray:
-        """Write the files of one image; returns the overlay picture."""
+    def write_image(self, result, stem: str, source: Optional[str] = None,
+                    extra: Optional[dict] = None) -> np.ndarray:
+        """Write the files of one image (``extra``: more entries of its JSON); returns the
+        overlay picture."""
         picture = self.render(result)
         self.imwrite(f'{stem}_cam.jpg', picture)
         if self.per_box:
@@ -53,7 +55,7 @@ class ResultWriter:
         if self.save_npy:
             np.save(self.out_dir / f'{stem}_cams.npy', result.cams)
         summary = dict(image=source, image_size=list(result.image.shape[:2]), **self.settings,
-                       detections=self.describe(result))
+                       detections=self.describe(result), **(extra or {}))
         (self.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
         return picture
 
@@ -97,6 +99,7 @@ class ResultWriter:
                 **({'reported_class': self.class_name(int(result.detections.reported_labels[k])),
                     'reported_score': round(float(result.detections.reported_scores[k]), 4)}
                    if 'reported_labels' in result.detections else {}),
+                **({'tag': result.detections.tags[k]} if 'tags' in result.detections else {}),
                 zero_gradient_layers=result.zero_gradient_layers[k]))
         return rows
 

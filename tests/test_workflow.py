@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmdet_cam.shapes import write_split
@@ -125,3 +126,61 @@ def test_hook_keeps_only_the_named_classes_of_a_runner_built_model(val_root, tmp
     for image in sorted((val_root / 'val').glob('*.jpg')):
         labels += hook.cam(str(image)).detections.labels.tolist()
     assert labels and set(labels) == {circle}
+
+
+def iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union
+
+
+def test_triage_tags_detections_and_explains_missed_objects(val_root, tmp_path):
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from mmdet_cam.model.checkpoint import load_checkpoint
+
+    cfg = Config.fromfile(str(CONFIG))
+    cfg.work_dir = str(tmp_path)
+    cfg.merge_from_dict(val_split_options(val_root))
+    # two detections per image at a low threshold: images with more objects miss some
+    cfg.custom_hooks = [dict(type='DetCAMHook', score_thr=0.05, topk=2, triage=True)]
+    runner = Runner.from_cfg(cfg)
+    load_checkpoint(runner.model, str(CHECKPOINT))
+    runner.test()
+
+    coco = json.loads((val_root / 'val.json').read_text())
+    names = [c['name'] for c in sorted(coco['categories'], key=lambda c: c['id'])]
+    label_of = {c['id']: names.index(c['name']) for c in coco['categories']}
+    cam_dir, missed_count, errors = tmp_path / 'cam', 0, []
+    for image in coco['images']:
+        stem = Path(image['file_name']).stem
+        report = json.loads((cam_dir / f'{stem}.json').read_text())
+        gt = [(label_of[a['category_id']], [a['bbox'][0], a['bbox'][1],
+                                            a['bbox'][0] + a['bbox'][2],
+                                            a['bbox'][1] + a['bbox'][3]])
+              for a in coco['annotations'] if a['image_id'] == image['id']]
+        taken = set()
+        for det in sorted(report['detections'], key=lambda d: -d['score']):
+            free = [(iou(det['bbox'], box), g) for g, (label, box) in enumerate(gt)
+                    if label == det['label'] and g not in taken]
+            best = max(free, default=(0.0, -1))
+            assert det['tag'] == ('TP' if best[0] >= 0.5 else 'FP'), (stem, det)
+            if det['tag'] == 'TP':
+                taken.add(best[1])
+        missed = sorted(box for g, (_, box) in enumerate(gt) if g not in taken)
+        named = sorted(m['named_bbox'] for m in report['missed'])
+        np.testing.assert_allclose(np.reshape(named, (-1, 4)), np.reshape(missed, (-1, 4)),
+                                   atol=0.01)
+        for m in report['missed']:  # the model's best candidate for it, explained
+            assert m['tag'] == 'FN' and 0 <= m['iou_with_named'] <= 1 and 0 < m['score'] <= 1
+        if missed:
+            assert (cam_dir / f'{stem}_missed_cam.jpg').is_file()
+        missed_count += len(missed)
+        errors += [(d['index'], 'FP') for d in report['detections'] if d['tag'] == 'FP']
+        errors += [(m['index'], 'FN') for m in report['missed']]
+    assert missed_count > 0
+    summary = json.loads((cam_dir / 'triage.json').read_text())
+    listed = summary['false_positives'] + summary['missed']
+    assert sorted((e['index'], e['tag']) for e in listed) == sorted(errors)

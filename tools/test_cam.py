@@ -7,7 +7,9 @@
 (mmdet's own tools/test.py is not installed with the pip package.) The config decides what
 runs: ``custom_hooks`` with ``DetCAMHook`` writes the maps, ``test_evaluator`` with
 ``CAMLocalizationMetric`` scores them; mmengine's evaluator merges the results of all
-processes. The checkpoint loads weights-only, as everywhere in mmdet-cam.
+processes. The checkpoint loads weights-only, as everywhere in mmdet-cam. ``--triage`` turns on
+the hook's triage: detections tagged TP / FP, missed ground-truth boxes explained, and
+``<work_dir>/cam/triage.json`` listing the run's false positives and missed objects.
 """
 import argparse
 import json
@@ -34,6 +36,8 @@ def parse_args():
                         help='override config settings')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher (as in mmdet tools/test.py)')
+    parser.add_argument('--triage', action='store_true',
+                        help='tag detections TP/FP and explain missed ground-truth boxes')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='allow a full (unsafe) unpickle of the checkpoint')
     args = parser.parse_args()
@@ -47,6 +51,12 @@ def main():
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
+    if args.triage:
+        hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') == 'DetCAMHook']
+        if not hooks:
+            raise SystemExit(f'error: {args.config} has no DetCAMHook in custom_hooks')
+        for hook in hooks:
+            hook['triage'] = True
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or str(
         Path('work_dirs') / Path(args.config).stem)
     cfg.load_from = None  # loaded below, weights-only

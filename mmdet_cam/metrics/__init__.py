@@ -6,8 +6,9 @@ from .faithfulness import (auc, detection_faithfulness, object_discrimination,
 from .localization import (box_area_share, box_mask, energy_in_box, peak_location,
                            pointing_hit)
 from .sanity import SanityResult, parameter_randomisation
+from .triage import triage
 
 __all__ = ['box_area_share', 'box_mask', 'energy_in_box', 'peak_location', 'pointing_hit',
            'auc', 'detection_faithfulness', 'object_discrimination', 'perturbation_curve',
            'road_combined', 'road_curve', 'tracked_score', 'tracker',
-           'SanityResult', 'parameter_randomisation']
+           'SanityResult', 'parameter_randomisation', 'triage']

@@ -9,20 +9,28 @@ of each image to ``<work_dir>/<out_dir>/`` and attaches the maps to the batch's 
 (``cams``, ``cam_detections``) so that ``CAMLocalizationMetric`` can score them. With
 ``faithfulness_steps`` it also measures each map's deletion and insertion AUC on the detector
 (``2 * (steps + 1)`` extra forwards per detection, so off by default) for
-``CAMFaithfulnessMetric`` (``cam_faithfulness``). mmdet's own predictions and metrics are not
-touched. In distributed runs every process explains its own shard of the test set.
+``CAMFaithfulnessMetric`` (``cam_faithfulness``). With ``triage`` it tags each explained
+detection true or false positive against the image's ground truth (mmdet's own matching),
+explains every missed ground-truth box through the model's best raw candidate for it
+(``<stem>_missed_cam.jpg``, ``missed`` in the image's JSON), and writes ``triage.json``: the
+false positives and missed objects of the whole run, gathered from every process. mmdet's own
+predictions and metrics are not touched. In distributed runs every process explains its own
+shard of the test set.
 """
+import json
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import numpy as np
 from mmdet.registry import HOOKS
+from mmengine.dist import all_gather_object, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from ..api import DetCAM
 from ..engine.candidates import CandidateScorer
 from ..methods import DEFAULT_METHOD
-from ..metrics import detection_faithfulness, tracker
+from ..metrics import detection_faithfulness, tracker, triage
 from ..outputs import ResultWriter
 
 
@@ -36,6 +44,8 @@ class DetCAMHook(Hook):
         out_dir: folder for the files, relative to the runner's ``work_dir``.
         alpha, renormalize, per_box, save_npy: as for the CLI.
         faithfulness_steps: perturbation steps of each deletion / insertion curve; 0: off.
+        triage: tag detections TP / FP and explain the missed ground-truth boxes.
+        triage_iou: IoU at which a detection matches a ground-truth box (as mmdet's mAP).
     """
 
     priority = 'NORMAL'
@@ -54,7 +64,9 @@ class DetCAMHook(Hook):
                  renormalize: bool = False,
                  per_box: bool = False,
                  save_npy: bool = False,
-                 faithfulness_steps: int = 0):
+                 faithfulness_steps: int = 0,
+                 triage: bool = False,
+                 triage_iou: float = 0.5):
         self.cam_args = dict(method=method, target_layers=target_layers, target=target,
                              score_thr=score_thr, topk=topk, classes=classes, fuse=fuse)
         self.interval = interval
@@ -65,6 +77,9 @@ class DetCAMHook(Hook):
         self.cam: Optional[DetCAM] = None
         self.writer: Optional[ResultWriter] = None
         self.scorer: Optional[CandidateScorer] = None
+        self.triage, self.triage_iou = triage, triage_iou
+        self.ground_truth: dict = {}  # image path -> (boxes, labels, ignored)
+        self.errors: list = []  # the run's false positives and missed objects
 
     def before_test(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
@@ -79,18 +94,63 @@ class DetCAMHook(Hook):
         self.writer = ResultWriter(out_dir, dataset_meta, settings, **self.writer_args)
         if self.faithfulness_steps > 0:
             self.scorer = CandidateScorer(model, self.cam.pipeline)
+        if self.triage:
+            self.ground_truth = ground_truth(runner.test_dataloader.dataset)
+            self.errors = []
 
     def before_test_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         if not self.every_n_inner_iters(batch_idx, self.interval):
             return
         for sample in data_batch['data_samples']:
             result = self.cam(sample.img_path)
-            self.writer.write_image(result, Path(sample.img_path).stem, sample.img_path)
+            stem = Path(sample.img_path).stem
+            extra = self.tag_and_explain_missed(result, stem, sample.img_path) \
+                if self.triage else None
+            self.writer.write_image(result, stem, sample.img_path, extra)
             sample.cams = result.cams
             sample.cam_detections = result.detections
             if self.scorer is not None:
                 sample.cam_faithfulness = [self.faithfulness(result, k)
                                            for k in range(len(result))]
+
+    def tag_and_explain_missed(self, result, stem: str, path: str) -> dict:
+        """Tags ``result``'s detections (``tags``), explains the missed ground-truth boxes
+        and returns them for the image's JSON."""
+        boxes, labels, ignored = self.ground_truth.get(path, _NO_OBJECTS)
+        if self.cam.class_ids is not None:  # objects of classes not explained do not count
+            kept = np.isin(labels, self.cam.class_ids)
+            boxes, labels, ignored = boxes[kept], labels[kept], ignored[kept]
+        detections = result.detections
+        tags, missed = triage(detections.bboxes.numpy(), detections.scores.numpy(),
+                              detections.labels.numpy(), boxes, labels, ignored,
+                              self.triage_iou)
+        detections.tags = tags
+        rows = []
+        if len(missed) and getattr(self.cam.method, 'perturbs_inputs', False):
+            # D-RISE explains reported detections only: the missed boxes are listed unexplained
+            rows = [dict(index=k, tag='FN', named_bbox=[round(v, 2) for v in boxes[g].tolist()],
+                         class_name=self.writer.class_name(int(labels[g])))
+                    for k, g in enumerate(missed)]
+        elif len(missed):
+            found = self.cam(result.image, boxes=boxes[missed], labels=labels[missed].tolist())
+            found.detections.tags = ['FN'] * len(found)
+            self.writer.imwrite(f'{stem}_missed_cam.jpg', self.writer.render(found))
+            rows = self.writer.describe(found)
+        self.errors += [dict(image=path, **row) for row in self.writer.describe(result)
+                        if row['tag'] == 'FP'] + [dict(image=path, **row) for row in rows]
+        return dict(missed=rows)
+
+    def after_test(self, runner) -> None:
+        if not self.triage:
+            return
+        errors = sorted((e for part in all_gather_object(self.errors) for e in part),
+                        key=lambda e: (e['image'], e['tag'], e['index']))
+        if is_main_process():
+            summary = dict(iou_thr=self.triage_iou, score_thr=self.cam_args['score_thr'],
+                           false_positives=[e for e in errors if e['tag'] == 'FP'],
+                           missed=[e for e in errors if e['tag'] == 'FN'])
+            path = Path(runner.work_dir) / self.out_dir / 'triage.json'
+            path.write_text(json.dumps(summary, indent=2))
 
     def faithfulness(self, result, k: int) -> dict:
         """Deletion / insertion AUCs and OA of detection ``k``'s map."""
@@ -98,3 +158,20 @@ class DetCAMHook(Hook):
                            int(result.detections.labels[k]))
         return detection_faithfulness(result.image, result.cams[k], score_fn,
                                       self.faithfulness_steps)
+
+
+_NO_OBJECTS = (np.zeros((0, 4), np.float32), np.zeros(0, int), np.zeros(0, bool))
+
+
+def ground_truth(dataset) -> dict:
+    """Image path -> ``(boxes, labels, ignored)`` of an mmdet dataset's annotations, in
+    original-image pixels (as mmdet's metrics read them)."""
+    table = {}
+    for index in range(len(dataset)):
+        info = dataset.get_data_info(index)
+        instances = info.get('instances', [])
+        table[info['img_path']] = (
+            np.array([i['bbox'] for i in instances], np.float32).reshape(-1, 4),
+            np.array([i['bbox_label'] for i in instances], int),
+            np.array([bool(i.get('ignore_flag', 0)) for i in instances], bool))
+    return table
