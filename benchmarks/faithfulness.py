@@ -110,8 +110,9 @@ def evaluate(model, method, samples, scorer, steps, score_thr, road_images, sani
 
 def sanity(cam, method, samples) -> dict:
     """Mean Spearman once the box head, and once everything, is randomised (NaN for the
-    baselines, whose maps do not come from the model)."""
-    if method in BASELINES or not samples:
+    baselines, whose maps do not come from the model, and for D-RISE, which would need all of
+    its masks again at every randomisation step)."""
+    if method in BASELINES or getattr(cam.method, 'perturbs_inputs', False) or not samples:
         return dict(sanity=float('nan'), last=float('nan'))
     head, last = [], []
     for path, _ in samples:

@@ -211,16 +211,19 @@ class RawCandidatesModel(nn.Module):
 
 
 class TrackedDetection:
-    """A pytorch_grad_cam target for models that are re-run on perturbed inputs: the tracked
-    score of the detection ``(bbox, label)`` (original-image pixels) among one image's raw
-    candidates, the best IoU x probability of ``label`` (``metrics.faithfulness.tracked_score``,
-    as D-RISE and the deletion metric follow a detection)."""
+    """A pytorch_grad_cam target for models that are re-run on perturbed inputs: the detection
+    ``(bbox, label)`` (original-image pixels) followed among one image's raw candidates by
+    its tracked score, the best IoU x probability of ``label`` (the smooth form of
+    ``metrics.faithfulness.tracked_score``, as D-RISE and the deletion metric follow it)."""
 
     def __init__(self, bbox, label: int):
-        self.bbox = [float(v) for v in bbox]
+        self.bbox = torch.as_tensor(bbox, dtype=torch.float32).reshape(1, 4)
         self.label = int(label)
 
     def __call__(self, candidates: InstanceData) -> Tensor:
-        from ..metrics.faithfulness import tracked_score  # metrics.sanity imports this module
-        return torch.tensor(tracked_score(candidates.bboxes.numpy(), candidates.scores.numpy(),
-                                          candidates.labels.numpy(), self.bbox, self.label))
+        from mmdet.structures.bbox import bbox_overlaps
+        same = candidates.labels == self.label
+        if not bool(same.any()):
+            return torch.zeros(())
+        ious = bbox_overlaps(self.bbox, candidates.bboxes[same].float())[0]
+        return (ious * candidates.scores[same]).max()
