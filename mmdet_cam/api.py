@@ -2,6 +2,7 @@
 import contextlib
 import copy
 import difflib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
@@ -14,7 +15,7 @@ from torch import nn
 
 from .model.detector import (ConfigLike, build_detector, build_test_pipeline, mmdet_failure,
                              preprocess, read_image)
-from .engine.explain import FUSE_MODES, explain
+from .engine.explain import FUSE_MODES, ZeroGradientWarning, explain
 from .errors import BadInputError, UnknownNameError
 from .engine.geometry import to_original_image
 from .model.layers import layer_name, resolve_layers
@@ -131,7 +132,8 @@ class DetCAM:
 
     def __call__(self, img: Union[str, Path, np.ndarray],
                  candidates: Optional[Callable] = None,
-                 boxes=None, labels=None, explain_class=None) -> DetCAMResult:
+                 boxes=None, labels=None, explain_class=None,
+                 contrast: bool = False) -> DetCAMResult:
         """Maps for every kept detection of ``img`` (a path or an HxWx3 BGR uint8 array).
 
         Args:
@@ -146,12 +148,18 @@ class DetCAM:
                 this class (id or name) instead of its reported one: "why a truck and not a
                 car?" is the reported map next to this one. ``detections.reported_labels``
                 and ``.reported_scores`` keep what was reported.
+            contrast: with ``explain_class``, explain the reported class's score *minus*
+                ``explain_class``'s score of the same candidate instead: where the evidence
+                for the reported class outweighs that for the other (``detections.versus_labels``
+                and ``.versus_scores`` give the other class and its score).
             candidates: explain these raw candidates instead (see
                 ``mmdet_cam.engine.explain.explain``).
         """
         image = read_image(img)
         if explain_class is not None:
-            return self._other_class(image, self._class_ids([explain_class])[0])
+            return self._other_class(image, self._class_ids([explain_class])[0], contrast)
+        if contrast:
+            raise BadInputError('contrast needs explain_class: the class to contrast with')
         if boxes is not None:
             candidates = NamedBoxes(self._checked_boxes(boxes, image.shape[:2]),
                                     self._named_labels(labels, len(boxes)))
@@ -174,13 +182,19 @@ class DetCAM:
         cams = to_original_image(out.maps, out.data_sample.metainfo)
         return DetCAMResult(out.detections, cams, image, out.zero_gradient_layers)
 
-    def _other_class(self, image: np.ndarray, label: int) -> DetCAMResult:
+    def _other_class(self, image: np.ndarray, label: int, contrast: bool) -> DetCAMResult:
         reported = self.detect(image)
         if not len(reported):
             return DetCAMResult(reported, np.zeros((0,) + image.shape[:2], np.float32), image,
                                 [])
-        same = NamedBoxes(reported.bboxes, [label] * len(reported), by_iou=True)
-        result = self._explain(image, same, every=True)
+        others = [label] * len(reported)
+        same = (NamedBoxes(reported.bboxes, reported.labels.tolist(), True, versus=others)
+                if contrast else NamedBoxes(reported.bboxes, others, by_iou=True))
+        with warnings.catch_warnings():
+            if contrast:  # a detection of that class against itself: zero value, zero map
+                warnings.filterwarnings('ignore', f'detection \\d+ \\(label {label},',
+                                        ZeroGradientWarning)
+            result = self._explain(image, same, every=True)
         result.detections.reported_labels = reported.labels
         result.detections.reported_scores = reported.scores
         return result

@@ -29,8 +29,11 @@ EXAMPLES = """examples:
   # every detection of one image, GradCAM++ on every neck level (the default layers)
   %(prog)s demo/rtmdet_shapes.py demo/rtmdet_shapes.pth demo/images/shapes_1.jpg --method gradcam++
   # black-box D-RISE maps (no gradients), 1000 masks, a fixed seed
-  %(prog)s demo/rtmdet_shapes.py demo/rtmdet_shapes.pth demo/images --method drise \
+  %(prog)s demo/rtmdet_shapes.py demo/rtmdet_shapes.pth demo/images --method drise \\
       --method-options num_masks=1000 seed=0
+  # "why a triangle and not a circle?": the evidence for the reported class over circle
+  %(prog)s demo/rtmdet_shapes.py demo/rtmdet_shapes.pth demo/images/shapes_1.jpg \\
+      --explain-class circle --contrast
   # an mmdet config by name, one FPN level, top 3 boxes, one image per box
   %(prog)s retinanet_r50_fpn_1x_coco retinanet.pth img.jpg --target-layers neck.fpn_convs.0 \\
       --topk 3 --per-box
@@ -81,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--explain-class', metavar='CLASS',
                         help="explain each detection's score for CLASS instead of its reported "
                         'class (same candidate): "why a truck and not a car?"')
+    parser.add_argument('--contrast', action='store_true',
+                        help="with --explain-class: explain the reported class's score minus "
+                        "CLASS's score of the same candidate, the evidence for one over the other")
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='explain detections scoring at least this (default: 0.3)')
     parser.add_argument('--topk', type=int, help='explain at most the K highest-scoring boxes')
@@ -135,6 +141,8 @@ def run(args) -> int:
     from .api import DetCAM
     if not 0 <= args.alpha <= 1:
         raise DetCAMError(f'--alpha must be between 0 and 1, got {args.alpha}')
+    if args.contrast and not args.explain_class:
+        raise BadInputError('--contrast needs --explain-class CLASS, the class to contrast with')
     sources = expand_inputs(args.img)
     named = named_boxes(args, sources)
     checkpoint = None if args.checkpoint.lower() == 'none' else args.checkpoint
@@ -168,7 +176,7 @@ def run(args) -> int:
     images = [s for s in sources if not is_video(s)]
     progress = ProgressBar(len(images)) if len(images) > 1 else None
     for source in sources:
-        what = dict(explain_class=args.explain_class)
+        what = dict(explain_class=args.explain_class, contrast=args.contrast)
         if named is not None:
             if Path(source).name not in named:
                 print(f'\nskipped {source}: no boxes for it in {args.boxes_file}',
@@ -179,7 +187,7 @@ def run(args) -> int:
             boxes, labels = named[Path(source).name]
             what = dict(boxes=boxes, labels=labels)
         try:
-            count = (explain_video(cam, writer, source, args.explain_class) if is_video(source)
+            count = (explain_video(cam, writer, source, what) if is_video(source)
                      else explain_image(cam, writer, source, args.show, what))
             detections, most = detections + count, max(most, count)
         except (BadImageError, InputNotFoundError) as error:
@@ -284,8 +292,9 @@ def explain_image(cam, writer: ResultWriter, source: str, show: bool, what: dict
     return len(result)
 
 
-def explain_video(cam, writer: ResultWriter, source: str, explain_class=None) -> int:
-    """Write ``<stem>_cam.mp4`` (same frame rate) and ``<stem>.json`` with every frame's boxes."""
+def explain_video(cam, writer: ResultWriter, source: str, what: dict) -> int:
+    """Write ``<stem>_cam.mp4`` (same frame rate) and ``<stem>.json`` with every frame's boxes
+    (``what``: ``explain_class`` and ``contrast`` as for ``DetCAM.__call__``)."""
     reader = mmcv.VideoReader(source)
     if reader.frame_cnt == 0 or reader.width == 0:
         raise BadImageError(f'cannot read video {source}')
@@ -297,7 +306,7 @@ def explain_video(cam, writer: ResultWriter, source: str, explain_class=None) ->
     progress = ProgressBar(reader.frame_cnt)
     try:
         for index, frame in enumerate(reader):
-            result = cam(frame, explain_class=explain_class)
+            result = cam(frame, **what)
             video.write(writer.render(result))
             frames.append(dict(frame=index, detections=writer.describe(result)))
             count += len(result)

@@ -99,6 +99,9 @@ class ResultWriter:
                 **({'reported_class': self.class_name(int(result.detections.reported_labels[k])),
                     'reported_score': round(float(result.detections.reported_scores[k]), 4)}
                    if 'reported_labels' in result.detections else {}),
+                **({'versus_class': self.class_name(int(result.detections.versus_labels[k])),
+                    'versus_score': round(float(result.detections.versus_scores[k]), 4)}
+                   if 'versus_labels' in result.detections else {}),
                 **({'tag': result.detections.tags[k]} if 'tags' in result.detections else {}),
                 zero_gradient_layers=result.zero_gradient_layers[k]))
         return rows

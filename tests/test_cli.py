@@ -125,7 +125,7 @@ def test_list_layers_prints_names_and_shapes(config, images):
 
 def test_help_documents_every_option_with_examples():
     out = run('--help')
-    for option in ('--method', '--method-options', '--boxes', '--explain-class',
+    for option in ('--method', '--method-options', '--boxes', '--explain-class', '--contrast',
                    '--target-layers', '--fuse', '--target', '--score-thr', '--topk',
                    '--classes', '--device', '--out-dir', '--renormalize', '--per-box',
                    '--save-npy', '--save-all', '--list-layers', '--cfg-options', '--alpha',
@@ -145,6 +145,7 @@ def test_help_documents_every_option_with_examples():
     ('bad_layer', 'Close matches: neck.fpn_convs'),
     ('reversed_box', 'is empty or reversed'),
     ('boxes_for_a_folder', '--boxes names boxes of one image'),
+    ('contrast_without_class', '--contrast needs --explain-class'),
     ('unwritable_out_dir', 'cannot write to output folder'),
     ('missing_device', 'cuda'),
     ('mmdet_fails', 'mmdet cannot run the detector of ssd300_coco.py'),
@@ -174,6 +175,8 @@ def test_bad_input_gets_a_one_line_error(config, images, tmp_path, case, message
         args = ['--boxes', '50,50,10,10:person']
     elif case == 'boxes_for_a_folder':
         image, args = images, ['--boxes', '10,10,50,50']
+    elif case == 'contrast_without_class':
+        args = ['--contrast']
     elif case == 'unwritable_out_dir':
         (tmp_path / 'file').write_text('x')
         out_dir = tmp_path / 'file' / 'sub'

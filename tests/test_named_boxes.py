@@ -76,3 +76,26 @@ def test_another_class_is_the_same_candidates_probability_of_it(demo_model):
             float(candidates.scores[same.argmax()]), rel=1e-4)
         if reported.detections.labels[k] != circle:
             assert not np.allclose(result.cams[k], reported.cams[k], atol=0.05)
+
+
+def test_contrast_explains_one_class_over_another_for_the_same_candidate(demo_model):
+    cam = DetCAM(demo_model, method='odam', topk=3)
+    reported = cam(DEMO_IMAGE)
+    circle = CLASSES.index('circle')
+    as_circle = cam(DEMO_IMAGE, explain_class='circle')
+    contrast = cam(DEMO_IMAGE, explain_class='circle', contrast=True)
+    assert contrast.detections.labels.tolist() == reported.detections.labels.tolist()
+    np.testing.assert_allclose(contrast.detections.scores, reported.detections.scores,
+                               rtol=1e-4)
+    assert contrast.detections.versus_labels.tolist() == [circle] * len(reported)
+    np.testing.assert_allclose(contrast.detections.versus_scores, as_circle.detections.scores,
+                               rtol=1e-4)
+    others = reported.detections.labels.numpy() != circle
+    assert others.any() and not others.all()
+    for k in np.flatnonzero(others):  # not circle's evidence
+        assert contrast.cams[k].max() == pytest.approx(1)
+        assert not np.allclose(contrast.cams[k], as_circle.cams[k], atol=0.05)
+    for k in np.flatnonzero(~others):  # a circle has no evidence for circle over circle
+        assert contrast.cams[k].max() == 0
+    with pytest.raises(BadInputError, match='contrast needs explain_class'):
+        cam(DEMO_IMAGE, contrast=True)

@@ -153,32 +153,47 @@ class NamedBoxes:
     IoU with its named box): "what the model thought here". With ``by_iou`` the candidate
     with the highest IoU is taken whatever its score: given a detection's own box, that is the
     same candidate's score for another class (exactly so where box regression does not depend
-    on the class: the same box comes back for every class).
+    on the class: the same box comes back for every class). With ``versus`` (one class per
+    box) the value explained is the candidate's score for its class *minus* its score for
+    that class, matched the same way: the evidence for one class over the other
+    (``versus_labels`` and ``versus_scores`` are recorded).
     """
 
-    def __init__(self, bboxes, labels: Sequence[Optional[int]], by_iou: bool = False):
+    def __init__(self, bboxes, labels: Sequence[Optional[int]], by_iou: bool = False,
+                 versus: Optional[Sequence[int]] = None):
         self.bboxes = torch.as_tensor(bboxes, dtype=torch.float32).reshape(-1, 4)
         self.labels, self.by_iou = list(labels), by_iou
+        self.versus = None if versus is None else list(versus)
 
     def __call__(self, pred: InstanceData, head_outputs: List[Tensor]):
         from mmdet.structures.bbox import bbox_overlaps
         if not len(pred):
             raise UnsupportedModelError('the detector returned no candidates for this image')
         ious = bbox_overlaps(self.bboxes.to(pred.bboxes.device), pred.bboxes.detach())
+        index = self._best(pred, ious, self.labels)
+        detections = pred[index]
+        detections.named_bboxes = self.bboxes.to(pred.bboxes.device)
+        detections.ious = ious[torch.arange(len(index)), index]
+        values = pred.scores[index]
+        if self.versus is not None:
+            other = self._best(pred, ious, self.versus)
+            detections.versus_labels = pred.labels[other]
+            detections.versus_scores = pred.scores[other].detach()
+            values = values - pred.scores[other]
+        return values, detections
+
+    def _best(self, pred: InstanceData, ious: Tensor, labels) -> Tensor:
+        """Per named box, the index of its best candidate of the given label."""
         scores = pred.scores.detach()
         best = []
-        for k, label in enumerate(self.labels):
+        for k, label in enumerate(labels):
             match = ious[k] + 1e-6 * scores if self.by_iou else ious[k] * scores
             if label is not None:
                 if not bool((pred.labels == label).any()):
                     raise UnsupportedModelError(f'the detector has no candidate of class {label}')
                 match = torch.where(pred.labels == label, match, torch.full_like(match, -1))
             best.append(int(match.argmax()))
-        index = torch.as_tensor(best, device=pred.scores.device)
-        detections = pred[index]
-        detections.named_bboxes = self.bboxes.to(pred.bboxes.device)
-        detections.ious = ious[torch.arange(len(best)), index]
-        return pred.scores[index], detections
+        return torch.as_tensor(best, device=pred.scores.device)
 
 
 class RawCandidatesModel(nn.Module):
