@@ -19,7 +19,8 @@ from .engine.explain import FUSE_MODES, ZeroGradientWarning, explain
 from .errors import BadInputError, UnknownNameError
 from .engine.geometry import to_original_image
 from .model.layers import layer_name, resolve_layers
-from .engine.candidates import CandidateScorer, NamedBoxes, every_candidate
+from .engine.candidates import (CandidateScorer, NamedBoxes, added_proposals,
+                                every_candidate)
 from .methods import DEFAULT_METHOD, build_cam_method
 from .methods.drise import num_classes_of
 from .registry import CAM_TARGETS, lookup
@@ -163,19 +164,27 @@ class DetCAM:
         if boxes is not None:
             candidates = NamedBoxes(self._checked_boxes(boxes, image.shape[:2]),
                                     self._named_labels(labels, len(boxes)))
-            return self._explain(image, candidates, every=True)
+            return self._explain(image, candidates, every=True, as_proposals=True)
         return self._explain(image, candidates)
 
-    def _explain(self, image: np.ndarray, candidates=None, every: bool = False) -> DetCAMResult:
+    def _explain(self, image: np.ndarray, candidates=None, every: bool = False,
+                 as_proposals: bool = False) -> DetCAMResult:
         """Maps for the kept detections, or for ``candidates`` (of every candidate of the
-        model when ``every``: no score threshold, no NMS)."""
+        model when ``every``: no score threshold, no NMS; ``as_proposals``: the named boxes of
+        ``candidates`` are RoIs of a two-stage detector too)."""
         if getattr(self.method, 'perturbs_inputs', False):
             if candidates is not None:
                 raise BadInputError('drise explains the reported detections only')
             return self._black_box(image)
         with mmdet_failure(self.config, 'prepare an image for'):
             inputs, data_samples = preprocess(self.model, self.pipeline, image)
-        with every_candidate(self.model) if every else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if every:
+                stack.enter_context(every_candidate(self.model))
+            if as_proposals:
+                scale = np.tile(data_samples[0].metainfo.get('scale_factor', (1, 1))[:2], 2)
+                stack.enter_context(added_proposals(
+                    self.model, candidates.bboxes * torch.as_tensor(scale).float()))
             out = explain(self.model, inputs, data_samples, self.layers, self.layer_names,
                           self.method, self.target, self.select, self.reshape, self.fuse,
                           self.eigen_smooth, self.batch_size, candidates)

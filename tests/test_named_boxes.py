@@ -99,3 +99,16 @@ def test_contrast_explains_one_class_over_another_for_the_same_candidate(demo_mo
         assert contrast.cams[k].max() == 0
     with pytest.raises(BadInputError, match='contrast needs explain_class'):
         cam(DEMO_IMAGE, contrast=True)
+
+
+def test_a_two_stage_detector_scores_each_named_box_as_a_roi(models, scene):
+    model = models('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')
+    boxes = [[40, 30, 140, 110], [180, 120, 290, 220]]  # two objects of the scene
+    result = DetCAM(model, method='hirescam')(scene, boxes=boxes, labels=[3, 7])
+    assert result.detections.labels.tolist() == [3, 7]
+    # the untrained RoI head barely moves its RoI: the candidate is the named box's own RoI
+    assert (result.detections.ious > 0.9).all(), result.detections.ious
+    assert np.isfinite(result.cams).all() and (result.cams.max(axis=(1, 2)) > 0).all()
+    assert not np.allclose(result.cams[0], result.cams[1])
+    # the RPN of a later plain run is itself again
+    assert len(DetCAM(model, score_thr=0, topk=3)(scene)) == 3

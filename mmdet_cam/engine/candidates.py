@@ -142,10 +142,39 @@ def pinned_proposals(model: nn.Module, store: dict) -> Iterator[None]:
         del rpn_head.predict
 
 
+@contextlib.contextmanager
+def added_proposals(model: nn.Module, boxes: Tensor) -> Iterator[None]:
+    """While active, a two-stage detector's RPN also proposes ``boxes`` (``[N, 4]``,
+    network-input pixels), so its RoI head scores exactly those regions: a box a user names
+    becomes a RoI of its own. Other detectors are left as they are."""
+    rpn_head = getattr(predicting_detector(model), 'rpn_head', None)
+    if rpn_head is None:
+        yield
+        return
+    predict = rpn_head.predict
+
+    def with_boxes(*args, **kwargs):
+        results = []
+        for proposals in predict(*args, **kwargs):
+            named = InstanceData(metainfo=proposals.metainfo)
+            for key, value in proposals.items():
+                named[key] = (boxes.to(value) if key == 'bboxes' else
+                              value.new_ones((len(boxes),) + value.shape[1:]))
+            results.append(InstanceData.cat([proposals, named]))
+        return results
+
+    rpn_head.predict = with_boxes  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del rpn_head.predict
+
+
 class NamedBoxes:
     """The raw candidates that best match boxes a user names (a ground-truth box, a box drawn
     by hand): a ``candidates`` argument of :func:`~mmdet_cam.engine.explain.explain`, run
-    under :func:`every_candidate` so that no score threshold or NMS hides a weak candidate.
+    under :func:`every_candidate` so that no score threshold or NMS hides a weak candidate
+    (and under :func:`added_proposals` for two-stage detectors, so each named box is a RoI).
 
     For each named box (original-image pixels) the candidate with the highest IoU x
     probability of the named class (of any class where the label is None) is explained, for
