@@ -120,50 +120,44 @@ class FixedCandidates:
                 for g, t in zip(grads, head_outputs)]
 
 
-@contextlib.contextmanager
-def pinned_proposals(model: nn.Module, store: dict) -> Iterator[None]:
+def pinned_proposals(model: nn.Module, store: dict):
     """While active, a two-stage detector's RPN returns the proposals it returned the first
     time (recorded in ``store``), so its RoI head sees the same RoIs whatever its weights."""
-    rpn_head = getattr(predicting_detector(model), 'rpn_head', None)
-    if rpn_head is None:
-        yield
-        return
-    predict = rpn_head.predict
-
-    def pinned(*args, **kwargs):
-        if 'proposals' not in store:
-            store['proposals'] = [r.detach() for r in predict(*args, **kwargs)]
-        return copy.deepcopy(store['proposals'])
-
-    rpn_head.predict = pinned  # an instance attribute shadows the method
-    try:
-        yield
-    finally:
-        del rpn_head.predict
+    def pinned(predict):
+        def first_proposals(*args, **kwargs):
+            if 'proposals' not in store:
+                store['proposals'] = [r.detach() for r in predict(*args, **kwargs)]
+            return copy.deepcopy(store['proposals'])
+        return first_proposals
+    return _rpn_predict_wrapped(model, pinned)
 
 
-@contextlib.contextmanager
-def added_proposals(model: nn.Module, boxes: Tensor) -> Iterator[None]:
+def added_proposals(model: nn.Module, boxes: Tensor):
     """While active, a two-stage detector's RPN also proposes ``boxes`` (``[N, 4]``,
     network-input pixels), so its RoI head scores exactly those regions: a box a user names
     becomes a RoI of its own. Other detectors are left as they are."""
+    def with_boxes(predict):
+        def proposals_and_boxes(*args, **kwargs):
+            results = []
+            for proposals in predict(*args, **kwargs):
+                named = InstanceData(metainfo=proposals.metainfo)
+                for key, value in proposals.items():
+                    named[key] = (boxes.to(value) if key == 'bboxes' else
+                                  value.new_ones((len(boxes),) + value.shape[1:]))
+                results.append(InstanceData.cat([proposals, named]))
+            return results
+        return proposals_and_boxes
+    return _rpn_predict_wrapped(model, with_boxes)
+
+
+@contextlib.contextmanager
+def _rpn_predict_wrapped(model: nn.Module, wrap: Callable) -> Iterator[None]:
+    """While active, a two-stage detector's ``rpn_head.predict`` is ``wrap(predict)``."""
     rpn_head = getattr(predicting_detector(model), 'rpn_head', None)
     if rpn_head is None:
         yield
         return
-    predict = rpn_head.predict
-
-    def with_boxes(*args, **kwargs):
-        results = []
-        for proposals in predict(*args, **kwargs):
-            named = InstanceData(metainfo=proposals.metainfo)
-            for key, value in proposals.items():
-                named[key] = (boxes.to(value) if key == 'bboxes' else
-                              value.new_ones((len(boxes),) + value.shape[1:]))
-            results.append(InstanceData.cat([proposals, named]))
-        return results
-
-    rpn_head.predict = with_boxes  # an instance attribute shadows the method
+    rpn_head.predict = wrap(rpn_head.predict)  # an instance attribute shadows the method
     try:
         yield
     finally:
