@@ -5,9 +5,10 @@ runs the detector once per mask. It is wrapped here to see exactly the detector 
 sees (raw candidates of the masked image, class vectors completed by its own
 ``expand_class_scores``), so the two differ only in masks (VEM: nearest-neighbour upsampling;
 ours: bilinear with a sub-cell shift, as the paper) and in batching. For each image and mask
-count the table gives
+count the tables give
 
-  masks/s        masks per second, ours (batched) and VEM's (one forward per mask)
+  masks/s        masks per second, ours (batched) and VEM's (one forward per mask), each the
+                 median of 3 runs taken in turns with the other's
   speed-up       ours / VEM
   r(ours, VEM)   Pearson correlation per box between our map and VEM's (mean over boxes)
   r(VEM, VEM')   the same between two VEM runs with different seeds: the ceiling for the above
@@ -22,6 +23,7 @@ dependencies (only ``pandas`` is needed for the D-RISE module):
 
     pip install --no-deps vision-explanation-methods pandas
     python benchmarks/drise.py --quick          # 1 image, 300 masks, a few minutes
+    python benchmarks/drise.py --tables speed   # throughput only, on an otherwise idle machine
     nohup python benchmarks/drise.py > drise.log 2>&1 &   # 2 images, ~45 min on 2 cores
 """
 import argparse
@@ -80,6 +82,18 @@ def pointing(maps, detections):
                           zip(maps, detections.bboxes.tolist())]))
 
 
+def throughput(ours, vem, image, detections, masks, rounds):
+    """Masks per second of ours and of VEM, median over ``rounds`` alternating runs (so that
+    a change in the machine's load hits both alike)."""
+    rates = {'ours': [], 'vem': []}
+    for seed in range(rounds):
+        for name, fn in (('ours', ours), ('vem', vem)):
+            start = time.perf_counter()
+            fn(image, detections, masks, seed)
+            rates[name].append(masks / (time.perf_counter() - start))
+    return float(np.median(rates['ours'])), float(np.median(rates['vem']))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,10 +103,15 @@ def main():
     parser.add_argument('--convergence', type=int, nargs='+',
                         default=[250, 500, 1000, 2000, 4000])
     parser.add_argument('--topk', type=int, default=4, help='boxes explained per image')
+    parser.add_argument('--timing-masks', type=int, default=200,
+                        help='masks per timed run (3 alternating runs each)')
+    parser.add_argument('--tables', nargs='+', default=['speed', 'agreement', 'convergence'],
+                        choices=['speed', 'agreement', 'convergence'])
     parser.add_argument('--quick', action='store_true', help='1 image, 300 masks')
     args = parser.parse_args()
     if args.quick:
         args.images, args.masks, args.convergence = args.images[:1], 300, [100, 300]
+        args.timing_masks = 100
 
     warnings.simplefilter('ignore')
     torch.set_num_threads(2)
@@ -107,38 +126,41 @@ def main():
         return method(image, detections.bboxes.numpy(), detections.scores.numpy(),
                       detections.labels.numpy(), scorer, wrapper.num_classes)
 
-    print(f'{args.masks} masks, top {args.topk} boxes per image, 2 CPU threads\n')
-    print('| image | boxes | ours masks/s | VEM masks/s | speed-up | r(ours, VEM) | '
-          'r(VEM, VEM\') | r(ours, ours\') | pointing ours | pointing VEM |')
-    print('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
-    samples = []
-    for path in args.images:
-        image = mmcv.imread(path)
-        detections = base.detect(image)
-        start = time.time()
-        mine = ours(image, detections, args.masks, 0)
-        ours_rate = args.masks / (time.time() - start)
-        start = time.time()
-        reference = vem_maps(wrapper, image, detections, args.masks, 0)
-        vem_rate = args.masks / (time.time() - start)
-        reference2 = vem_maps(wrapper, image, detections, args.masks, 1)
-        mine2 = ours(image, detections, args.masks, 1)
-        samples.append((image, detections))
-        print(f'| {Path(path).name} | {len(detections)} | {ours_rate:.1f} | {vem_rate:.1f} | '
-              f'{ours_rate / vem_rate:.1f} | {pearson(mine, reference):.2f} | '
-              f'{pearson(reference, reference2):.2f} | {pearson(mine, mine2):.2f} | '
-              f'{pointing(mine, detections):.2f} | {pointing(reference, detections):.2f} |',
-              flush=True)
+    def vem(image, detections, masks, seed):
+        return vem_maps(wrapper, image, detections, masks, seed)
 
-    print('\n| masks | r(ours, ours\'), mean over boxes | pointing ours |')
-    print('|---:|---:|---:|')
-    for masks in args.convergence:
-        r, hits = [], []
-        for image, detections in samples[:1]:
+    samples = [(Path(path).name, mmcv.imread(path)) for path in args.images]
+    samples = [(name, image, base.detect(image)) for name, image in samples]
+    print(f'demo model, top {args.topk} boxes per image, 2 CPU threads\n')
+    if 'speed' in args.tables:
+        print(f'| image | boxes | ours masks/s | VEM masks/s | speed-up |  ({args.timing_masks} '
+              'masks, median of 3 alternating runs)')
+        print('|---|---:|---:|---:|---:|')
+        for name, image, detections in samples:
+            mine, theirs = throughput(ours, vem, image, detections, args.timing_masks, 3)
+            print(f'| {name} | {len(detections)} | {mine:.1f} | {theirs:.1f} | '
+                  f'{mine / theirs:.1f} |', flush=True)
+    if 'agreement' in args.tables:
+        print(f'\n| image | boxes | r(ours, VEM) | r(VEM, VEM\') | r(ours, ours\') | '
+              f'pointing ours | pointing VEM |  ({args.masks} masks)')
+        print('|---|---:|---:|---:|---:|---:|---:|')
+        for name, image, detections in samples:
+            mine, reference = ours(image, detections, args.masks, 0), \
+                vem(image, detections, args.masks, 0)
+            mine2, reference2 = ours(image, detections, args.masks, 1), \
+                vem(image, detections, args.masks, 1)
+            print(f'| {name} | {len(detections)} | {pearson(mine, reference):.2f} | '
+                  f'{pearson(reference, reference2):.2f} | {pearson(mine, mine2):.2f} | '
+                  f'{pointing(mine, detections):.2f} | {pointing(reference, detections):.2f} |',
+                  flush=True)
+    if 'convergence' in args.tables:
+        name, image, detections = samples[0]
+        print(f'\n| masks | r(ours, ours\'), mean over boxes | pointing ours |  ({name})')
+        print('|---:|---:|---:|')
+        for masks in args.convergence:
             first = ours(image, detections, masks, 0)
-            r.append(pearson(first, ours(image, detections, masks, 1)))
-            hits.append(pointing(first, detections))
-        print(f'| {masks} | {np.mean(r):.2f} | {np.mean(hits):.2f} |', flush=True)
+            print(f'| {masks} | {pearson(first, ours(image, detections, masks, 1)):.2f} | '
+                  f'{pointing(first, detections):.2f} |', flush=True)
 
 
 if __name__ == '__main__':

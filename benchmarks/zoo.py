@@ -4,8 +4,8 @@ Each config is built from mmdet's own file with ``init_weights()`` (no download)
 pipeline shrunk to a small image, every score threshold removed (untrained heads score far
 below 0.05), and explained with ``DetCAM`` (GradCAM unless ``--method`` says otherwise, every
 neck level) on a shapes image. Each config runs in its own process (forked from this one,
-so mmdet is imported once) under a time limit, so one hang or crash cannot stop the sweep. Results are appended to a
-JSON-lines file as they come, and a re-run resumes where it stopped.
+so mmdet is imported once) under a time limit, so one hang or crash cannot stop the sweep.
+Results are appended to a JSON-lines file as they come, and a re-run resumes where it stopped.
 
     python benchmarks/zoo.py --quick                  # one config per folder, a few minutes each
     nohup python benchmarks/zoo.py > zoo.log 2>&1 &   # all configs, then docs/zoo.md

@@ -6,8 +6,8 @@ it scores comes back; ``mmdet_cam.metrics.faithfulness.tracker`` turns that into
 tracked score of one detection in perturbed images.
 
 :class:`NamedBoxes` explains the candidates that best match boxes a user names, whatever
-they score. :class:`FixedCandidates` explains the *same* raw candidates in a model whose weights were
-changed (the sanity check's randomised copies), whatever they score there.
+they score. :class:`FixedCandidates` explains the *same* raw candidates in a model whose
+weights were changed (the sanity check's randomised copies), whatever they score there.
 
 :class:`RawCandidatesModel` and :class:`TrackedDetection` are the model and the target that
 pytorch_grad_cam's perturbation methods (ScoreCAM, AblationCAM) re-run per batch: network

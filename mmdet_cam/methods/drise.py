@@ -2,10 +2,10 @@
 from the detector's outputs on randomly masked copies of the image; no gradients needed.
 
 Each mask is a coarse random grid (``grid`` x ``grid`` cells, each kept with probability ``p``),
-upsampled bilinearly to one cell more than the image and cropped at a random sub-cell shift, as
-in RISE; it multiplies the raw image before the test pipeline. A mask's weight for a detection
-is the best *similarity* among the masked image's raw candidates (no score threshold, no NMS):
-IoU x cosine of class-probability vectors. mmdet reports one probability per candidate and
+upsampled bilinearly (``upsample='nearest'``: hard-edged cells) to one cell more than the image
+and cropped at a random sub-cell shift, as in RISE; it multiplies the raw image before the test
+pipeline. A mask's weight for a detection is the best *similarity* among the masked image's
+raw candidates (no score threshold, no NMS): IoU x cosine of class-probability vectors. mmdet reports one probability per candidate and
 class, so both vectors are completed as the reference implementation
 (``vision-explanation-methods``' ``expand_class_scores``) completes them: the score at the
 label and ``(1 - score) / C`` at the other ``C`` entries; objectness is folded into mmdet's
@@ -35,15 +35,24 @@ class DRISE:
         batch_size: masked images per forward pass.
         seed: the masks' random seed (same seed, same maps).
         progress: show a progress bar over the masks.
+        upsample: ``'bilinear'`` (the paper's smooth masks) or ``'nearest'`` (hard-edged
+            cells, as ``vision-explanation-methods`` makes them).
     """
+
+    UPSAMPLING = {'bilinear': cv2.INTER_LINEAR, 'nearest': cv2.INTER_NEAREST}
 
     perturbs_inputs = True  # DetCAM runs it on the image instead of the gradient engine
 
     def __init__(self, num_masks: int = 2000, grid: int = 16, p: float = 0.5,
-                 batch_size: int = 16, seed: int = 0, progress: bool = True):
+                 batch_size: int = 16, seed: int = 0, progress: bool = True,
+                 upsample: str = 'bilinear'):
         if num_masks < 1 or grid < 1 or batch_size < 1 or not 0 < p < 1:
             raise ValueError('drise needs num_masks, grid and batch_size >= 1 and 0 < p < 1, '
                              f'got {num_masks}, {grid}, {batch_size} and {p}')
+        if upsample not in self.UPSAMPLING:
+            raise ValueError(f"upsample must be one of {', '.join(self.UPSAMPLING)}, got "
+                             f'{upsample!r}')
+        self.interpolation = self.UPSAMPLING[upsample]
         self.num_masks, self.grid, self.p = num_masks, grid, p
         self.batch_size, self.seed, self.progress = batch_size, seed, progress
 
@@ -57,7 +66,8 @@ class DRISE:
             cells = (rng.random((count, self.grid, self.grid)) < self.p).astype(np.float32)
             shifts = rng.integers(0, (cell_h, cell_w), size=(count, 2))
             yield np.stack([
-                cv2.resize(c, size, interpolation=cv2.INTER_LINEAR)[dy:dy + height, dx:dx + width]
+                cv2.resize(c, size, interpolation=self.interpolation)[dy:dy + height,
+                                                                      dx:dx + width]
                 for c, (dy, dx) in zip(cells, shifts)])
 
     def __call__(self, image: np.ndarray, bboxes: np.ndarray, scores: np.ndarray,
