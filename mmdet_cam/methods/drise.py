@@ -5,9 +5,10 @@ Each mask is a coarse random grid (``grid`` x ``grid`` cells, each kept with pro
 upsampled bilinearly (``upsample='nearest'``: hard-edged cells) to one cell more than the image
 and cropped at a random sub-cell shift, as in RISE; it multiplies the raw image before the test
 pipeline. A mask's weight for a detection is the best *similarity* among the masked image's
-raw candidates (no score threshold, no NMS): IoU x cosine of class-probability vectors. mmdet reports one probability per candidate and
-class, so both vectors are completed as the reference implementation
-(``vision-explanation-methods``' ``expand_class_scores``) completes them: the score at the
+raw candidates (no score threshold, no NMS): IoU x cosine of class-probability vectors. mmdet
+reports one probability per candidate and class, so both vectors are completed as the
+reference implementation (``vision-explanation-methods``' ``expand_class_scores``) completes
+them: the score at the
 label and ``(1 - score) / C`` at the other ``C`` entries; objectness is folded into mmdet's
 scores. Saliency = sum of masks x weights minus the mean weight x sum of masks (the reference's
 baseline), min-max scaled. Every detection of the image is explained from the same masks, the
