@@ -8,11 +8,11 @@ pipeline. A mask's weight for a detection is the best *similarity* among the mas
 raw candidates (no score threshold, no NMS): IoU x cosine of class-probability vectors. mmdet
 reports one probability per candidate and class, so both vectors are completed as the
 reference implementation (``vision-explanation-methods``' ``expand_class_scores``) completes
-them: the score at the
-label and ``(1 - score) / C`` at the other ``C`` entries; objectness is folded into mmdet's
-scores. Saliency = sum of masks x weights minus the mean weight x sum of masks (the reference's
-baseline), min-max scaled. Every detection of the image is explained from the same masks, the
-detector runs on batches of masked images, and memory is bounded by ``batch_size``.
+them: the score at the label and ``(1 - score) / C`` at the other ``C`` entries; objectness is
+folded into mmdet's scores. Saliency = sum of masks x weights minus the mean weight x sum of
+masks (the reference's baseline), min-max scaled. Every detection of the image is explained
+from the same masks, the detector runs on batches of masked images, and memory is bounded by
+``batch_size``.
 """
 import sys
 from typing import Callable, Iterator
