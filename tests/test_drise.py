@@ -67,3 +67,10 @@ def test_drise_explains_sabl_heads(models, scene, config):
     assert len(result) == 2 and result.cams.shape == (2,) + scene.shape[:2]
     assert np.isfinite(result.cams).all() and result.cams.max() == 1
     assert not np.array_equal(result.cams[0], result.cams[1])
+
+
+def test_nearest_upsampling_gives_hard_edged_binary_masks(demo_model):
+    masks = np.concatenate(list(DRISE(num_masks=8, grid=4, upsample='nearest').masks(30, 50)))
+    assert set(np.unique(masks)) <= {0.0, 1.0} and 0 < masks.mean() < 1
+    with pytest.raises(UnknownNameError, match='upsample must be one of bilinear, nearest'):
+        build_cam_method(dict(type='drise', upsample='cubic'), demo_model)
