@@ -10,7 +10,9 @@ count the tables give
   masks/s        masks per second, ours (batched) and VEM's (one forward per mask), each the
                  median of 3 runs taken in turns with the other's
   speed-up       ours / VEM
-  r(ours, VEM)   Pearson correlation per box between our map and VEM's (mean over boxes)
+  r(ours, VEM)   Pearson correlation per box between our map and VEM's (mean over boxes, and
+                 over the two seed pairs), for our default bilinear masks and for
+                 ``upsample='nearest'``, VEM's own kind of mask
   r(VEM, VEM')   the same between two VEM runs with different seeds: the ceiling for the above
   r(ours, ours') the same between two of ours
   pointing       share of boxes whose map peaks inside the box, ours and VEM's
@@ -121,8 +123,8 @@ def main():
     scorer = CandidateScorer(model, base.pipeline)
     wrapper = CandidatesForVEM(scorer, num_classes_of(model))
 
-    def ours(image, detections, masks, seed):
-        method = DRISE(num_masks=masks, seed=seed, progress=False)
+    def ours(image, detections, masks, seed, upsample='bilinear'):
+        method = DRISE(num_masks=masks, seed=seed, progress=False, upsample=upsample)
         return method(image, detections.bboxes.numpy(), detections.scores.numpy(),
                       detections.labels.numpy(), scorer, wrapper.num_classes)
 
@@ -141,18 +143,19 @@ def main():
             print(f'| {name} | {len(detections)} | {mine:.1f} | {theirs:.1f} | '
                   f'{mine / theirs:.1f} |', flush=True)
     if 'agreement' in args.tables:
-        print(f'\n| image | boxes | r(ours, VEM) | r(VEM, VEM\') | r(ours, ours\') | '
-              f'pointing ours | pointing VEM |  ({args.masks} masks)')
-        print('|---|---:|---:|---:|---:|---:|---:|')
+        print(f'\n| image | boxes | r(VEM, VEM\') | pointing VEM | upsample | r(ours, VEM) | '
+              f'r(ours, ours\') | pointing ours |  ({args.masks} masks)')
+        print('|---|---:|---:|---:|---|---:|---:|---:|')
         for name, image, detections in samples:
-            mine, reference = ours(image, detections, args.masks, 0), \
-                vem(image, detections, args.masks, 0)
-            mine2, reference2 = ours(image, detections, args.masks, 1), \
-                vem(image, detections, args.masks, 1)
-            print(f'| {name} | {len(detections)} | {pearson(mine, reference):.2f} | '
-                  f'{pearson(reference, reference2):.2f} | {pearson(mine, mine2):.2f} | '
-                  f'{pointing(mine, detections):.2f} | {pointing(reference, detections):.2f} |',
-                  flush=True)
+            reference, reference2 = (vem(image, detections, args.masks, seed) for seed in (0, 1))
+            for upsample in ('bilinear', 'nearest'):
+                mine, mine2 = (ours(image, detections, args.masks, seed, upsample)
+                               for seed in (0, 1))
+                print(f'| {name} | {len(detections)} | {pearson(reference, reference2):.2f} | '
+                      f'{pointing(reference, detections):.2f} | {upsample} | '
+                      f'{np.mean([pearson(mine, reference), pearson(mine2, reference2)]):.2f} | '
+                      f'{pearson(mine, mine2):.2f} | {pointing(mine, detections):.2f} |',
+                      flush=True)
     if 'convergence' in args.tables:
         name, image, detections = samples[0]
         print(f'\n| masks | r(ours, ours\'), mean over boxes | pointing ours |  ({name})')
