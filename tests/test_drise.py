@@ -74,3 +74,19 @@ def test_nearest_upsampling_gives_hard_edged_binary_masks(demo_model):
     assert set(np.unique(masks)) <= {0.0, 1.0} and 0 < masks.mean() < 1
     with pytest.raises(UnknownNameError, match='upsample must be one of bilinear, nearest'):
         build_cam_method(dict(type='drise', upsample='cubic'), demo_model)
+
+
+def test_a_head_that_detaches_its_outputs_is_refused_with_drise_suggested(demo_model):
+    from mmdet_cam.errors import UnsupportedModelError
+
+    def detached(module, inputs, outputs):  # as heads that cut their own graph do
+        return tuple([level.detach() for level in branch] for branch in outputs)
+
+    handle = demo_model.bbox_head.register_forward_hook(detached)
+    try:
+        with pytest.raises(UnsupportedModelError, match='--method drise needs no gradients'):
+            DetCAM(demo_model, method='odam', topk=2)(IMAGE)
+        result = drise(demo_model, num_masks=16)(IMAGE)
+    finally:
+        handle.remove()
+    assert len(result) == 2 and np.isfinite(result.cams).all() and result.cams.max() == 1
