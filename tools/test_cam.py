@@ -73,6 +73,9 @@ def main():
         path = Path(cfg.work_dir) / 'test_metrics.json'
         path.write_text(json.dumps(metrics, indent=2))
         print(f'metrics written to {path}')
+    if torch.distributed.is_initialized():
+        # torn down here, not at interpreter exit, where gloo's threads can abort a process
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == '__main__':
