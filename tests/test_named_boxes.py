@@ -112,3 +112,20 @@ def test_a_two_stage_detector_scores_each_named_box_as_a_roi(models, scene):
     assert not np.allclose(result.cams[0], result.cams[1])
     # the RPN of a later plain run is itself again
     assert len(DetCAM(model, score_thr=0, topk=3)(scene)) == 3
+
+
+def test_a_detr_style_detector_explains_its_best_query_for_each_named_box(models, scene):
+    # sigmoid classifier: every (query, class) pair is a candidate
+    model = models('deformable_detr/deformable-detr_r50_16xb2-50e_coco.py')
+    boxes, labels = [[40, 30, 140, 110], [180, 120, 290, 220]], [3, 7]
+    cam = DetCAM(model, method='hirescam')
+    result = cam(scene, boxes=boxes, labels=labels)
+    assert result.detections.labels.tolist() == labels
+    # independently, from a no-gradient run over every query: the best IoU x probability
+    candidates = CandidateScorer(model, cam.pipeline)([scene])[0]
+    for k, (box, label) in enumerate(zip(boxes, labels)):
+        same = candidates.labels.numpy() == label
+        match = box_iou(candidates.bboxes.numpy()[same], box) * candidates.scores.numpy()[same]
+        assert float(result.detections.scores[k]) == pytest.approx(
+            float(candidates.scores.numpy()[same][match.argmax()]), rel=1e-4)
+    assert np.isfinite(result.cams).all() and (result.cams.max(axis=(1, 2)) > 0).all()

@@ -37,12 +37,23 @@ def every_candidate(model: nn.Module, cap: int = 100000) -> Iterator[None]:
         yield
         return
     opened = copy.deepcopy(original)
-    _open(opened, cap)
+    _open(opened, _candidate_count(detector, head, cap))
     head.test_cfg = opened
     try:
         yield
     finally:
         head.test_cfg = original
+
+
+def _candidate_count(detector: nn.Module, head: nn.Module, cap: int) -> int:
+    """``cap``, or for DETR-style heads, which take the top ``max_per_img`` of their
+    (query, class) scores, how many there are: every pair for sigmoid classifiers, one per
+    query for softmax ones."""
+    queries = getattr(detector, 'num_queries', None)
+    if not isinstance(queries, int):
+        return cap
+    sigmoid = getattr(getattr(head, 'loss_cls', None), 'use_sigmoid', False)
+    return min(cap, queries * head.num_classes if sigmoid else queries)
 
 
 def _open(cfg: dict, cap: int) -> None:
@@ -213,7 +224,9 @@ class NamedBoxes:
             match = ious[k] + 1e-6 * scores if self.by_iou else ious[k] * scores
             if label is not None:
                 if not bool((pred.labels == label).any()):
-                    raise UnsupportedModelError(f'the detector has no candidate of class {label}')
+                    raise UnsupportedModelError(
+                        f'the detector has no candidate of class {label} in this image (a '
+                        "softmax classifier, as DETR's, reports only each candidate's top class)")
                 match = torch.where(pred.labels == label, match, torch.full_like(match, -1))
             best.append(int(match.argmax()))
         return torch.as_tensor(best, device=pred.scores.device)
