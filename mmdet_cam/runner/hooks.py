@@ -125,17 +125,21 @@ class DetCAMHook(Hook):
                               detections.labels.numpy(), boxes, labels, ignored,
                               self.triage_iou)
         detections.tags = tags
+        height, width = result.image.shape[:2]
+        named = np.clip(boxes[missed], 0, [width, height, width, height])  # annotation rounding
+        explainable = ((named[:, 2] > named[:, 0]) & (named[:, 3] > named[:, 1])
+                       & (not getattr(self.cam.method, 'perturbs_inputs', False)))  # D-RISE: no
         rows = []
-        if len(missed) and getattr(self.cam.method, 'perturbs_inputs', False):
-            # D-RISE explains reported detections only: the missed boxes are listed unexplained
-            rows = [dict(index=k, tag='FN', named_bbox=[round(v, 2) for v in boxes[g].tolist()],
-                         class_name=self.writer.class_name(int(labels[g])))
-                    for k, g in enumerate(missed)]
-        elif len(missed):
-            found = self.cam(result.image, boxes=boxes[missed], labels=labels[missed].tolist())
+        if explainable.any():
+            found = self.cam(result.image, boxes=named[explainable],
+                             labels=labels[missed][explainable].tolist())
             found.detections.tags = ['FN'] * len(found)
             self.writer.imwrite(f'{stem}_missed_cam.jpg', self.writer.render(found))
             rows = self.writer.describe(found)
+        rows += [dict(index=len(rows) + k, tag='FN', named_bbox=[round(v, 2) for v in box],
+                      class_name=self.writer.class_name(int(label)))  # listed, not explained
+                 for k, (box, label) in enumerate(zip(named[~explainable].tolist(),
+                                                      labels[missed][~explainable]))]
         self.errors += [dict(image=path, **row) for row in self.writer.describe(result)
                         if row['tag'] == 'FP'] + [dict(image=path, **row) for row in rows]
         return dict(missed=rows)
