@@ -42,7 +42,7 @@ DEFAULT_METHOD = 'odam'
 # with the box-specific method closest to it.
 NOT_BOX_SPECIFIC = {'gradcam': 'ssgradcam', 'gradcam++': 'ssgradcam++', 'xgradcam': 'ssgradcam',
                     'eigengradcam': 'ssgradcam', 'eigencam': 'odam', 'kpca_cam': 'odam',
-                    'fem': 'odam'}
+                    'fem': 'odam', 'scorecam': 'odam', 'ablationcam': 'odam'}
 
 
 def box_specific_alternative(method) -> str:
