@@ -83,3 +83,9 @@ def test_bad_options_and_unsupported_layers_get_clear_errors(demo_model):
     with pytest.raises(UnknownNameError, match='bad options for method BoxScoreCAM'):
         build_cam_method(dict(type='scorecam', masks=3), demo_model)
 
+
+
+def test_own_level_fusion_keeps_each_box_on_its_own_level(demo_model):
+    result = DetCAM(demo_model, method='ablationcam', fuse='own', topk=2)(IMAGE)
+    assert result.cams.shape == (2,) + result.image.shape[:2] and np.isfinite(result.cams).all()
+    assert 'levels' in result.detections and result.cams.max() == pytest.approx(1, abs=1e-6)

@@ -210,7 +210,9 @@ class _LayerMaps:
         stacked = [torch.cat(gs) for gs in zip(*per_box)]  # one [K, C, H, W] per activation
         grads = [piece.cpu().numpy() for g in stacked for piece in self.reshape(g, self.shapes)]
         own = self._own_outputs(grads)
-        if not self.method.uses_gradients:
+        if getattr(self.method, 'scores_perturbations', False):
+            maps = None  # made after the forward pass, by perturbed()
+        elif not self.method.uses_gradients:
             maps = [np.repeat(m, len(boxes), axis=0) for m in self._shared]
         else:
             maps = self._maps(grads, [self.boxes[i] for i in boxes] if self.boxes else None)
