@@ -1,5 +1,7 @@
 """Faithfulness metrics: the tracked score, deletion/insertion curves, object discrimination;
 on arrays, and on the shipped demo detector through its raw candidates."""
+import copy
+import importlib
 from pathlib import Path
 
 import cv2
@@ -7,7 +9,7 @@ import numpy as np
 import pytest
 
 from mmdet_cam import DetCAM
-from mmdet_cam.engine.candidates import CandidateScorer
+from mmdet_cam.engine.candidates import CandidateScorer, every_candidate
 from mmdet_cam.metrics import (auc, object_discrimination, perturbation_curve, road_combined,
                                road_curve, tracked_score, tracker)
 from mmdet_cam.shapes import make_image
@@ -71,6 +73,35 @@ def test_candidates_reproduce_the_detection_score(demo):
     box, label = result.detections.bboxes[0].tolist(), int(result.detections.labels[0])
     score = tracker(scorer, box, label)([image])[0]
     assert score == pytest.approx(float(result.detections.scores[0]), rel=1e-4)
+
+
+def test_candidates_are_every_pair_the_head_scores_without_its_nms(demo):
+    """Under every_candidate the NMS kernel only sorts (at IoU 1 it cannot suppress): the same
+    (box, class, score) triples come back as from the head with its own test_cfg opened that
+    way and mmcv's kernel, and the kernel is back after nested uses."""
+    nms = importlib.import_module('mmcv.ops.nms')
+    cam, image, _ = demo
+    head, kernels = cam.model.bbox_head, nms.ext_module
+    with every_candidate(cam.model):
+        with every_candidate(cam.model):
+            assert nms.ext_module is not kernels
+        fast = CandidateScorer(cam.model, cam.pipeline)([image])[0]
+    assert nms.ext_module is kernels
+    original = head.test_cfg
+    head.test_cfg = copy.deepcopy(original)
+    head.test_cfg.update(score_thr=0.0, max_per_img=100000)
+    head.test_cfg.nms.iou_threshold = 1.0
+    try:
+        slow = CandidateScorer(cam.model, cam.pipeline)([image])[0]
+    finally:
+        head.test_cfg = original
+
+    def triples(candidates):
+        rows = np.column_stack([candidates.bboxes.numpy(), candidates.labels.numpy(),
+                                candidates.scores.numpy()])
+        return rows[np.lexsort(rows.T[::-1])]
+    assert len(fast) == len(slow) > 1000
+    np.testing.assert_allclose(triples(fast), triples(slow), rtol=1e-5, atol=1e-4)
 
 
 def test_deleting_the_salient_pixels_removes_the_detection_faster_than_random(demo):

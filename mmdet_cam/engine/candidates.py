@@ -1,7 +1,7 @@
 """A detector's raw candidates: scored for batches of images, and held fixed across models.
 
 :class:`CandidateScorer` runs the detector with its final head's score threshold removed, NMS
-made a no-op (IoU threshold 1) and the per-image cap lifted, so every (candidate, class) pair
+made a no-op (IoU threshold 1, where the NMS kernel only sorts) and the per-image cap lifted, so every (candidate, class) pair
 it scores comes back; ``mmdet_cam.metrics.faithfulness.tracker`` turns that into the
 tracked score of one detection in perturbed images.
 
@@ -15,6 +15,7 @@ inputs of one image in, raw candidates out, each detection followed by its track
 """
 import contextlib
 import copy
+import importlib
 from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -39,10 +40,36 @@ def every_candidate(model: nn.Module, cap: int = 100000) -> Iterator[None]:
     opened = copy.deepcopy(original)
     _open(opened, _candidate_count(detector, head, cap))
     head.test_cfg = opened
+    with _nms_that_keeps_all():
+        try:
+            yield
+        finally:
+            head.test_cfg = original
+
+
+@contextlib.contextmanager
+def _nms_that_keeps_all() -> Iterator[None]:
+    """While active, mmcv's NMS kernel at an IoU threshold >= 1 (which never suppresses a
+    box) only sorts the boxes by score, as the kernel returns them, instead of computing
+    every pairwise overlap: for thousands of candidates that costs as much as the head."""
+    nms_module = importlib.import_module('mmcv.ops.nms')  # mmcv.ops.nms is also a function
+    kernels = nms_module.ext_module
+
+    class SortingKernels:
+        def __getattr__(self, name):
+            return getattr(kernels, name)
+
+        @staticmethod
+        def nms(bboxes, scores, iou_threshold, offset):
+            if iou_threshold >= 1:
+                return scores.argsort(descending=True)
+            return kernels.nms(bboxes, scores, iou_threshold=iou_threshold, offset=offset)
+
+    nms_module.ext_module = SortingKernels()
     try:
         yield
     finally:
-        head.test_cfg = original
+        nms_module.ext_module = kernels
 
 
 def _candidate_count(detector: nn.Module, head: nn.Module, cap: int) -> int:
