@@ -1,20 +1,24 @@
 """Speed of per-box maps: the engine against pytorch_grad_cam's naive per-box loop and against
-the single-forward limit, measured in one run on the same image.
+one plain forward, measured in one run on the same image.
 
-  engine  DetCAM for N boxes (median of --repeats runs), everything included
-  naive   pytorch_grad_cam's GradCAM.__call__ once per box, with a target returning that box's
-          score: a fresh forward and a full backward each time
-  limit   one forward alone plus N head-only torch.autograd.grad calls (no CAM formula,
-          no resizing): what any exact per-box method must at least spend
+  engine      DetCAM for N boxes (median of --repeats runs), everything included
+  no replay   the same with ``local_replay=False``: each box back-propagated through the
+              whole dense head instead of a window of it around the box's cell
+  naive       pytorch_grad_cam's GradCAM.__call__ once per box, with a target returning that
+              box's score: a fresh forward and a full backward each time
+  forward     mmdet's own inference on the image (``model.predict`` under ``no_grad``)
 
 Models are built from mmdet's shipped configs (init_weights(), seed 0, the configs' own test
 pipelines) with score thresholds removed so that untrained models still give N boxes. All use
 the same target layers: every level of the neck.
 
-    python benchmarks/speed.py                      # all models, N = 1 10 50, CPU
+    python benchmarks/speed.py --quick              # YOLOX-s, N = 1 10, a few minutes
+    python benchmarks/speed.py                      # all models, N = 1 10 100, CPU (long)
+    python benchmarks/speed.py --models retinanet_r50 --n 10 100 --repeats 1
     python benchmarks/speed.py --models yolox_s --n 10 --device cuda:0
 """
 import argparse
+import copy
 import platform
 import statistics
 import threading
@@ -27,8 +31,6 @@ from pytorch_grad_cam import GradCAM
 
 from mmdet_cam import DetCAM, build_detector, get_layer, resolve_config
 from mmdet_cam.runner.adapter import DetectorAsCAMModel, MatchedDetectionTarget
-from mmdet_cam.engine.capture import (DenseHeadOutputs, LayerCapture, differentiable_inference,
-                               frozen_parameters, grads_for)
 from mmdet_cam.model.detector import keep_all_detections, preprocess
 from mmdet_cam.shapes import make_image
 
@@ -81,15 +83,9 @@ def timed(fn):
     return time.perf_counter() - start
 
 
-def limit_seconds(model, inputs, samples, layers, names, n):
-    with frozen_parameters(model), differentiable_inference(model), torch.enable_grad(), \
-            LayerCapture(layers, names) as capture, DenseHeadOutputs(model) as head:
-        start = time.perf_counter()
-        pred = model.predict(inputs, samples, rescale=True)[0].pred_instances
-        values = pred.scores[pred.scores.detach().argsort(descending=True)[:n]]
-        for i in range(len(values)):
-            grads_for(values[i], capture.activations, head.tensors)
-        return time.perf_counter() - start
+def forward_seconds(model, inputs, samples):
+    with torch.no_grad():
+        return timed(lambda: model.predict(copy.deepcopy(inputs), copy.deepcopy(samples)))
 
 
 def naive_call_seconds(model, inputs, samples, layers, detections, count):
@@ -112,7 +108,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', nargs='+', default=list(MODELS), choices=list(MODELS))
-    parser.add_argument('--n', nargs='+', type=int, default=[1, 10, 50])
+    parser.add_argument('--n', nargs='+', type=int, default=[1, 10, 100])
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--naive-max', type=int, default=10,
                         help='time the naive loop on at most this many boxes; larger N are '
@@ -120,7 +116,11 @@ def main():
     parser.add_argument('--memory-n', type=int, default=300,
                         help='also report the engine\'s peak memory for this many boxes')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--quick', action='store_true',
+                        help='YOLOX-s, N = 1 10, one repeat, no memory row')
     args = parser.parse_args()
+    if args.quick:
+        args.models, args.n, args.repeats, args.memory_n = ['yolox_s'], [1, 10], 1, 0
     warnings.simplefilter('ignore')
     cuda = args.device.startswith('cuda')
 
@@ -128,9 +128,9 @@ def main():
     print(f'machine: {platform.processor() or platform.machine()}, '
           f'{torch.get_num_threads()} torch threads, device {args.device}, torch '
           f'{torch.__version__}; image 480x640; method gradcam; every neck level\n')
-    print('| model | input | N | engine s | naive s | limit s | naive/engine | engine/limit '
-          '| peak RSS MB |')
-    print('|---|---|---:|---:|---:|---:|---:|---:|---:|')
+    print('| model | input | N | engine s | no replay s | naive s | forward s | naive/engine '
+          '| no replay/engine | engine/forward | peak RSS MB |')
+    print('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
     for key in args.models:
         config, names = MODELS[key]
         torch.manual_seed(0)
@@ -143,33 +143,35 @@ def main():
         detections = probe(image).detections
         naive_calls = naive_call_seconds(model, inputs, samples, layers, detections,
                                          min(args.naive_max, max(args.n), len(detections)))
+        forward = statistics.median(forward_seconds(model, inputs, samples)
+                                    for _ in range(args.repeats))
         for n in args.n + ([args.memory_n] if args.memory_n else []):
-            cam = DetCAM(model, target_layers=names, score_thr=0, topk=n)
-            runs = []
+            runs = {True: [], False: []}
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             with PeakRSS() as memory:
                 for _ in range(args.repeats if n in args.n else 1):
-                    runs.append(timed(lambda: (cam(image), sync(args.device))))
-            engine = statistics.median(runs)
+                    for replay in (True, False) if n in args.n else (True,):
+                        cam = DetCAM(model, target_layers=names, score_thr=0, topk=n,
+                                     local_replay=replay)
+                        runs[replay].append(timed(lambda: (cam(image), sync(args.device))))
+            engine = statistics.median(runs[True])
             peak = f'{memory.peak:.0f}'
             if cuda:
                 peak += f' (CUDA {torch.cuda.max_memory_allocated() / 2**20:.0f})'
             if n not in args.n:  # the memory row
-                print(f'| {key} | {size} | {n} | {engine:.2f} | | | | | {peak} |')
+                print(f'| {key} | {size} | {n} | {engine:.2f} | | | | | | | {peak} |')
                 continue
-            limit = statistics.median(
-                limit_seconds(model, inputs, samples, layers, names, n)
-                for _ in range(args.repeats))
+            no_replay = statistics.median(runs[False])
             if n <= len(naive_calls):
                 naive = sum(naive_calls[:n])
                 naive_text = f'{naive:.2f}'
             else:
                 naive = statistics.mean(naive_calls) * n
                 naive_text = f'~{naive:.1f}'
-            print(f'| {key} | {size} | {n} | {engine:.2f} | {naive_text} | {limit:.2f} | '
-                  f'{naive / engine:.1f} | {engine / limit:.2f} | {peak} |',
-                  flush=True)
+            print(f'| {key} | {size} | {n} | {engine:.2f} | {no_replay:.2f} | {naive_text} | '
+                  f'{forward:.2f} | {naive / engine:.1f} | {no_replay / engine:.1f} | '
+                  f'{engine / forward:.2f} | {peak} |', flush=True)
         del model
 
 

@@ -82,6 +82,9 @@ class DetCAM:
         eigen_smooth: pytorch_grad_cam's first-principal-component smoothing.
         reshape_transform: ``'auto'`` (token sequences -> maps) or a callable.
         batch_size: detections whose gradients are kept in memory at once.
+        local_replay: for one-stage dense heads, back-propagate each detection through a
+            window of the head around its cell instead of the whole head (same maps, checked
+            against the full backward once per level; False: always the full backward).
         cfg_options: config overrides when building from a config.
         trust_checkpoint: allow a full (unsafe) unpickle of a checkpoint a weights-only load
             refuses.
@@ -103,6 +106,7 @@ class DetCAM:
                  eigen_smooth: bool = False,
                  reshape_transform: Union[str, Callable] = 'auto',
                  batch_size: int = 16,
+                 local_replay: bool = True,
                  cfg_options: Optional[dict] = None,
                  trust_checkpoint: bool = False,
                  config: Optional[Config] = None):
@@ -130,6 +134,7 @@ class DetCAM:
         self.score_thr, self.topk = score_thr, topk
         self.class_ids = None if classes is None else self._class_ids(classes)
         self.fuse, self.eigen_smooth, self.batch_size = fuse, eigen_smooth, batch_size
+        self.local_replay = local_replay
 
     def __call__(self, img: Union[str, Path, np.ndarray],
                  candidates: Optional[Callable] = None,
@@ -187,7 +192,8 @@ class DetCAM:
                     self.model, candidates.bboxes * torch.as_tensor(scale).float()))
             out = explain(self.model, inputs, data_samples, self.layers, self.layer_names,
                           self.method, self.target, self.select, self.reshape, self.fuse,
-                          self.eigen_smooth, self.batch_size, candidates)
+                          self.eigen_smooth, self.batch_size, candidates,
+                          self.local_replay)
         cams = to_original_image(out.maps, out.data_sample.metainfo)
         return DetCAMResult(out.detections, cams, image, out.zero_gradient_layers)
 

@@ -360,9 +360,13 @@ class DenseHeadOutputs(_OutputRecorder):
                  and type(head).predict is BaseDenseHead.predict)
         super().__init__(head if exact else None)
         self.tensors: List[Tensor] = []
+        self.features: List[Tensor] = []  # the head's input, one map per level
 
     def _hook(self, module, inputs, output):
         self.tensors = _tensors_in(output)
+        levels = inputs[0] if inputs else None
+        if isinstance(levels, (tuple, list)) and all(isinstance(f, Tensor) for f in levels):
+            self.features = list(levels)
 
 
 class FinalHeadOutputs:

@@ -26,6 +26,7 @@ from ..errors import DetCAMError, UnsupportedModelError
 from ..model.detector import mmdet_failure
 from ..model.layers import predicting_detector
 from .candidates import RawCandidatesModel, TrackedDetection
+from .replay import LocalReplay
 from .capture import (DenseHeadOutputs, FeatureShapes, FinalHeadOutputs, LayerCapture,
                       differentiable_inference, frozen_parameters, grads_for)
 
@@ -73,7 +74,8 @@ def explain(model: nn.Module,
             fuse: str = 'mean',
             eigen_smooth: bool = False,
             batch_size: int = 16,
-            candidates: Optional[Callable] = None) -> BoxCAMs:
+            candidates: Optional[Callable] = None,
+            local_replay: bool = True) -> BoxCAMs:
     """Maps for the detections of one preprocessed image (a batch of size 1).
 
     Args:
@@ -91,6 +93,8 @@ def explain(model: nn.Module,
             (values, detections)``, where ``head_outputs`` are the raw outputs of the box heads
             (see ``capture.FinalHeadOutputs``): for explaining raw candidates that need not be
             among the reported detections (``candidates.FixedCandidates``).
+        local_replay: back-propagate each box of a one-stage dense head through a window of
+            the head around its cell instead of the whole head (exact, see ``replay.py``).
     """
     if fuse not in FUSE_MODES:
         raise ValueError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
@@ -98,7 +102,7 @@ def explain(model: nn.Module,
     try:
         return _explain(model, inputs, data_samples, layers, layer_names, method, target,
                         select, reshape, fuse, eigen_smooth, batch_size, candidates,
-                        pristine[0])
+                        pristine[0], local_replay)
     except DetCAMError:
         raise
     except Exception:
@@ -116,7 +120,8 @@ def _check_mmdet_inference(model: nn.Module, inputs: Tensor, data_samples: list)
 
 
 def _explain(model, inputs, data_samples, layers, layer_names, method, target, select,
-             reshape, fuse, eigen_smooth, batch_size, candidates, pristine_sample) -> BoxCAMs:
+             reshape, fuse, eigen_smooth, batch_size, candidates, pristine_sample,
+             local_replay) -> BoxCAMs:
     detector = predicting_detector(model)
     neck_or_backbone = getattr(detector, 'neck', None)
     if neck_or_backbone is None:
@@ -152,8 +157,9 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
         scale = np.tile(np.asarray(data_sample.metainfo.get('scale_factor', (1, 1))[:2]), 2)
         boxes = [BoxTarget(tuple(box * scale), int(label)) for box, label in
                  zip(detections.bboxes.cpu().numpy(), detections.labels.tolist())]
+        replay = _replay(head, capture) if local_replay and own_levels else None
         layer_maps = _LayerMaps(capture, reshape, shapes.shapes, method, inputs, eigen_smooth,
-                                (width, height), head.tensors, boxes, own_levels)
+                                (width, height), head.tensors, boxes, own_levels, replay)
         maps, zero_layers, own = [], [], []
         for start in range(0, len(detections) if own_levels or not perturbs else 0,
                            batch_size):
@@ -179,8 +185,9 @@ class _LayerMaps:
     """Turns captured activations plus per-box gradients into per-output, input-sized maps."""
 
     def __init__(self, capture, reshape, feature_shapes, method, inputs, eigen_smooth, size,
-                 head_outputs=(), boxes=(), own_levels=False):
+                 head_outputs=(), boxes=(), own_levels=False, replay=None):
         self.capture, self.reshape, self.shapes = capture, reshape, feature_shapes
+        self.replay = replay
         self.head_outputs, self.boxes = head_outputs, list(boxes)
         self.method, self.inputs, self.eigen_smooth, self.size = method, inputs, eigen_smooth, size
         # [(owner layer index, activation [1, C, H, W] as numpy)] after the reshape transform
@@ -204,8 +211,12 @@ class _LayerMaps:
         if not self.own_levels:  # activation-only method, no gradients needed
             maps = [np.repeat(m, len(boxes), axis=0) for m in self._shared]
             return maps, [[]] * len(boxes), None
-        per_box = [self._finite(i, grads_for(values[i], self.capture.activations,
-                                             self.head_outputs)) for i in boxes]
+        if self.replay is not None:
+            grads = self.replay.activation_grads(values, boxes, self.capture.activations)
+        else:
+            grads = [grads_for(values[i], self.capture.activations, self.head_outputs)
+                     for i in boxes]
+        per_box = [self._finite(i, g) for i, g in zip(boxes, grads)]
         zero = [self._layers_without_gradient(grads) for grads in per_box]
         stacked = [torch.cat(gs) for gs in zip(*per_box)]  # one [K, C, H, W] per activation
         grads = [piece.cpu().numpy() for g in stacked for piece in self.reshape(g, self.shapes)]
@@ -289,6 +300,18 @@ class _LayerMaps:
             zero = np.zeros_like(self.outputs[index][1])
             self._zero_maps_zero[index] = not self._cam(index, zero).any()
         return self._zero_maps_zero[index]
+
+
+def _replay(head: DenseHeadOutputs, capture: LayerCapture) -> Optional[LocalReplay]:
+    """A local replay of the one-stage dense head, where it applies: its outputs and input
+    were recorded, it is local, and no target layer lies inside it."""
+    if not head.tensors or not head.features:
+        return None
+    inside = {id(m) for m in head.module.modules()}
+    if any(id(layer) in inside for layer in capture.layers):
+        return None
+    replay = LocalReplay(head.module, head.features, head.tensors)
+    return replay if replay.usable else None
 
 
 def _fuse(per_output: List[np.ndarray], how: str, own=None) -> np.ndarray:

@@ -1,0 +1,315 @@
+"""Exact per-box gradients of a dense head for a fraction of a full backward.
+
+A one-stage detector's box score is a function of its head's outputs at one cell (its anchor
+point) of one pyramid level, and a head whose tower is only convolutions, per-location
+normalisation (BatchNorm in eval mode) and activations reads a box's cell from a window of
+its input no wider than the tower's receptive field. :class:`LocalReplay` re-runs the head on
+that window alone (the windows of all boxes of a level as one batch) and back-propagates the
+box's output gradient through the window: the same gradient as the full backward through
+the whole level, whose cost grows with the level's area instead.
+
+Why this is exact: let ``r`` be the tower's receptive radius (the half-widths of the
+convolutions on its longest path, read from the autograd graph). An output cell depends on the input within ``r`` cells of it; a layer's value
+at distance ``d`` from the output cells is needed only when ``d <= r - r_l`` (``r_l``: the
+radius of the layers below it) and is computed correctly on a window when the window holds
+everything within ``r_l`` of it. So a window holding every input cell within ``r`` of the
+box's cells gives exact outputs, and exact gradients, there; window edges that coincide
+with the level's border see the same zero padding as the full run.
+
+Exactness is still checked, not assumed: the first box of each level of each head is
+compared with the full backward, and a level that differs (relative error above
+``TOLERANCE``) uses the full backward from then on. Heads with modules not known to be local
+(GroupNorm, deformable or strided convolutions, attention, ...) are not replayed at all.
+"""
+import logging
+import weakref
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from mmengine.logging import print_log
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .capture import _tensors_in
+
+TOLERANCE = 1e-4  # max |replay - full| relative to max |full|, per level when first checked
+
+_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Sigmoid, nn.Hardswish,
+                nn.Hardsigmoid, nn.GELU, nn.Identity, nn.Dropout, nn.Sequential, nn.ModuleList,
+                nn.ModuleDict)
+# per head: level index -> whether its replay matched the full backward
+_CHECKED: 'weakref.WeakKeyDictionary[nn.Module, Dict[int, bool]]' = weakref.WeakKeyDictionary()
+
+
+def _debug(message: str) -> None:
+    print_log(f'mmdet-cam local replay: {message}', logger='current', level=logging.DEBUG)
+
+
+def not_local(head: nn.Module) -> Optional[str]:
+    """Why ``head``'s forward may read beyond a fixed window of its input (None: it is a
+    tower of stride-1 'same' convolutions, eval-mode BatchNorm and activations)."""
+    from mmcv.cnn import ConvModule, DepthwiseSeparableConvModule, Scale
+    local = _ELEMENTWISE + (ConvModule, DepthwiseSeparableConvModule, Scale)
+    for name, module in head.named_modules():
+        if not name or name.split('.')[0].startswith('loss'):  # losses: not in forward
+            continue
+        if isinstance(module, nn.Conv2d) and 'Deform' not in type(module).__name__:
+            same = tuple(d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size))
+            if (module.stride != (1, 1) or module.padding != same
+                    or module.padding_mode != 'zeros' or any(k % 2 == 0
+                                                             for k in module.kernel_size)):
+                return f'{name} is not a stride-1 convolution with zero "same" padding'
+        elif isinstance(module, _BatchNorm):
+            if module.training:
+                return f'{name} is a BatchNorm in training mode'
+        elif not isinstance(module, local) and type(module).__name__ not in ('Swish', 'HSwish',
+                                                                           'HSigmoid'):
+            return f'{name} is a {type(module).__name__}, not known to be local'
+    return None
+
+
+def receptive_radius(head: nn.Module, features: Sequence[Tensor]) -> int:
+    """How many cells away the head's outputs read their input: the longest chain of
+    convolution half-widths in the autograd graph of a probe forward (1 x 1 levels)."""
+    probes = tuple(f.new_zeros(1, f.shape[1], 1, 1).requires_grad_(f.requires_grad)
+                   for f in features)
+    outputs = _tensors_in(head.forward(probes))
+    longest: Dict[object, int] = {}
+
+    def radius(node) -> int:
+        if node is None:
+            return 0
+        if node not in longest:
+            own = 0
+            if type(node).__name__.startswith('Convolution'):
+                own = max(d * (k - 1) // 2 for d, k in
+                          zip(node._saved_dilation, node._saved_weight.shape[-2:]))
+            longest[node] = own + max((radius(n) for n, _ in node.next_functions), default=0)
+        return longest[node]
+    return max((radius(t.grad_fn) for t in outputs), default=0)
+
+
+class LocalReplay:
+    """Per-box gradients w.r.t. a dense head's input features, by replaying its forward on
+    windows (see the module docstring).
+
+    Args:
+        head: the dense head (``bbox_head``) of a one-stage detector.
+        features: its input, one ``[1, C, H, W]`` tensor per level, in the graph.
+        outputs: the tensors its forward returned, flattened (``DenseHeadOutputs.tensors``).
+    """
+
+    def __init__(self, head: nn.Module, features: Sequence[Tensor], outputs: Sequence[Tensor]):
+        self.head, self.features, self.outputs = head, list(features), list(outputs)
+        sizes = [tuple(f.shape[-2:]) for f in self.features]
+        self.level_of = [sizes.index(tuple(t.shape[-2:]))
+                         if t.dim() == 4 and tuple(t.shape[-2:]) in sizes else None
+                         for t in self.outputs]
+        self.reason = not_local(head)
+        if self.reason is None and len(set(sizes)) < len(sizes):
+            self.reason = 'two pyramid levels have the same size'
+        elif self.reason is None and None in self.level_of:
+            self.reason = 'an output of the head is not a map of one of its input levels'
+        elif self.reason is None and any(f.shape[0] != 1 for f in self.features):
+            self.reason = 'the batch holds more than one image'
+        self.radius = receptive_radius(head, self.features) if self.reason is None else 0
+        self.checked = _CHECKED.setdefault(head, {})
+        self._output_grads: Optional[List[SparseGrad]] = None
+        if self.reason:
+            _debug(f'{type(head).__name__} uses the full backward: {self.reason}')
+
+    @property
+    def usable(self) -> bool:
+        return self.reason is None
+
+    def activation_grads(self, values: Tensor, boxes: Sequence[int],
+                         activations: Sequence[Tensor]) -> List[List[Tensor]]:
+        """For the ``boxes`` (indices into ``values``, each one box's score), the gradients
+        w.r.t. ``activations``, which must be the head's input or lie before it."""
+        if self._output_grads is None:  # for all boxes at once
+            self._output_grads = output_gradients(values, self.outputs)
+        per_box = []
+        for feature_grads in self.feature_grads([self._output_grads[b] for b in boxes]):
+            used = [(f, g) for f, g in zip(self.features, feature_grads) if g is not None]
+            grads = (torch.autograd.grad([f for f, _ in used], activations,
+                                         grad_outputs=[g for _, g in used], retain_graph=True,
+                                         allow_unused=True)
+                     if used else [None] * len(activations))
+            per_box.append([torch.zeros_like(a) if g is None else g
+                            for g, a in zip(grads, activations)])
+        return per_box
+
+    def feature_grads(self, output_grads: List['SparseGrad']) -> List[List[Optional[Tensor]]]:
+        """Per box, the gradients w.r.t. each input level (None: zero), from the box's
+        gradients w.r.t. the head outputs. The first replay of each level is checked against
+        the full backward."""
+        grads = [[None] * len(self.features) for _ in output_grads]
+        for level in range(len(self.features)):
+            rows = [b for b, g in enumerate(output_grads) if self._cells(g, level) is not None]
+            if rows and self.checked.get(level, True):
+                placed, windows = self._replay(output_grads, rows, level)
+                for b, g in zip(rows, placed):
+                    grads[b][level] = g
+                if level not in self.checked:
+                    self._check(placed[0], windows[0], output_grads[rows[0]], level)
+            if rows and not self.checked[level]:
+                for b in rows:
+                    grads[b][level] = self._full(output_grads[b], level)
+        return grads
+
+    def _cells(self, box_grads: 'SparseGrad', level: int):
+        """``(y_lo, y_hi, x_lo, x_hi)`` of the cells of ``level`` where the box's output
+        gradient is non-zero (None: nowhere)."""
+        ys, xs = [], []
+        for k, (index, _) in box_grads.items():
+            if self.level_of[k] == level:
+                height, width = self.outputs[k].shape[-2:]
+                ys.append(index // width % height)
+                xs.append(index % width)
+        if not ys:
+            return None
+        ys, xs = torch.cat(ys), torch.cat(xs)
+        return int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+
+    def _windows(self, cells: List[Tuple[int, int, int, int]], height: int, width: int):
+        """One window per box, all of one size, each holding every cell within ``radius`` of
+        the box's cells and lying inside the level (so its edges are either the level's own
+        or at least ``radius`` away from the box's cells)."""
+        r = self.radius
+        size_y = max(min(hi + r + 1, height) - max(lo - r, 0) for lo, hi, _, _ in cells)
+        size_x = max(min(hi + r + 1, width) - max(lo - r, 0) for _, _, lo, hi in cells)
+        return [(min(max(y_lo - r, 0), height - size_y), min(max(x_lo - r, 0), width - size_x))
+                for y_lo, _, x_lo, _ in cells], (size_y, size_x)
+
+    def _replay(self, output_grads, rows: List[int], level: int):
+        """Per row, its gradient w.r.t. the level (full size), and its window as slices."""
+        feature = self.features[level]
+        height, width = feature.shape[-2:]
+        cells = [self._cells(output_grads[b], level) for b in rows]
+        corners, (h, w) = self._windows(cells, height, width)
+        crops = torch.stack([feature[0, :, y:y + h, x:x + w] for y, x in corners]).detach()
+        crops.requires_grad_()
+        # the other levels as 1 x 1 maps, in the graph where the recorded ones were, so that
+        # the head returns the same set of outputs
+        inputs = tuple(crops if k == level else f.new_zeros(len(rows), f.shape[1], 1, 1)
+                       .requires_grad_(f.requires_grad) for k, f in enumerate(self.features))
+        replayed = _tensors_in(self.head.forward(inputs))  # .forward: no recording hooks
+        if len(replayed) != len(self.outputs):
+            raise RuntimeError('the replayed head returned a different set of outputs')
+        picked, grad_outputs = [], []
+        for k, out in enumerate(replayed):
+            if self.level_of[k] == level:
+                picked.append(out)
+                grad_outputs.append(torch.zeros_like(out))
+                area = height * width  # the level's, as the recorded output's
+                for i, (b, (y, x)) in enumerate(zip(rows, corners)):
+                    if k in output_grads[b]:  # its entries, all inside its window
+                        index, grad = output_grads[b][k]
+                        cell = index % area
+                        grad_outputs[-1][i, index // area, cell // width - y,
+                                         cell % width - x] = grad
+        window_grads, = torch.autograd.grad(picked, crops, grad_outputs=grad_outputs)
+        placed, windows = [], []
+        for (y, x), g in zip(corners, window_grads):
+            windows.append((slice(y, y + h), slice(x, x + w)))
+            placed.append(torch.zeros_like(feature))
+            placed[-1][0, :, windows[-1][0], windows[-1][1]] = g
+        return placed, windows
+
+    def _full(self, box_grads: 'SparseGrad', level: int) -> Tensor:
+        """The box's gradient w.r.t. the level by the full backward through the head."""
+        used = [k for k in box_grads if self.level_of[k] == level]
+        grad, = torch.autograd.grad([self.outputs[k] for k in used], self.features[level],
+                                    grad_outputs=[dense(self.outputs[k], *box_grads[k])
+                                                  for k in used], retain_graph=True)
+        return grad
+
+    def _check(self, replayed: Tensor, window, box_grads: 'SparseGrad', level: int) -> None:
+        """The full backward must be exactly zero outside the window (however small a
+        dependence on the rest of the level, it shows there) and match the replay inside."""
+        reference = self._full(box_grads, level)
+        outside = reference.clone()
+        outside[0, :, window[0], window[1]] = 0
+        error = float((replayed - reference).abs().max())
+        scale = float(reference.abs().max())
+        self.checked[level] = error <= TOLERANCE * scale and not bool(outside.any())
+        if not self.checked[level]:
+            _debug(f'{type(self.head).__name__} level {level}: the replay differs from the full '
+                   f'backward by {error:.3g} (max {scale:.3g}); that level uses the full backward')
+
+
+# per output tensor index: (flat indices into outputs[k], gradient values there)
+SparseGrad = Dict[int, Tuple[Tensor, Tensor]]
+MATCH_TOLERANCE = 1e-4  # relative, for telling which value an output entry belongs to
+POOLED_MAX = 1000  # values identified per set of pooled passes (weights 0.5 / n apart)
+
+
+def dense(output: Tensor, index: Tensor, grad: Tensor) -> Tensor:
+    full = torch.zeros_like(output)
+    full.view(-1)[index] = grad
+    return full
+
+
+def sparse(grads: Sequence[Optional[Tensor]]) -> SparseGrad:
+    found = {}
+    for k, g in enumerate(grads):
+        if g is not None:
+            index = torch.nonzero(g.reshape(-1)).squeeze(1)
+            if len(index):
+                found[k] = (index, g.reshape(-1)[index])
+    return found
+
+
+def output_gradients(values: Tensor, outputs: Sequence[Tensor]) -> List[SparseGrad]:
+    """Per value, its gradient w.r.t. ``outputs`` (sparse: one box's score reads a few entries
+    of its own cell). One backward per value costs as much as mmdet's post-processing over
+    every candidate, so three passes over weighted sums of all values come first: an output
+    entry read by value ``k`` alone gets ``w_m[k]`` times the same number in pass ``m``, so its
+    two ratios to pass 0 name ``k``. Entries whose ratios match no single value (read by two
+    values, e.g. a shared objectness) send the values found at their cells, and values left
+    with no entry at all, to a backward of their own."""
+    if len(values) > POOLED_MAX:
+        return [g for start in range(0, len(values), POOLED_MAX)
+                for g in output_gradients(values[start:start + POOLED_MAX], outputs)]
+    n = len(values)
+    if n <= 3:  # no cheaper than a backward each
+        return [sparse(torch.autograd.grad(v, outputs, retain_graph=True, allow_unused=True))
+                for v in values]
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.ones(n, dtype=torch.float64)] + [
+        1 + (torch.randperm(n, generator=generator) + 0.25 + 0.5 * torch.rand(
+            n, generator=generator, dtype=torch.float64)) / n for _ in range(2)]
+    passes = [torch.autograd.grad((w.to(values) * values).sum(), outputs, retain_graph=True,
+                                  allow_unused=True) for w in weights]
+    found: List[SparseGrad] = [{} for _ in range(n)]
+    seen: List[set] = [set() for _ in range(n)]  # the cells where each value's entries are
+    mixed = set()  # cells with an entry that no single value explains
+    order = torch.argsort(weights[1])
+    for k, output in enumerate(outputs):
+        flat = [output.new_zeros(output.numel()) if p[k] is None else p[k].reshape(-1)
+                for p in passes]
+        index = torch.nonzero((flat[0] != 0) | (flat[1] != 0) | (flat[2] != 0)).squeeze(1)
+        if not len(index):
+            continue
+        first, ratio1, ratio2 = flat[0][index].double(), flat[1][index], flat[2][index]
+        ratio1, ratio2 = ratio1.double() / first, ratio2.double() / first
+        slot = torch.searchsorted(weights[1][order], ratio1.nan_to_num(0, 0, 0))
+        owner = torch.stack([order[slot.clamp(max=n - 1)], order[(slot - 1).clamp(min=0)]])
+        close = [((ratio1 - weights[1][o]).abs() <= MATCH_TOLERANCE * weights[1][o])
+                 & ((ratio2 - weights[2][o]).abs() <= MATCH_TOLERANCE * weights[2][o])
+                 for o in owner]
+        owner = torch.where(close[0], owner[0], owner[1])
+        matched = close[0] | close[1]
+        # a cell is named by its level's size and its position there
+        cells = [(tuple(output.shape[-2:]), c) for c in
+                 (index % (output.shape[-2] * output.shape[-1])).tolist()]
+        mixed |= {c for c, ok in zip(cells, matched.tolist()) if not ok}
+        for box in owner[matched].unique().tolist():
+            mine = matched & (owner == box)
+            seen[box] |= {c for c, m in zip(cells, mine.tolist()) if m}
+            found[box][k] = (index[mine], flat[0][index[mine]])  # pass 0: weight 1
+    unsure = {b for b in range(n) if not found[b] or seen[b] & mixed}
+    for b in unsure:
+        found[b] = sparse(torch.autograd.grad(values[b], outputs, retain_graph=True,
+                                              allow_unused=True))
+    return found
