@@ -37,6 +37,20 @@ def test_maps_with_replay_equal_maps_without(models, scene, config):
         assert checked and all(checked.values()), checked
 
 
+@pytest.mark.parametrize('config', COVERAGE[8:11])
+def test_two_stage_maps_with_replay_equal_maps_without(models, scene, config):
+    """Standard RoI heads replay the boxes' RoIs (checked once); a cascade, whose boxes
+    depend on every stage, keeps the full backward."""
+    model = models(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        full, local = maps(model, scene, False, topk=4), maps(model, scene, True, topk=4)
+    assert full.max() > 0
+    np.testing.assert_allclose(local, full, atol=1e-5)
+    checked = replay._CHECKED.get(model.roi_head, {})
+    assert checked == ({} if 'cascade' in config else {'rois': True})
+
+
 def test_a_head_that_reads_beyond_the_window_is_caught_by_the_check():
     """A head whose outputs depend on the whole level (a global mean added) passes the module
     check, so it is replayed once per level, found to differ from the full backward, and
@@ -60,7 +74,7 @@ def test_a_head_that_reads_beyond_the_window_is_caught_by_the_check():
 def test_windows_hold_every_cell_within_the_radius_and_lie_inside_the_level():
     head = torch.nn.Conv2d(4, 4, 3, padding=1)
     head.forward = lambda levels: [torch.nn.Conv2d.forward(head, levels[0])]
-    local = replay.LocalReplay(head, [torch.zeros(1, 4, 20, 30)], [torch.zeros(1, 4, 20, 30)])
+    local = replay.DenseReplay(head, [torch.zeros(1, 4, 20, 30)], [torch.zeros(1, 4, 20, 30)])
     assert local.usable and local.radius == 1
     cells = [(0, 0, 0, 0), (19, 19, 29, 29), (5, 7, 10, 10)]
     corners, (h, w) = local._windows(cells, 20, 30)

@@ -26,7 +26,7 @@ from ..errors import DetCAMError, UnsupportedModelError
 from ..model.detector import mmdet_failure
 from ..model.layers import predicting_detector
 from .candidates import RawCandidatesModel, TrackedDetection
-from .replay import LocalReplay
+from .replay import DenseReplay, RoIReplay, recording_rois
 from .capture import (DenseHeadOutputs, FeatureShapes, FinalHeadOutputs, LayerCapture,
                       differentiable_inference, frozen_parameters, grads_for)
 
@@ -129,7 +129,7 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
     with frozen_parameters(model), differentiable_inference(model), torch.enable_grad(), \
             LayerCapture(layers, layer_names) as capture, \
             FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(detector) as head, \
-            FinalHeadOutputs(detector) as final:
+            FinalHeadOutputs(detector) as final, recording_rois(detector) as rois:
         data_sample = model.predict(inputs, data_samples)[0]
         pred = data_sample.pred_instances
         if candidates is None:
@@ -157,7 +157,7 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
         scale = np.tile(np.asarray(data_sample.metainfo.get('scale_factor', (1, 1))[:2]), 2)
         boxes = [BoxTarget(tuple(box * scale), int(label)) for box, label in
                  zip(detections.bboxes.cpu().numpy(), detections.labels.tolist())]
-        replay = _replay(head, capture) if local_replay and own_levels else None
+        replay = _replay(detector, head, rois, capture) if local_replay and own_levels else None
         layer_maps = _LayerMaps(capture, reshape, shapes.shapes, method, inputs, eigen_smooth,
                                 (width, height), head.tensors, boxes, own_levels, replay)
         maps, zero_layers, own = [], [], []
@@ -302,15 +302,19 @@ class _LayerMaps:
         return self._zero_maps_zero[index]
 
 
-def _replay(head: DenseHeadOutputs, capture: LayerCapture) -> Optional[LocalReplay]:
-    """A local replay of the one-stage dense head, where it applies: its outputs and input
-    were recorded, it is local, and no target layer lies inside it."""
-    if not head.tensors or not head.features:
+def _replay(detector: nn.Module, dense: DenseHeadOutputs, rois: dict, capture: LayerCapture):
+    """A replay of the part of the box head each detection depends on, where one applies: a
+    one-stage dense head whose outputs and input were recorded, or a standard RoI head;
+    and no target layer lies inside that head."""
+    if dense.tensors and dense.features:
+        replay = DenseReplay(dense.module, dense.features, dense.tensors)
+    elif rois:
+        replay = RoIReplay(detector.roi_head, rois)
+    else:
         return None
-    inside = {id(m) for m in head.module.modules()}
+    inside = {id(m) for m in replay.head.modules()}
     if any(id(layer) in inside for layer in capture.layers):
         return None
-    replay = LocalReplay(head.module, head.features, head.tensors)
     return replay if replay.usable else None
 
 

@@ -21,9 +21,10 @@ compared with the full backward, and a level that differs (relative error above
 ``TOLERANCE``) uses the full backward from then on. Heads with modules not known to be local
 (GroupNorm, deformable or strided convolutions, attention, ...) are not replayed at all.
 """
+import contextlib
 import logging
 import weakref
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -89,30 +90,17 @@ def receptive_radius(head: nn.Module, features: Sequence[Tensor]) -> int:
     return max((radius(t.grad_fn) for t in outputs), default=0)
 
 
-class LocalReplay:
-    """Per-box gradients w.r.t. a dense head's input features, by replaying its forward on
-    windows (see the module docstring).
+class _HeadReplay:
+    """Per-box gradients w.r.t. a head's input ``features`` from a replay of the part of the
+    head each box depends on. Subclasses give ``feature_grads``; ``reason`` says why a head
+    cannot be replayed (None: it can)."""
 
-    Args:
-        head: the dense head (``bbox_head``) of a one-stage detector.
-        features: its input, one ``[1, C, H, W]`` tensor per level, in the graph.
-        outputs: the tensors its forward returned, flattened (``DenseHeadOutputs.tensors``).
-    """
-
-    def __init__(self, head: nn.Module, features: Sequence[Tensor], outputs: Sequence[Tensor]):
+    def __init__(self, head: nn.Module, features: Sequence[Tensor], outputs: Sequence[Tensor],
+                 reason: Optional[str]):
         self.head, self.features, self.outputs = head, list(features), list(outputs)
-        sizes = [tuple(f.shape[-2:]) for f in self.features]
-        self.level_of = [sizes.index(tuple(t.shape[-2:]))
-                         if t.dim() == 4 and tuple(t.shape[-2:]) in sizes else None
-                         for t in self.outputs]
-        self.reason = not_local(head)
-        if self.reason is None and len(set(sizes)) < len(sizes):
-            self.reason = 'two pyramid levels have the same size'
-        elif self.reason is None and None in self.level_of:
-            self.reason = 'an output of the head is not a map of one of its input levels'
-        elif self.reason is None and any(f.shape[0] != 1 for f in self.features):
+        self.reason = reason
+        if reason is None and any(f.shape[0] != 1 for f in self.features):
             self.reason = 'the batch holds more than one image'
-        self.radius = receptive_radius(head, self.features) if self.reason is None else 0
         self.checked = _CHECKED.setdefault(head, {})
         self._output_grads: Optional[List[SparseGrad]] = None
         if self.reason:
@@ -129,7 +117,8 @@ class LocalReplay:
         if self._output_grads is None:  # for all boxes at once
             self._output_grads = output_gradients(values, self.outputs)
         per_box = []
-        for feature_grads in self.feature_grads([self._output_grads[b] for b in boxes]):
+        for feature_grads in self.feature_grads([self._output_grads[b] for b in boxes],
+                                                [values[b] for b in boxes]):
             used = [(f, g) for f, g in zip(self.features, feature_grads) if g is not None]
             grads = (torch.autograd.grad([f for f, _ in used], activations,
                                          grad_outputs=[g for _, g in used], retain_graph=True,
@@ -139,10 +128,58 @@ class LocalReplay:
                             for g, a in zip(grads, activations)])
         return per_box
 
-    def feature_grads(self, output_grads: List['SparseGrad']) -> List[List[Optional[Tensor]]]:
+    def feature_grads(self, output_grads: List['SparseGrad'],
+                      values: Sequence[Tensor]) -> List[List[Optional[Tensor]]]:
         """Per box, the gradients w.r.t. each input level (None: zero), from the box's
-        gradients w.r.t. the head outputs. The first replay of each level is checked against
-        the full backward."""
+        gradients w.r.t. the head outputs (``values``: the boxes' own scalars, for the full
+        backward a replay is checked against or falls back to)."""
+        raise NotImplementedError
+
+    def _full(self, value: Tensor, levels: Sequence[int]) -> List[Tensor]:
+        """The value's gradients w.r.t. ``levels`` of the features by the full backward,
+        along every path (not only through the recorded outputs)."""
+        grads = torch.autograd.grad(value, [self.features[i] for i in levels],
+                                    retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(self.features[i]) if g is None else g
+                for g, i in zip(grads, levels)]
+
+    def _agrees(self, replayed: Tensor, reference: Tensor, key, what: str) -> bool:
+        """Records (under ``key``) and returns whether a replayed gradient is the full
+        backward's, relative to its largest entry."""
+        error = float((replayed - reference).abs().max())
+        scale = float(reference.abs().max())
+        self.checked[key] = error <= TOLERANCE * scale
+        if not self.checked[key]:
+            _debug(f'{type(self.head).__name__} {what}: the replay differs from the full '
+                   f'backward by {error:.3g} (max {scale:.3g}); the full backward is used')
+        return self.checked[key]
+
+
+class DenseReplay(_HeadReplay):
+    """A one-stage dense head replayed on windows around each box's cells (see the module
+    docstring).
+
+    Args:
+        head: the dense head (``bbox_head``) of a one-stage detector.
+        features: its input, one ``[1, C, H, W]`` tensor per level, in the graph.
+        outputs: the tensors its forward returned, flattened (``DenseHeadOutputs.tensors``).
+    """
+
+    def __init__(self, head: nn.Module, features: Sequence[Tensor], outputs: Sequence[Tensor]):
+        sizes = [tuple(f.shape[-2:]) for f in features]
+        self.level_of = [sizes.index(tuple(t.shape[-2:]))
+                         if t.dim() == 4 and tuple(t.shape[-2:]) in sizes else None
+                         for t in outputs]
+        reason = not_local(head)
+        if reason is None and len(set(sizes)) < len(sizes):
+            reason = 'two pyramid levels have the same size'
+        elif reason is None and None in self.level_of:
+            reason = 'an output of the head is not a map of one of its input levels'
+        super().__init__(head, features, outputs, reason)
+        self.radius = receptive_radius(head, self.features) if self.usable else 0
+
+    def feature_grads(self, output_grads, values):
+        """See the base class; the first replay of each level is checked."""
         grads = [[None] * len(self.features) for _ in output_grads]
         for level in range(len(self.features)):
             rows = [b for b, g in enumerate(output_grads) if self._cells(g, level) is not None]
@@ -151,10 +188,10 @@ class LocalReplay:
                 for b, g in zip(rows, placed):
                     grads[b][level] = g
                 if level not in self.checked:
-                    self._check(placed[0], windows[0], output_grads[rows[0]], level)
+                    self._check(placed[0], windows[0], values[rows[0]], level)
             if rows and not self.checked[level]:
                 for b in rows:
-                    grads[b][level] = self._full(output_grads[b], level)
+                    grads[b][level], = self._full(values[b], [level])
         return grads
 
     def _cells(self, box_grads: 'SparseGrad', level: int):
@@ -216,26 +253,114 @@ class LocalReplay:
             placed[-1][0, :, windows[-1][0], windows[-1][1]] = g
         return placed, windows
 
-    def _full(self, box_grads: 'SparseGrad', level: int) -> Tensor:
-        """The box's gradient w.r.t. the level by the full backward through the head."""
-        used = [k for k in box_grads if self.level_of[k] == level]
-        grad, = torch.autograd.grad([self.outputs[k] for k in used], self.features[level],
-                                    grad_outputs=[dense(self.outputs[k], *box_grads[k])
-                                                  for k in used], retain_graph=True)
-        return grad
-
-    def _check(self, replayed: Tensor, window, box_grads: 'SparseGrad', level: int) -> None:
+    def _check(self, replayed: Tensor, window, value: Tensor, level: int) -> None:
         """The full backward must be exactly zero outside the window (however small a
         dependence on the rest of the level, it shows there) and match the replay inside."""
-        reference = self._full(box_grads, level)
+        reference, = self._full(value, [level])
         outside = reference.clone()
         outside[0, :, window[0], window[1]] = 0
-        error = float((replayed - reference).abs().max())
-        scale = float(reference.abs().max())
-        self.checked[level] = error <= TOLERANCE * scale and not bool(outside.any())
-        if not self.checked[level]:
-            _debug(f'{type(self.head).__name__} level {level}: the replay differs from the full '
-                   f'backward by {error:.3g} (max {scale:.3g}); that level uses the full backward')
+        if self._agrees(replayed, reference, level, f'level {level}') and outside.any():
+            self.checked[level] = False
+            _debug(f'{type(self.head).__name__} level {level}: the full backward reaches '
+                   'beyond the window; the full backward is used')
+
+
+class RoIReplay(_HeadReplay):
+    """A two-stage detector's box head replayed on the RoIs the boxes come from. A box's
+    score reads one row (its RoI) of the head's outputs and the head treats rows
+    independently, so the rows of all boxes run as one small batch, and RoIAlign takes each
+    row's gradient back to the features; the full backward instead runs through the head's
+    layers for every proposal. Checked once per head against the full backward.
+
+    Args:
+        roi_head: a ``StandardRoIHead`` (its own ``_bbox_forward``).
+        record: what :func:`recording_rois` recorded: the features ``x``, the ``rois`` and the
+            box head's ``outputs`` (class scores, box deltas), in the graph.
+    """
+
+    def __init__(self, roi_head: nn.Module, record: dict):
+        reason = None
+        if any(m.training for m in roi_head.modules() if isinstance(m, _BatchNorm)):
+            reason = 'a BatchNorm of the RoI head is in training mode (it mixes RoIs)'
+        elif any(t.dim() != 2 or len(t) != len(record['rois']) for t in record['outputs']):
+            reason = 'the box head does not return one row per RoI'
+        super().__init__(roi_head, record['x'], record['outputs'], reason)
+        self.rois = record['rois']
+        self.inputs = roi_head.bbox_roi_extractor.num_inputs
+
+    def feature_grads(self, output_grads, values):
+        """See the base class; the first replay of a head is checked."""
+        grads = [[None] * len(self.features) for _ in output_grads]
+        pairs = [(b, r) for b, g in enumerate(output_grads) for r in self._rows(g)]
+        if pairs and self.checked.get('rois', True):
+            for (b, row), pooled in zip(pairs, self._replay(output_grads, pairs)):
+                for level, g in enumerate(self._through_roi_align(row, pooled)):
+                    grads[b][level] = g if grads[b][level] is None else grads[b][level] + g
+            if 'rois' not in self.checked:
+                b = pairs[0][0]
+                replayed = torch.cat([(torch.zeros_like(f) if g is None else g).flatten()
+                                      for g, f in zip(grads[b], self.features)])
+                reference = torch.cat([g.flatten() for g in
+                                       self._full(values[b], range(len(self.features)))])
+                self._agrees(replayed, reference, 'rois', 'RoIs')
+        if pairs and not self.checked['rois']:
+            for b in {b for b, _ in pairs}:
+                grads[b] = self._full(values[b], range(len(self.features)))
+        return grads
+
+    def _rows(self, box_grads: 'SparseGrad') -> List[int]:
+        rows = {int(r) for k, (index, _) in box_grads.items()
+                for r in (index // self.outputs[k].shape[1]).unique()}
+        return sorted(rows)
+
+    def _replay(self, output_grads, pairs) -> Tensor:
+        """``[P, C, h, w]``: per (box, row) pair, the gradient w.r.t. its RoI's pooled
+        features, from one batched run of the box head on those RoIs."""
+        head = self.head
+        rows = torch.as_tensor([r for _, r in pairs], device=self.rois.device)
+        features = [f.detach() for f in self.features[:self.inputs]]
+        pooled = head.bbox_roi_extractor(features, self.rois[rows]).detach().requires_grad_()
+        inputs = head.shared_head(pooled) if head.with_shared_head else pooled
+        replayed = _tensors_in(head.bbox_head.forward(inputs))  # .forward: no hooks
+        if len(replayed) != len(self.outputs):
+            raise RuntimeError('the replayed box head returned a different set of outputs')
+        grad_outputs = [torch.zeros_like(out) for out in replayed]
+        for i, (b, row) in enumerate(pairs):
+            for k, (index, grad) in output_grads[b].items():
+                width = self.outputs[k].shape[1]
+                mine = index // width == row
+                grad_outputs[k][i, index[mine] % width] = grad[mine]
+        return torch.autograd.grad(replayed, pooled, grad_outputs=grad_outputs)[0]
+
+    def _through_roi_align(self, row: int, pooled_grad: Tensor) -> List[Optional[Tensor]]:
+        leaves = [f.detach().requires_grad_() for f in self.features[:self.inputs]]
+        pooled = self.head.bbox_roi_extractor(leaves, self.rois[row:row + 1])
+        grads = torch.autograd.grad(pooled, leaves, grad_outputs=pooled_grad[None],
+                                    allow_unused=True)
+        return ([torch.zeros_like(f) if g is None else g for g, f in zip(grads, leaves)]
+                + [None] * (len(self.features) - self.inputs))
+
+
+@contextlib.contextmanager
+def recording_rois(detector: nn.Module) -> Iterator[dict]:
+    """While active, records the features, RoIs and box-head outputs of a
+    ``StandardRoIHead``'s box forward (an empty dict for other detectors)."""
+    from mmdet.models.roi_heads import StandardRoIHead
+    roi_head, record = getattr(detector, 'roi_head', None), {}
+    if roi_head is None or type(roi_head)._bbox_forward is not StandardRoIHead._bbox_forward:
+        yield record
+        return
+
+    def recorded(x, rois):
+        results = StandardRoIHead._bbox_forward(roi_head, x, rois)
+        record.update(x=list(x), rois=rois.detach(),
+                      outputs=_tensors_in((results['cls_score'], results['bbox_pred'])))
+        return results
+    roi_head._bbox_forward = recorded  # an instance attribute shadows the method
+    try:
+        yield record
+    finally:
+        del roi_head._bbox_forward
 
 
 # per output tensor index: (flat indices into outputs[k], gradient values there)
@@ -258,6 +383,15 @@ def sparse(grads: Sequence[Optional[Tensor]]) -> SparseGrad:
             if len(index):
                 found[k] = (index, g.reshape(-1)[index])
     return found
+
+
+def _cells(output: Tensor, index: Tensor) -> list:
+    """Where each flat ``index`` of ``output`` lies: a map's cell (named by the map's size and
+    the position in it), or a row of a ``[rows, D]`` output (a RoI's)."""
+    if output.dim() == 4:
+        return [(tuple(output.shape[-2:]), c) for c in
+                (index % (output.shape[-2] * output.shape[-1])).tolist()]
+    return [('row', r) for r in (index // output.shape[-1]).tolist()]
 
 
 def output_gradients(values: Tensor, outputs: Sequence[Tensor]) -> List[SparseGrad]:
@@ -300,9 +434,7 @@ def output_gradients(values: Tensor, outputs: Sequence[Tensor]) -> List[SparseGr
                  for o in owner]
         owner = torch.where(close[0], owner[0], owner[1])
         matched = close[0] | close[1]
-        # a cell is named by its level's size and its position there
-        cells = [(tuple(output.shape[-2:]), c) for c in
-                 (index % (output.shape[-2] * output.shape[-1])).tolist()]
+        cells = _cells(output, index)
         mixed |= {c for c, ok in zip(cells, matched.tolist()) if not ok}
         for box in owner[matched].unique().tolist():
             mine = matched & (owner == box)
