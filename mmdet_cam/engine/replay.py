@@ -1,25 +1,35 @@
-"""Exact per-box gradients of a dense head for a fraction of a full backward.
+"""Exact per-box gradients for a fraction of a full backward: replay only the part of the box
+head a box depends on.
 
-A one-stage detector's box score is a function of its head's outputs at one cell (its anchor
-point) of one pyramid level, and a head whose tower is only convolutions, per-location
-normalisation (BatchNorm in eval mode) and activations reads a box's cell from a window of
-its input no wider than the tower's receptive field. :class:`LocalReplay` re-runs the head on
-that window alone (the windows of all boxes of a level as one batch) and back-propagates the
-box's output gradient through the window: the same gradient as the full backward through
-the whole level, whose cost grows with the level's area instead.
+A full backward per box runs through the whole head: the dense tower over every cell of a
+pyramid level, or a two-stage box head over every proposal. A box's score reads far less.
 
-Why this is exact: let ``r`` be the tower's receptive radius (the half-widths of the
-convolutions on its longest path, read from the autograd graph). An output cell depends on the input within ``r`` cells of it; a layer's value
-at distance ``d`` from the output cells is needed only when ``d <= r - r_l`` (``r_l``: the
-radius of the layers below it) and is computed correctly on a window when the window holds
-everything within ``r_l`` of it. So a window holding every input cell within ``r`` of the
-box's cells gives exact outputs, and exact gradients, there; window edges that coincide
-with the level's border see the same zero padding as the full run.
+- Dense heads (:class:`DenseReplay`). A one-stage box score reads the head's outputs at one
+  cell of one level, and a tower of only convolutions, per-location normalisation (BatchNorm
+  in eval mode) and activations reads that cell from a window of its input no wider than its
+  receptive field. The head is re-run on that window alone (the windows of all boxes of a
+  level as one batch) and the box's output gradient goes back through the window.
+  Why this is exact: let ``r`` be the tower's receptive radius (the half-widths of the
+  convolutions on its longest path, read from the autograd graph). An output cell depends on
+  the input within ``r`` cells of it; a layer's value at distance ``d`` from the output cells
+  is needed only when ``d <= r - r_l`` (``r_l``: the radius of the layers below it) and is
+  computed correctly on a window holding everything within ``r_l`` of it. So a window
+  holding every input cell within ``r`` of the box's cells gives exact outputs, and exact
+  gradients, there; window edges on the level's border see the same zero padding as the
+  full run.
+- RoI heads (:class:`RoIReplay`). A two-stage box score reads one row (its RoI) of the box
+  head's outputs, and the head treats rows independently: the explained boxes' RoIs run as
+  one small batch and RoIAlign takes each row's gradient back to the features.
 
-Exactness is still checked, not assumed: the first box of each level of each head is
-compared with the full backward, and a level that differs (relative error above
-``TOLERANCE``) uses the full backward from then on. Heads with modules not known to be local
-(GroupNorm, deformable or strided convolutions, attention, ...) are not replayed at all.
+Both need each box's gradient w.r.t. the head's outputs first, which means a backward through
+mmdet's post-processing over every candidate. :func:`output_gradients` gets them for all boxes
+from three backward passes instead of one per box.
+
+Exactness is checked, not assumed: the first replay of each level (dense) or head (RoI) is
+compared with the full backward of the box's value along every path, and one that differs
+(relative error above ``TOLERANCE``, or for windows any gradient outside the window) uses the
+full backward from then on. Heads with modules not known to be local (GroupNorm, deformable
+or strided convolutions, attention, ...) are not replayed at all.
 """
 import contextlib
 import logging
@@ -38,7 +48,7 @@ TOLERANCE = 1e-4  # max |replay - full| relative to max |full|, per level when f
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Sigmoid, nn.Hardswish,
                 nn.Hardsigmoid, nn.GELU, nn.Identity, nn.Dropout, nn.Sequential, nn.ModuleList,
                 nn.ModuleDict)
-# per head: level index -> whether its replay matched the full backward
+# per head: level index (or 'rois') -> whether its replay matched the full backward
 _CHECKED: 'weakref.WeakKeyDictionary[nn.Module, Dict[int, bool]]' = weakref.WeakKeyDictionary()
 
 
