@@ -17,6 +17,7 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.8',
     packages=find_packages(include=['mmdet_cam', 'mmdet_cam.*']),
+    package_data={'mmdet_cam': ['templates/*.html']},
     install_requires=[
         # torch/torchvision and mmcv are installed first by scripts/install.sh (they need a
         # matched pair and a source build); these ranges only check what is there.
@@ -29,7 +30,8 @@ setup(
         'opencv-python>=4.5',
         'numpy',
     ],
-    extras_require={'tests': ['pytest>=7']},
+    # browser tests drive Debian's chromium (apt-get install chromium) with Playwright
+    extras_require={'tests': ['pytest>=7', 'playwright>=1.40']},
     entry_points={'console_scripts': ['mmdet-cam=mmdet_cam.cli:main']},
     classifiers=[
         'Programming Language :: Python :: 3',

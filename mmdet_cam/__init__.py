@@ -14,10 +14,11 @@ from .engine.explain import ZeroGradientWarning
 from .errors import DetCAMError
 from .model.layers import get_layer, list_layers
 from .registry import CAM_METHODS, CAM_TARGETS, RESHAPE_TRANSFORMS
+from .report import write_report
 from .version import __version__
 
 __all__ = [
     'DetCAM', 'DetCAMResult', 'DetCAMHook', 'CAMLocalizationMetric', 'CAMFaithfulnessMetric',
     'build_detector', 'resolve_config', 'get_layer', 'list_layers', 'DetCAMError', 'ZeroGradientWarning',
-    'CAM_METHODS', 'CAM_TARGETS', 'RESHAPE_TRANSFORMS', '__version__'
+    'CAM_METHODS', 'CAM_TARGETS', 'RESHAPE_TRANSFORMS', 'write_report', '__version__'
 ]

@@ -21,6 +21,7 @@ from .errors import BadImageError, BadInputError, DetCAMError, InputNotFoundErro
 from .methods import DEFAULT_METHOD, box_specific_alternative, method_names
 from .named_boxes import parse_box_specs, read_boxes_file
 from .outputs import ResultWriter
+from .report import write_report
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 VIDEO_EXTENSIONS = ('.mp4', '.avi')
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='also write the float maps as <stem>_cams.npy (N, H, W)')
     parser.add_argument('--save-all', action='store_true',
                         help='also write <stem>_original.jpg and <stem>_detection.jpg')
+    parser.add_argument('--html', action='store_true',
+                        help='also write an offline report, <out-dir>/index.html: point at a box '
+                        'to see its map')
     parser.add_argument('--list-layers', action='store_true',
                         help="print the model's layers with output shapes for the first image, "
                         'then exit')
@@ -171,7 +175,7 @@ def run(args) -> int:
              target_layers=[] if getattr(cam.method, 'perturbs_inputs', False)
              else cam.layer_names),
         alpha=args.alpha, renormalize=args.renormalize, per_box=args.per_box,
-        save_npy=args.save_npy, save_all=args.save_all)
+        save_npy=args.save_npy, save_all=args.save_all, html=args.html)
     start, failed, detections, most = time.time(), [], 0, 0
     images = [s for s in sources if not is_video(s)]
     progress = ProgressBar(len(images)) if len(images) > 1 else None
@@ -205,6 +209,8 @@ def run(args) -> int:
     summary = (f'{len(sources) - len(failed)} of {len(sources)} inputs, {detections} '
                f'detections, {time.time() - start:.1f} s -> {out_dir}')
     print(f'\ndone: {summary}' + (f' ({len(failed)} failed)' if failed else ''))
+    if args.html and any(not is_video(s) and s not in failed for s in sources):
+        print(f'report: {write_report(out_dir)}')  # videos are not in it
     return 1 if failed else 0
 
 

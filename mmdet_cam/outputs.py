@@ -9,14 +9,16 @@ import numpy as np
 
 from .errors import DetCAMError
 from .metrics import energy_in_box, peak_location, pointing_hit
-from .visualization import BoxDrawer, fuse_boxes, overlay, renormalize_in_boxes
+from .visualization import BoxDrawer, fuse_boxes, heatmap, overlay, renormalize_in_boxes
 
 
 class ResultWriter:
     """Writes ``<stem>_cam.jpg`` (all boxes' maps, max-fused, with the boxes drawn) and
     ``<stem>.json`` (detections, settings, per-box peak and energy inside the box); on request
     ``<stem>_box<k>_<class>_<score>.jpg``, ``<stem>_cams.npy``, ``<stem>_original.jpg`` and
-    ``<stem>_detection.jpg``. Never deletes anything in ``out_dir``.
+    ``<stem>_detection.jpg``; with ``html``, what :func:`~mmdet_cam.report.write_report`
+    shows: ``<stem>_original.jpg`` and each map alone, ``<stem>_map<k>.jpg`` per box and
+    ``<stem>_map_all.jpg`` (their maximum). Never deletes anything in ``out_dir``.
 
     Args:
         out_dir: existing, writable folder.
@@ -28,12 +30,13 @@ class ResultWriter:
 
     def __init__(self, out_dir, dataset_meta: dict, settings: dict, alpha: float = 0.5,
                  renormalize: bool = False, per_box: bool = False, save_npy: bool = False,
-                 save_all: bool = False):
+                 save_all: bool = False, html: bool = False):
         self.out_dir = Path(out_dir)
         self.class_names: Sequence[str] = dataset_meta.get('classes', ())
         self.settings = settings
         self.alpha, self.renormalize = alpha, renormalize
         self.per_box, self.save_npy, self.save_all = per_box, save_npy, save_all
+        self.html = html
         self.drawer = BoxDrawer(dataset_meta)
 
     def write_image(self, result, stem: str, source: Optional[str] = None,
@@ -48,8 +51,15 @@ class ResultWriter:
                 heat = overlay(result.image, cams[k], self.alpha)
                 self.imwrite(f'{stem}_box{k}_{name}.jpg',
                              self.drawer.draw(heat, result.detections, keep=[k]))
-        if self.save_all:
+        if self.html:
+            cams = self.display_maps(result)
+            for k, cam in enumerate(cams):
+                self.imwrite(f'{stem}_map{k}.jpg', heatmap(cam))
+            self.imwrite(f'{stem}_map_all.jpg',
+                         heatmap(fuse_boxes(cams, result.image.shape[:2])))
+        if self.save_all or self.html:
             self.imwrite(f'{stem}_original.jpg', result.image)
+        if self.save_all:
             self.imwrite(f'{stem}_detection.jpg', self.drawer.draw(result.image,
                                                                    result.detections))
         if self.save_npy:

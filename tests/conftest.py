@@ -1,4 +1,7 @@
-"""Shared fixtures: small real mmdet models (built once per session) and synthetic images."""
+"""Shared fixtures: small real mmdet models (built once per session), synthetic images, and a
+headless Chromium for the HTML report."""
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -70,3 +73,18 @@ def demo_model():
     """The shipped demo detector (trained RTMDet on synthetic shapes)."""
     return build_detector(str(REPO / 'demo' / 'rtmdet_shapes.py'),
                           str(REPO / 'demo' / 'rtmdet_shapes.pth'))
+
+
+@pytest.fixture(scope='session')
+def browser():
+    """Debian's Chromium, headless, driven by Playwright (its own browser download is not
+    used: nothing is downloaded at run time)."""
+    from playwright.sync_api import sync_playwright
+    path = next(filter(None, map(shutil.which, ('chromium', 'chromium-browser'))), None)
+    if path is None:
+        pytest.fail('the report tests need Chromium: apt-get install -y chromium')
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=path, args=['--no-sandbox'] if os.geteuid() == 0 else [])
+        yield launched
+        launched.close()

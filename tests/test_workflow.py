@@ -135,7 +135,7 @@ def iou(a, b) -> float:
     return w * h / union
 
 
-def test_triage_tags_detections_and_explains_missed_objects(val_root, tmp_path):
+def test_triage_tags_detections_and_explains_missed_objects(val_root, tmp_path, browser):
     from mmengine.config import Config
     from mmengine.runner import Runner
 
@@ -145,7 +145,8 @@ def test_triage_tags_detections_and_explains_missed_objects(val_root, tmp_path):
     cfg.work_dir = str(tmp_path)
     cfg.merge_from_dict(val_split_options(val_root))
     # two detections per image at a low threshold: images with more objects miss some
-    cfg.custom_hooks = [dict(type='DetCAMHook', score_thr=0.05, topk=2, triage=True)]
+    cfg.custom_hooks = [dict(type='DetCAMHook', score_thr=0.05, topk=2, triage=True,
+                             html=True)]
     runner = Runner.from_cfg(cfg)
     load_checkpoint(runner.model, str(CHECKPOINT))
     runner.test()
@@ -178,6 +179,13 @@ def test_triage_tags_detections_and_explains_missed_objects(val_root, tmp_path):
         if missed:
             assert (cam_dir / f'{stem}_missed_cam.jpg').is_file()
         missed_count += len(missed)
+        page = browser.new_page()  # the report shows the tags and lists the missed objects
+        page.goto((cam_dir / f'{stem}.html').as_uri())
+        for det in report['detections']:
+            drawn = page.locator(f'[data-box="{det["index"]}"]').get_attribute('class')
+            assert det['tag'].lower() in drawn.split()
+        assert page.locator('[data-role=missed] tbody tr').count() == len(report['missed'])
+        page.close()
         errors += [(d['index'], 'FP') for d in report['detections'] if d['tag'] == 'FP']
         errors += [(m['index'], 'FN') for m in report['missed']]
     assert missed_count > 0

@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 from mmdet.registry import HOOKS
-from mmengine.dist import all_gather_object, is_main_process
+from mmengine.dist import all_gather_object, barrier, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
@@ -32,6 +32,7 @@ from ..engine.candidates import CandidateScorer
 from ..methods import DEFAULT_METHOD
 from ..metrics import detection_faithfulness, tracker, triage
 from ..outputs import ResultWriter
+from ..report import write_report
 
 
 @HOOKS.register_module()
@@ -42,7 +43,9 @@ class DetCAMHook(Hook):
         method, target_layers, target, score_thr, topk, classes, fuse: as for ``DetCAM``.
         interval: explain every ``interval``-th test batch (1: every image).
         out_dir: folder for the files, relative to the runner's ``work_dir``.
-        alpha, renormalize, per_box, save_npy: as for the CLI.
+        alpha, renormalize, per_box, save_npy, html: as for the CLI (``html``: the report
+            of the explained test images, ``<out_dir>/index.html``, with the triage tags and
+            missed objects when ``triage`` is on).
         faithfulness_steps: perturbation steps of each deletion / insertion curve; 0: off.
         triage: tag detections TP / FP and explain the missed ground-truth boxes.
         triage_iou: IoU at which a detection matches a ground-truth box (as mmdet's mAP).
@@ -66,13 +69,14 @@ class DetCAMHook(Hook):
                  save_npy: bool = False,
                  faithfulness_steps: int = 0,
                  triage: bool = False,
-                 triage_iou: float = 0.5):
+                 triage_iou: float = 0.5,
+                 html: bool = False):
         self.cam_args = dict(method=method, target_layers=target_layers, target=target,
                              score_thr=score_thr, topk=topk, classes=classes, fuse=fuse)
         self.interval = interval
         self.out_dir = out_dir
         self.writer_args = dict(alpha=alpha, renormalize=renormalize, per_box=per_box,
-                                save_npy=save_npy)
+                                save_npy=save_npy, html=html)
         self.faithfulness_steps = faithfulness_steps
         self.cam: Optional[DetCAM] = None
         self.writer: Optional[ResultWriter] = None
@@ -145,8 +149,14 @@ class DetCAMHook(Hook):
         return dict(missed=rows)
 
     def after_test(self, runner) -> None:
-        if not self.triage:
-            return
+        if self.triage:
+            self.write_triage(runner)
+        if self.writer_args['html']:
+            barrier()  # every process has written its images
+            if is_main_process():
+                write_report(self.writer.out_dir)
+
+    def write_triage(self, runner) -> None:
         errors = sorted((e for part in all_gather_object(self.errors) for e in part),
                         key=lambda e: (e['image'], e['tag'], e['index']))
         if is_main_process():

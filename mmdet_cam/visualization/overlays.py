@@ -32,6 +32,11 @@ def fuse_boxes(cams: np.ndarray, shape) -> np.ndarray:
     return cams.max(axis=0) if len(cams) else np.zeros(shape, np.float32)
 
 
+def heatmap(cam: np.ndarray) -> np.ndarray:
+    """The map alone as a BGR JET image (what ``overlay`` blends over the image)."""
+    return overlay(np.zeros(cam.shape + (3,), np.uint8), cam, alpha=1.0)
+
+
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The map as a JET heatmap over the BGR ``image``; ``alpha`` is the heatmap's opacity."""
     rgb = np.ascontiguousarray(image[..., ::-1], dtype=np.float32) / 255

@@ -1,0 +1,152 @@
+"""The HTML report (``--html``) used as a person uses it: opened from disk in headless Chromium
+(Debian's package) driven by Playwright, with clicks, keys and a slider."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).parents[1]
+TOOL = str(REPO / 'tools' / 'demo_gradcam.py')
+
+
+@pytest.fixture(scope='module')
+def report(tmp_path_factory):
+    """The demo images explained by the CLI with --html, as the README runs it."""
+    out = tmp_path_factory.mktemp('report')
+    run = subprocess.run([sys.executable, TOOL, str(REPO / 'demo' / 'rtmdet_shapes.py'),
+                          str(REPO / 'demo' / 'rtmdet_shapes.pth'), str(REPO / 'demo' / 'images'),
+                          '--out-dir', str(out), '--html'], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert f'report: {out / "index.html"}' in run.stdout
+    return out
+
+
+@pytest.fixture
+def page(browser, report):
+    """A page that records every request and every console error."""
+    opened = browser.new_page(viewport={'width': 1280, 'height': 900})
+    opened.requests, opened.errors = [], []
+    opened.on('request', lambda request: opened.requests.append(request.url))
+    opened.on('console', lambda m: m.type == 'error' and opened.errors.append(m.text))
+    opened.on('pageerror', lambda error: opened.errors.append(str(error)))
+    yield opened
+    assert not opened.errors, opened.errors
+    outside = [url for url in opened.requests if not url.startswith(report.as_uri() + '/')]
+    assert not outside, f'requests outside the report folder: {outside}'
+    opened.close()
+
+
+def summaries(report):
+    return {path.stem: json.loads(path.read_text()) for path in sorted(report.glob('*.json'))}
+
+
+def decoded(png: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).astype(np.float32)
+
+
+def test_the_index_links_every_image_and_filters_them(page, report):
+    images = summaries(report)
+    page.goto((report / 'index.html').as_uri())
+    cards = page.locator('a.card')
+    assert cards.count() == len(images) == 3
+    for k in range(cards.count()):
+        assert (report / cards.nth(k).get_attribute('href')).is_file()
+    first = next(iter(images.values()))['detections'][0]
+    name, score = first['class_name'], np.floor(first['score'] * 100) / 100
+    page.select_option('[data-role=class]', name)
+    page.fill('[data-role=min-score]', str(score))
+    expected = sorted(stem for stem, summary in images.items()
+                      if any(d['class_name'] == name and d['score'] >= score
+                             for d in summary['detections']))
+    visible = sorted(card.get_attribute('href')[:-len('.html')]
+                     for card in cards.all() if card.is_visible())
+    assert visible == expected and 0 < len(expected)
+    page.fill('[data-role=min-score]', '1')
+    assert not any(card.is_visible() for card in cards.all())
+    page.select_option('[data-role=class]', '')
+    page.fill('[data-role=min-score]', '0')
+    assert all(card.is_visible() for card in cards.all())
+    cards.first.click()
+    assert page.url == (report / f'{sorted(images)[0]}.html').as_uri()
+
+
+def free_point(boxes, k):
+    """A point of box ``k`` (image pixels) that no box drawn above it covers (smaller boxes
+    are drawn above larger ones)."""
+    x1, y1, x2, y2 = boxes[k]
+    area = (x2 - x1) * (y2 - y1)
+    above = [b for j, b in enumerate(boxes)
+             if j != k and (b[2] - b[0]) * (b[3] - b[1]) <= area]
+    for fy in np.linspace(0.1, 0.9, 9):
+        for fx in np.linspace(0.1, 0.9, 9):
+            x, y = x1 + fx * (x2 - x1), y1 + fy * (y2 - y1)
+            if not any(b[0] <= x <= b[2] and b[1] <= y <= b[3] for b in above):
+                return x, y
+    return None
+
+
+def test_clicking_a_box_shows_that_boxs_map(page, report):
+    stem, summary = next(iter(summaries(report).items()))
+    boxes = [d['bbox'] for d in summary['detections']]
+    assert len(boxes) >= 2
+    page.goto((report / f'{stem}.html').as_uri())
+    page.fill('[data-role=opacity]', '1')  # the map alone
+    stage = page.locator('[data-role=stage]').bounding_box()
+    height, width = summary['image_size']
+    saved = [cv2.imread(str(report / f'{stem}_map{k}.jpg')).astype(np.float32)
+             for k in range(len(boxes))]
+    clicked = 0
+    for k in range(len(boxes)):
+        point = free_point(boxes, k)
+        if point is None:
+            continue
+        page.mouse.click(stage['x'] + point[0] * stage['width'] / width,
+                         stage['y'] + point[1] * stage['height'] / height)
+        shown = page.locator('[data-role=map]')
+        assert shown.get_attribute('src') == f'{stem}_map{k}.jpg'
+        assert page.locator('[data-role=stage]').get_attribute('data-current') == str(k)
+        page.wait_for_function('m => m.complete && m.naturalWidth > 0', arg=shown.element_handle())
+        picture = decoded(shown.screenshot())
+        differences = [np.abs(cv2.resize(s, picture.shape[1::-1]) - picture).mean() for s in saved]
+        assert int(np.argmin(differences)) == k, differences  # its own map, not another's
+        clicked += 1
+    assert clicked >= 2
+
+
+def test_the_slider_sets_the_opacity_and_the_toggle_shows_all_boxes(page, report):
+    stem = next(iter(summaries(report)))
+    page.goto((report / f'{stem}.html').as_uri())
+    shown = page.locator('[data-role=map]')
+    for value in ('0.8', '0.2'):
+        page.fill('[data-role=opacity]', value)
+        assert shown.evaluate('m => getComputedStyle(m).opacity') == value
+    page.keyboard.press('ArrowRight')
+    assert shown.get_attribute('src') == f'{stem}_map0.jpg'
+    page.check('[data-role=fused]')
+    assert shown.get_attribute('src') == f'{stem}_map_all.jpg'
+
+
+def test_arrow_keys_step_through_the_boxes(page, report):
+    stem, summary = next(iter(summaries(report).items()))
+    count = len(summary['detections'])
+    page.goto((report / f'{stem}.html').as_uri())
+    stage = page.locator('[data-role=stage]')
+    assert stage.get_attribute('data-current') == '-1'  # all boxes at first
+    steps = [('ArrowRight', 0), ('ArrowRight', 1), ('ArrowLeft', 0), ('ArrowLeft', count - 1)]
+    for key, expected in steps:
+        page.keyboard.press(key)
+        assert stage.get_attribute('data-current') == str(expected)
+        assert page.locator('[data-role=map]').get_attribute('src') == f'{stem}_map{expected}.jpg'
+        row = page.locator(f'tr[data-row="{expected}"]')
+        assert 'selected' in row.get_attribute('class')
+
+
+def test_a_screenshot_of_the_page_is_not_blank(page, report):
+    stem = next(iter(summaries(report)))
+    page.goto((report / f'{stem}.html').as_uri())
+    picture = decoded(page.screenshot())
+    assert picture.std() > 20 and len(np.unique(picture.reshape(-1, 3), axis=0)) > 100
