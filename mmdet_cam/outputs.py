@@ -113,6 +113,9 @@ class ResultWriter:
                     'versus_score': round(float(result.detections.versus_scores[k]), 4)}
                    if 'versus_labels' in result.detections else {}),
                 **({'tag': result.detections.tags[k]} if 'tags' in result.detections else {}),
+                **({key: round(value, 4) for key, value in
+                    result.detections.faithfulness[k].items()}
+                   if 'faithfulness' in result.detections else {}),
                 zero_gradient_layers=result.zero_gradient_layers[k]))
         return rows
 

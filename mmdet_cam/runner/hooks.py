@@ -110,12 +110,13 @@ class DetCAMHook(Hook):
             stem = Path(sample.img_path).stem
             extra = self.tag_and_explain_missed(result, stem, sample.img_path) \
                 if self.triage else None
+            if self.scorer is not None:  # also in the image's JSON and report
+                sample.cam_faithfulness = [self.faithfulness(result, k)
+                                           for k in range(len(result))]
+                result.detections.faithfulness = sample.cam_faithfulness
             self.writer.write_image(result, stem, sample.img_path, extra)
             sample.cams = result.cams
             sample.cam_detections = result.detections
-            if self.scorer is not None:
-                sample.cam_faithfulness = [self.faithfulness(result, k)
-                                           for k in range(len(result))]
 
     def tag_and_explain_missed(self, result, stem: str, path: str) -> dict:
         """Tags ``result``'s detections (``tags``), explains the missed ground-truth boxes
