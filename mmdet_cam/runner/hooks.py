@@ -25,6 +25,7 @@ import numpy as np
 from mmdet.registry import HOOKS
 from mmengine.dist import all_gather_object, barrier, is_main_process
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
 from ..api import DetCAM
@@ -32,7 +33,7 @@ from ..engine.candidates import CandidateScorer
 from ..methods import DEFAULT_METHOD
 from ..metrics import detection_faithfulness, tracker, triage
 from ..outputs import ResultWriter
-from ..report import write_report
+from ..report import report_entries, write_report
 
 
 @HOOKS.register_module()
@@ -154,8 +155,9 @@ class DetCAMHook(Hook):
             self.write_triage(runner)
         if self.writer_args['html']:
             barrier()  # every process has written its images
-            if is_main_process():
-                write_report(self.writer.out_dir)
+            if is_main_process() and report_entries(self.writer.out_dir):
+                print_log(f'DetCAMHook: report in {write_report(self.writer.out_dir)}',
+                          logger='current')
 
     def write_triage(self, runner) -> None:
         errors = sorted((e for part in all_gather_object(self.errors) for e in part),
