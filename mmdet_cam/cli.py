@@ -21,7 +21,7 @@ from .errors import BadImageError, BadInputError, DetCAMError, InputNotFoundErro
 from .methods import DEFAULT_METHOD, box_specific_alternative, method_names
 from .named_boxes import parse_box_specs, read_boxes_file
 from .outputs import ResultWriter
-from .report import write_report
+from .report import frame_stem, write_report
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 VIDEO_EXTENSIONS = ('.mp4', '.avi')
@@ -209,8 +209,8 @@ def run(args) -> int:
     summary = (f'{len(sources) - len(failed)} of {len(sources)} inputs, {detections} '
                f'detections, {time.time() - start:.1f} s -> {out_dir}')
     print(f'\ndone: {summary}' + (f' ({len(failed)} failed)' if failed else ''))
-    if args.html and any(not is_video(s) and s not in failed for s in sources):
-        print(f'report: {write_report(out_dir)}')  # videos are not in it
+    if args.html and len(failed) < len(sources):
+        print(f'report: {write_report(out_dir)}')
     return 1 if failed else 0
 
 
@@ -300,7 +300,8 @@ def explain_image(cam, writer: ResultWriter, source: str, show: bool, what: dict
 
 def explain_video(cam, writer: ResultWriter, source: str, what: dict) -> int:
     """Write ``<stem>_cam.mp4`` (same frame rate) and ``<stem>.json`` with every frame's boxes
-    (``what``: ``explain_class`` and ``contrast`` as for ``DetCAM.__call__``)."""
+    (``what``: ``explain_class`` and ``contrast`` as for ``DetCAM.__call__``); with ``--html``
+    also each frame's report images, ``<stem>_f<index>_...``."""
     reader = mmcv.VideoReader(source)
     if reader.frame_cnt == 0 or reader.width == 0:
         raise BadImageError(f'cannot read video {source}')
@@ -314,12 +315,15 @@ def explain_video(cam, writer: ResultWriter, source: str, what: dict) -> int:
         for index, frame in enumerate(reader):
             result = cam(frame, **what)
             video.write(writer.render(result))
+            if writer.html:
+                writer.write_report_images(result, frame_stem(stem, index))
             frames.append(dict(frame=index, detections=writer.describe(result)))
             count += len(result)
             progress.update()
     finally:
         video.release()
-    summary = dict(video=source, fps=reader.fps, **writer.settings, frames=frames)
+    summary = dict(video=source, fps=reader.fps, image_size=[reader.height, reader.width],
+                   **writer.settings, frames=frames)
     (writer.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
     return count
 

@@ -52,12 +52,8 @@ class ResultWriter:
                 self.imwrite(f'{stem}_box{k}_{name}.jpg',
                              self.drawer.draw(heat, result.detections, keep=[k]))
         if self.html:
-            cams = self.display_maps(result)
-            for k, cam in enumerate(cams):
-                self.imwrite(f'{stem}_map{k}.jpg', heatmap(cam))
-            self.imwrite(f'{stem}_map_all.jpg',
-                         heatmap(fuse_boxes(cams, result.image.shape[:2])))
-        if self.save_all or self.html:
+            self.write_report_images(result, stem)
+        elif self.save_all:
             self.imwrite(f'{stem}_original.jpg', result.image)
         if self.save_all:
             self.imwrite(f'{stem}_detection.jpg', self.drawer.draw(result.image,
@@ -68,6 +64,15 @@ class ResultWriter:
                        detections=self.describe(result), **(extra or {}))
         (self.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
         return picture
+
+    def write_report_images(self, result, stem: str) -> None:
+        """``<stem>_original.jpg`` and the maps alone, ``<stem>_map<k>.jpg`` per box and
+        ``<stem>_map_all.jpg``, for :func:`~mmdet_cam.report.write_report`."""
+        cams = self.display_maps(result)
+        for k, cam in enumerate(cams):
+            self.imwrite(f'{stem}_map{k}.jpg', heatmap(cam))
+        self.imwrite(f'{stem}_map_all.jpg', heatmap(fuse_boxes(cams, result.image.shape[:2])))
+        self.imwrite(f'{stem}_original.jpg', result.image)
 
     def render(self, result) -> np.ndarray:
         """The image with the max over all boxes' maps and the boxes drawn."""

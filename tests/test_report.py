@@ -150,3 +150,40 @@ def test_a_screenshot_of_the_page_is_not_blank(page, report):
     page.goto((report / f'{stem}.html').as_uri())
     picture = decoded(page.screenshot())
     assert picture.std() > 20 and len(np.unique(picture.reshape(-1, 3), axis=0)) > 100
+
+
+@pytest.fixture(scope='module')
+def video_report(tmp_path_factory):
+    """A three-frame video of the demo images explained by the CLI with --html."""
+    folder = tmp_path_factory.mktemp('video')
+    writer = cv2.VideoWriter(str(folder / 'clip.mp4'), cv2.VideoWriter_fourcc(*'mp4v'), 5,
+                             (320, 240))
+    for name in ('shapes_1', 'shapes_2', 'shapes_3'):
+        frame = cv2.imread(str(REPO / 'demo' / 'images' / f'{name}.jpg'))
+        writer.write(cv2.resize(frame, (320, 240)))  # a writer drops frames of another size
+    writer.release()
+    run = subprocess.run([sys.executable, TOOL, str(REPO / 'demo' / 'rtmdet_shapes.py'),
+                          str(REPO / 'demo' / 'rtmdet_shapes.pth'), str(folder / 'clip.mp4'),
+                          '--out-dir', str(folder / 'out'), '--html'],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return folder / 'out'
+
+
+def test_a_videos_page_steps_through_its_frames(browser, video_report):
+    frames = json.loads((video_report / 'clip.json').read_text())['frames']
+    assert len(frames) == 3
+    page = browser.new_page()
+    page.goto((video_report / 'index.html').as_uri())
+    page.locator('a.card').click()
+    for index in (2, 0, 1):
+        page.fill('[data-role=frame]', str(index))
+        stem = f'clip_f{index:05d}'
+        assert page.locator('[data-role=frame-image]').get_attribute('src') == f'{stem}_original.jpg'
+        assert page.locator('[data-box]').count() == len(frames[index]['detections']) > 0
+        assert page.locator('tr[data-row]').count() == len(frames[index]['detections'])
+        page.click('h1')  # arrows on the focused slider step frames; elsewhere, boxes
+        page.keyboard.press('ArrowRight')
+        assert page.locator('[data-role=map]').get_attribute('src') == f'{stem}_map0.jpg'
+        assert (video_report / f'{stem}_map0.jpg').is_file()
+    page.close()
