@@ -179,7 +179,8 @@ def test_a_videos_page_steps_through_its_frames(browser, video_report):
     for index in (2, 0, 1):
         page.fill('[data-role=frame]', str(index))
         stem = f'clip_f{index:05d}'
-        assert page.locator('[data-role=frame-image]').get_attribute('src') == f'{stem}_original.jpg'
+        shown = page.locator('[data-role=frame-image]').get_attribute('src')
+        assert shown == f'{stem}_original.jpg'
         assert page.locator('[data-box]').count() == len(frames[index]['detections']) > 0
         assert page.locator('tr[data-row]').count() == len(frames[index]['detections'])
         page.click('h1')  # arrows on the focused slider step frames; elsewhere, boxes

@@ -1,8 +1,8 @@
 """A detector's raw candidates: scored for batches of images, and held fixed across models.
 
 :class:`CandidateScorer` runs the detector with its final head's score threshold removed, NMS
-made a no-op (IoU threshold 1, where the NMS kernel only sorts) and the per-image cap lifted, so every (candidate, class) pair
-it scores comes back; ``mmdet_cam.metrics.faithfulness.tracker`` turns that into the
+made a no-op (IoU threshold 1, where the NMS kernel only sorts) and the per-image cap lifted,
+so every (candidate, class) pair it scores comes back; ``mmdet_cam.metrics.faithfulness.tracker`` turns that into the
 tracked score of one detection in perturbed images.
 
 :class:`NamedBoxes` explains the candidates that best match boxes a user names, whatever
