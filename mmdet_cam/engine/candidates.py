@@ -2,8 +2,9 @@
 
 :class:`CandidateScorer` runs the detector with its final head's score threshold removed, NMS
 made a no-op (IoU threshold 1, where the NMS kernel only sorts) and the per-image cap lifted,
-so every (candidate, class) pair it scores comes back; ``mmdet_cam.metrics.faithfulness.tracker`` turns that into the
-tracked score of one detection in perturbed images.
+so every (candidate, class) pair it scores comes back;
+``mmdet_cam.metrics.faithfulness.tracker`` turns that into the tracked score of one detection
+in perturbed images.
 
 :class:`NamedBoxes` explains the candidates that best match boxes a user names, whatever
 they score. :class:`FixedCandidates` explains the *same* raw candidates in a model whose
