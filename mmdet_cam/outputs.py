@@ -6,6 +6,7 @@ from typing import List, Optional, Sequence
 
 import mmcv
 import numpy as np
+from mmdet.visualization.palette import get_palette
 
 from .errors import DetCAMError
 from .metrics import energy_in_box, peak_location, pointing_hit
@@ -38,6 +39,9 @@ class ResultWriter:
         self.per_box, self.save_npy, self.save_all = per_box, save_npy, save_all
         self.html = html
         self.drawer = BoxDrawer(dataset_meta)
+        # the box colours of mmdet's visualizer (RGB), for the report
+        self.palette = [list(map(int, c)) for c in get_palette(
+            dataset_meta.get('palette') or 'random', max(len(self.class_names), 1))]
 
     def write_image(self, result, stem: str, source: Optional[str] = None,
                     extra: Optional[dict] = None) -> np.ndarray:
@@ -61,7 +65,8 @@ class ResultWriter:
         if self.save_npy:
             np.save(self.out_dir / f'{stem}_cams.npy', result.cams)
         summary = dict(image=source, image_size=list(result.image.shape[:2]), **self.settings,
-                       detections=self.describe(result), **(extra or {}))
+                       detections=self.describe(result), **(extra or {}),
+                       **(dict(palette=self.palette) if self.html else {}))
         (self.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
         return picture
 

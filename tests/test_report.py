@@ -188,3 +188,14 @@ def test_a_videos_page_steps_through_its_frames(browser, video_report):
         assert page.locator('[data-role=map]').get_attribute('src') == f'{stem}_map0.jpg'
         assert (video_report / f'{stem}_map0.jpg').is_file()
     page.close()
+
+
+def test_boxes_are_drawn_in_the_datasets_palette(page, report):
+    stem, summary = next(iter(summaries(report).items()))
+    page.goto((report / f'{stem}.html').as_uri())
+    labels = {d['label'] for d in summary['detections']}
+    assert len(labels) > 1
+    for d in summary['detections']:
+        colour = page.locator(f'[data-box="{d["index"]}"]').evaluate(
+            'box => getComputedStyle(box).borderTopColor')
+        assert colour == 'rgb({}, {}, {})'.format(*summary['palette'][d['label']])
