@@ -324,7 +324,7 @@ def explain_video(cam, writer: ResultWriter, source: str, what: dict) -> int:
         video.release()
     summary = dict(video=source, fps=reader.fps, image_size=[reader.height, reader.width],
                    **writer.settings, frames=frames,
-                   **(dict(palette=writer.palette) if writer.html else {}))
+                   **(dict(palette=writer.palette) if writer.palette else {}))
     (writer.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
     return count
 

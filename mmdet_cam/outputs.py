@@ -39,9 +39,7 @@ class ResultWriter:
         self.per_box, self.save_npy, self.save_all = per_box, save_npy, save_all
         self.html = html
         self.drawer = BoxDrawer(dataset_meta)
-        # the box colours of mmdet's visualizer (RGB), for the report
-        self.palette = [list(map(int, c)) for c in get_palette(
-            dataset_meta.get('palette') or 'random', max(len(self.class_names), 1))]
+        self.palette = report_palette(dataset_meta) if html else None
 
     def write_image(self, result, stem: str, source: Optional[str] = None,
                     extra: Optional[dict] = None) -> np.ndarray:
@@ -66,7 +64,7 @@ class ResultWriter:
             np.save(self.out_dir / f'{stem}_cams.npy', result.cams)
         summary = dict(image=source, image_size=list(result.image.shape[:2]), **self.settings,
                        detections=self.describe(result), **(extra or {}),
-                       **(dict(palette=self.palette) if self.html else {}))
+                       **(dict(palette=self.palette) if self.palette else {}))
         (self.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
         return picture
 
@@ -132,3 +130,14 @@ class ResultWriter:
     def imwrite(self, name: str, image: np.ndarray) -> None:
         if not mmcv.imwrite(image, str(self.out_dir / name)):
             raise DetCAMError(f'cannot write {self.out_dir / name}')
+
+
+def report_palette(dataset_meta: dict) -> Optional[List[List[int]]]:
+    """The box colours (RGB) mmdet's visualizer gives each class, for the report; None where
+    the dataset names no classes or its palette does not fit them."""
+    classes = dataset_meta.get('classes') or ()
+    try:
+        return [list(map(int, c)) for c in
+                get_palette(dataset_meta.get('palette') or 'random', len(classes))] or None
+    except (AssertionError, TypeError, ValueError):
+        return None
