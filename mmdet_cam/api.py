@@ -82,9 +82,10 @@ class DetCAM:
         eigen_smooth: pytorch_grad_cam's first-principal-component smoothing.
         reshape_transform: ``'auto'`` (token sequences -> maps) or a callable.
         batch_size: detections whose gradients are kept in memory at once.
-        local_replay: for one-stage dense heads, back-propagate each detection through a
-            window of the head around its cell instead of the whole head (same maps, checked
-            against the full backward once per level; False: always the full backward).
+        local_replay: back-propagate each detection through the part of the box head it
+            depends on (a window of a dense head's level, or its RoI) instead of the whole
+            head (same maps, checked against the full backward once per level or head;
+            False: always the full backward).
         cfg_options: config overrides when building from a config.
         trust_checkpoint: allow a full (unsafe) unpickle of a checkpoint a weights-only load
             refuses.

@@ -5,9 +5,9 @@ The pages are built from what :class:`~mmdet_cam.outputs.ResultWriter` wrote wit
 ``html=True``: each image's JSON summary, ``<stem>_cam.jpg`` (the thumbnail),
 ``<stem>_original.jpg``, and the maps as JET images, ``<stem>_map<k>.jpg`` per box and
 ``<stem>_map_all.jpg`` (the maximum over boxes); for a video the same per frame, with a frame
-slider on its page. Everything is referenced by relative path,
-so the folder opens from disk, moves as a whole and needs no network. The templates
-(``mmdet_cam/templates``) are plain HTML, CSS and JavaScript rendered with Jinja2.
+slider on its page. Everything is referenced by relative path, so the folder opens from disk,
+moves as a whole and needs no network. The templates (``mmdet_cam/templates``) are plain HTML,
+CSS and JavaScript rendered with Jinja2.
 """
 import json
 from pathlib import Path
@@ -19,7 +19,8 @@ from .errors import InputNotFoundError
 
 TEMPLATES = Path(__file__).parent / 'templates'
 # detection fields shown as table columns where the run has them
-EXTRA_COLUMNS = (('deletion', 'deletion'), ('insertion', 'insertion'), ('oa', 'OA'), ('tag', 'tag'))
+EXTRA_COLUMNS = (('deletion', 'deletion'), ('insertion', 'insertion'), ('oa', 'OA'),
+                 ('tag', 'tag'))
 
 
 def report_entries(out_dir) -> List[dict]:

@@ -93,8 +93,9 @@ def explain(model: nn.Module,
             (values, detections)``, where ``head_outputs`` are the raw outputs of the box heads
             (see ``capture.FinalHeadOutputs``): for explaining raw candidates that need not be
             among the reported detections (``candidates.FixedCandidates``).
-        local_replay: back-propagate each box of a one-stage dense head through a window of
-            the head around its cell instead of the whole head (exact, see ``replay.py``).
+        local_replay: back-propagate each box through the part of the box head it depends on
+            (a window of a dense head's level, or its RoI) instead of the whole head (exact,
+            see ``replay.py``).
     """
     if fuse not in FUSE_MODES:
         raise ValueError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")

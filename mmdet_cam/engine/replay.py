@@ -49,7 +49,8 @@ _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Sigmoid, nn.Hardswi
                 nn.Hardsigmoid, nn.GELU, nn.Identity, nn.Dropout, nn.Sequential, nn.ModuleList,
                 nn.ModuleDict)
 # per head: level index (or 'rois') -> whether its replay matched the full backward
-_CHECKED: 'weakref.WeakKeyDictionary[nn.Module, Dict[int, bool]]' = weakref.WeakKeyDictionary()
+_CHECKED: 'weakref.WeakKeyDictionary[nn.Module, Dict[object, bool]]' = \
+    weakref.WeakKeyDictionary()
 
 
 def _debug(message: str) -> None:

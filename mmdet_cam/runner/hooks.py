@@ -30,10 +30,11 @@ from mmengine.model import is_model_wrapper
 
 from ..api import DetCAM
 from ..engine.candidates import CandidateScorer
+from ..errors import InputNotFoundError
 from ..methods import DEFAULT_METHOD
 from ..metrics import detection_faithfulness, tracker, triage
 from ..outputs import ResultWriter
-from ..report import report_entries, write_report
+from ..report import write_report
 
 
 @HOOKS.register_module()
@@ -155,9 +156,12 @@ class DetCAMHook(Hook):
             self.write_triage(runner)
         if self.writer_args['html']:
             barrier()  # every process has written its images
-            if is_main_process() and report_entries(self.writer.out_dir):
-                print_log(f'DetCAMHook: report in {write_report(self.writer.out_dir)}',
-                          logger='current')
+            if is_main_process():
+                try:
+                    print_log(f'DetCAMHook: report in {write_report(self.writer.out_dir)}',
+                              logger='current')
+                except InputNotFoundError:  # no test image was explained (e.g. interval)
+                    pass
 
     def write_triage(self, runner) -> None:
         errors = sorted((e for part in all_gather_object(self.errors) for e in part),
