@@ -27,7 +27,8 @@ the sanity check (below 0.5), random maps excluded.
 
 Prints a markdown table and writes the mean deletion/insertion curves per method to
 ``docs/faithfulness_curves.png``. Rows are kept in ``work_dirs/faithfulness/<settings>.jsonl``
-as they finish: a run that is stopped resumes where it was.
+as they finish, and each image's figures in ``<settings>.<method>.images.jsonl``: a run that
+is stopped resumes at the image where it was.
 """
 import json
 import sys
@@ -69,43 +70,64 @@ def baseline_map(kind: str, shape, box, rng) -> np.ndarray:
 
 
 def evaluate(model, method, samples, scorer, steps, score_thr, road_images, sanity_images,
-             seed=0):
-    rng = np.random.default_rng(seed)
+             partial: Path, seed=0):
+    """One method's summary row and mean curves. Each image's figures are appended to
+    ``partial`` as it finishes, and images found there are not computed again."""
     cam = DetCAM(model, method='gradcam' if method in BASELINES else method,
                  score_thr=score_thr)
-    rows, curves, seconds, road = [], {'deletion': [], 'insertion': []}, 0.0, []
+    images = {}
+    if partial.is_file():
+        images = {r['index']: r for r in map(json.loads, partial.read_text().splitlines())}
     progress = ProgressBar(len(samples), file=sys.stderr)
     for index, (path, gt) in enumerate(samples):
         progress.update()
-        start = time.time()
-        result = cam(str(path))
-        seconds += time.time() - start if method not in BASELINES else 0.0
-        image = result.image
-        for k, g in enumerate(match(result.detections, gt)):
-            if g < 0:
-                continue
-            detected = result.detections.bboxes[k].tolist()
-            saliency = (baseline_map(method, image.shape[:2], detected, rng)
-                        if method in BASELINES else result.cams[k])
-            box = gt[g][1]
-            others = [b for i, (_, b) in enumerate(gt) if i != g]
-            score_fn = tracker(scorer, detected, int(result.detections.labels[k]))
-            deletion = perturbation_curve(image, saliency, score_fn, 'deletion', steps)
-            insertion = perturbation_curve(image, saliency, score_fn, 'insertion', steps)
-            curves['deletion'].append(deletion)
-            curves['insertion'].append(insertion)
-            if index < road_images:
-                road.append(road_combined(image, saliency, score_fn))
-            rows.append(dict(pointing=pointing_hit(saliency, box),
-                             energy=energy_in_box(saliency, box),
-                             odi=object_discrimination(saliency, box, others),
-                             deletion=auc(deletion), insertion=auc(insertion)))
+        if index not in images:
+            images[index] = evaluate_image(
+                cam, method, path, gt, scorer, steps, index < road_images,
+                np.random.default_rng([seed, index]))
+            images[index]['index'] = index
+            with partial.open('a') as f:
+                f.write(json.dumps(images[index]) + '\n')
+    rows = [row for i in range(len(samples)) for row in images[i]['rows']]
+    road = [r for i in range(len(samples)) for r in images[i]['road']]
+    seconds = sum(images[i]['seconds'] for i in range(len(samples)))
+    curves = {mode: [c for i in range(len(samples)) for c in images[i][mode]]
+              for mode in ('deletion', 'insertion')}
     summary = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
     summary.update(boxes=len(rows), oa=summary['insertion'] - summary['deletion'],
                    seconds=seconds / max(len(rows), 1),
                    road=float(np.mean(road)) if road else float('nan'),
                    **sanity(cam, method, samples[:sanity_images]))
     return summary, {mode: np.mean(c, axis=0).tolist() for mode, c in curves.items()}
+
+
+def evaluate_image(cam, method, path, gt, scorer, steps, with_road, rng) -> dict:
+    """Figures of every matched detection of one image, its curves and ROAD values."""
+    start = time.time()
+    result = cam(str(path))
+    seconds = time.time() - start if method not in BASELINES else 0.0
+    image = result.image
+    out = dict(rows=[], road=[], deletion=[], insertion=[], seconds=seconds)
+    for k, g in enumerate(match(result.detections, gt)):
+        if g < 0:
+            continue
+        detected = result.detections.bboxes[k].tolist()
+        saliency = (baseline_map(method, image.shape[:2], detected, rng)
+                    if method in BASELINES else result.cams[k])
+        box = gt[g][1]
+        others = [b for i, (_, b) in enumerate(gt) if i != g]
+        score_fn = tracker(scorer, detected, int(result.detections.labels[k]))
+        deletion = perturbation_curve(image, saliency, score_fn, 'deletion', steps)
+        insertion = perturbation_curve(image, saliency, score_fn, 'insertion', steps)
+        out['deletion'].append(list(map(float, deletion)))
+        out['insertion'].append(list(map(float, insertion)))
+        if with_road:
+            out['road'].append(float(road_combined(image, saliency, score_fn)))
+        out['rows'].append(dict(pointing=float(pointing_hit(saliency, box)),
+                                energy=float(energy_in_box(saliency, box)),
+                                odi=float(object_discrimination(saliency, box, others)),
+                                deletion=float(auc(deletion)), insertion=float(auc(insertion))))
+    return out
 
 
 def sanity(cam, method, samples) -> dict:
@@ -194,8 +216,9 @@ def main():
     rows, curves = {}, {}
     for method in methods:
         if method not in done:
+            partial = store.with_name(f'{settings}.{method}.images.jsonl')
             row, curve = evaluate(model, method, samples, scorer, args.steps, args.score_thr,
-                                  args.road_images, args.sanity_images)
+                                  args.road_images, args.sanity_images, partial)
             done[method] = dict(method=method, row=row, curves=curve)
             with store.open('a') as f:
                 f.write(json.dumps(done[method]) + '\n')
