@@ -8,7 +8,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Tuple
 
 import cv2
 import mmcv
@@ -21,7 +21,7 @@ from .errors import BadImageError, BadInputError, DetCAMError, InputNotFoundErro
 from .methods import DEFAULT_METHOD, box_specific_alternative, method_names
 from .named_boxes import parse_box_specs, read_boxes_file
 from .outputs import ResultWriter
-from .report import frame_stem, write_report
+from .report import write_report
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 VIDEO_EXTENSIONS = ('.mp4', '.avi')
@@ -57,15 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
                         'model (random weights: for testing only)')
     parser.add_argument('img', help="image file, folder, glob ('imgs/*.jpg') or video "
                         '(.mp4/.avi: written back as a video with the overlay)')
-    parser.add_argument('--method', default=DEFAULT_METHOD, metavar='NAME',
+    parser.add_argument('--method', default=DEFAULT_METHOD, metavar='NAME[,NAME...]',
                         help=f'CAM method, any case (default: {DEFAULT_METHOD}): '
                         f'{", ".join(method_names())}'
-                        '. eigencam, kpca_cam and fem are not box-specific')
+                        '. eigencam, kpca_cam and fem are not box-specific. Several, comma-'
+                        'separated (gradcam++,odam): files per method (<stem>.<method>_...) '
+                        'and side-by-side panels in the --html report')
     parser.add_argument('--method-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
-                        help='options of the method, e.g. num_masks=2000 seed=0 for drise')
+                        help='options of the method (of each, with several), e.g. '
+                        'num_masks=2000 seed=0 for drise')
     parser.add_argument('--target-layers', nargs='+', metavar='LAYER',
                         help="layers to explain at, e.g. 'neck' or 'neck.out_convs[-1]' "
                         'backbone.stage4 (default: every neck level)')
+    parser.add_argument('--per-layer', action='store_true',
+                        help='explain at each target layer alone instead of fusing them: '
+                        'files per layer and side-by-side panels in the --html report')
     parser.add_argument('--fuse', choices=FUSE_MODES, default='mean',
                         help="how maps of several layers / pyramid levels combine; 'own': "
                         "only each box's own level (default: mean)")
@@ -155,27 +161,32 @@ def run(args) -> int:
     out_dir = ensure_writable(args.out_dir)
     target = (dict(type='bbox', coord=args.bbox_coord) if args.target == 'bbox'
               else args.target)
-    method = dict(type=args.method, **args.method_options) if args.method_options else args.method
+    methods = [name.strip() for name in args.method.split(',')]
+    if not all(methods) or len(set(methods)) < len(methods):
+        raise BadInputError(f'--method takes method names separated by commas, each once; '
+                            f'got {args.method!r}')
+    options = dict(score_thr=args.score_thr, topk=args.topk, classes=args.classes,
+                   target=target, fuse=args.fuse, batch_size=args.batch_size)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='no checkpoint', module='mmdet_cam')
         cam = DetCAM(args.config, checkpoint, target_layers=args.target_layers,
-                     method=method, device=args.device, score_thr=args.score_thr,
-                     topk=args.topk, classes=args.classes, target=target, fuse=args.fuse,
-                     batch_size=args.batch_size, cfg_options=args.cfg_options,
-                     trust_checkpoint=args.trust_checkpoint)
+                     method=method_config(methods[0], args.method_options), device=args.device,
+                     cfg_options=args.cfg_options, trust_checkpoint=args.trust_checkpoint,
+                     **options)
     if checkpoint is None:
         print('note: no checkpoint, the model has random weights', file=sys.stderr)
     if args.list_layers:
         return print_layers(cam, sources[0])
-    writer = ResultWriter(
-        out_dir, cam.model.dataset_meta,
-        dict(method=args.method, method_options=args.method_options or {},
-             explain_class=args.explain_class,
-             target=args.target, fuse=args.fuse,
-             target_layers=[] if getattr(cam.method, 'perturbs_inputs', False)
-             else cam.layer_names),
-        alpha=args.alpha, renormalize=args.renormalize, per_box=args.per_box,
-        save_npy=args.save_npy, save_all=args.save_all, html=args.html)
+    panels = []  # (DetCAM, ResultWriter) per way each image is explained
+    for k, (name, method, way) in enumerate(explanation_ways(cam, methods, args, options)):
+        panels.append((way, ResultWriter(
+            out_dir, cam.model.dataset_meta,
+            dict(method=method, method_options=args.method_options or {},
+                 explain_class=args.explain_class, target=args.target, fuse=args.fuse,
+                 target_layers=[] if perturbs_inputs(way) else way.layer_names),
+            alpha=args.alpha, renormalize=args.renormalize, per_box=args.per_box,
+            save_npy=args.save_npy, save_all=args.save_all, html=args.html, panel=name,
+            panel_index=k)))
     start, failed, detections, most = time.time(), [], 0, 0
     images = [s for s in sources if not is_video(s)]
     progress = ProgressBar(len(images)) if len(images) > 1 else None
@@ -191,8 +202,8 @@ def run(args) -> int:
             boxes, labels = named[Path(source).name]
             what = dict(boxes=boxes, labels=labels)
         try:
-            count = (explain_video(cam, writer, source, what) if is_video(source)
-                     else explain_image(cam, writer, source, args.show, what))
+            count = (explain_video(panels, source, what) if is_video(source)
+                     else explain_image(panels, source, args.show, what))
             detections, most = detections + count, max(most, count)
         except (BadImageError, InputNotFoundError) as error:
             if len(sources) == 1:
@@ -201,17 +212,50 @@ def run(args) -> int:
             print(f'\nskipped {source}: {error}', file=sys.stderr)
         if progress is not None and not is_video(source):
             progress.update()
-    alternative = box_specific_alternative(args.method)
-    if most > 1 and alternative:
-        print(f'\nnote: {args.method} maps are not box-specific (one weight per channel, so a '
-              f'box\'s map also marks other objects of those channels); --method {alternative} '
-              'keeps each map on its own box', file=sys.stderr)
+    for method in methods:
+        alternative = box_specific_alternative(method)
+        if most > 1 and alternative:
+            print(f'\nnote: {method} maps are not box-specific (one weight per channel, so a '
+                  f'box\'s map also marks other objects of those channels); --method '
+                  f'{alternative} keeps each map on its own box', file=sys.stderr)
     summary = (f'{len(sources) - len(failed)} of {len(sources)} inputs, {detections} '
                f'detections, {time.time() - start:.1f} s -> {out_dir}')
     print(f'\ndone: {summary}' + (f' ({len(failed)} failed)' if failed else ''))
     if args.html and len(failed) < len(sources):
         print(f'report: {write_report(out_dir)}')
     return 1 if failed else 0
+
+
+def method_config(name: str, options: Optional[dict]):
+    """``--method`` and ``--method-options`` as ``DetCAM`` takes them."""
+    return dict(type=name, **options) if options else name
+
+
+def perturbs_inputs(cam) -> bool:
+    """Whether ``cam``'s method runs the detector on perturbed images (no target layers)."""
+    return getattr(cam.method, 'perturbs_inputs', False)
+
+
+def explanation_ways(cam, methods: List[str], args, options: dict) -> List[Tuple]:
+    """``(panel name, method name, DetCAM)`` per way each image is explained: per method and,
+    with ``--per-layer``, per target layer (``cam``, built for the first method, serves where
+    it can; the others share its model). The panel name is None for a single way."""
+    from .api import DetCAM
+    ways = []
+    for method in methods:
+        whole = cam if method == methods[0] else DetCAM(
+            cam.model, target_layers=args.target_layers,
+            method=method_config(method, args.method_options), **options)
+        if not args.per_layer or perturbs_inputs(whole):
+            ways.append((method, method, whole))
+            continue
+        for layer in whole.layer_names:
+            ways.append((f'{method} {layer}' if len(methods) > 1 else layer, method,
+                         DetCAM(cam.model, target_layers=[layer],
+                                method=method_config(method, args.method_options), **options)))
+    if len(ways) == 1:
+        return [(None, ways[0][1], ways[0][2])]
+    return ways
 
 
 def is_video(path: str) -> bool:
@@ -286,46 +330,53 @@ def named_boxes(args, sources: List[str]):
     return {Path(sources[0]).name: parse_box_specs(args.boxes)}
 
 
-def explain_image(cam, writer: ResultWriter, source: str, show: bool, what: dict) -> int:
-    """``what``: ``boxes``, ``labels`` and ``explain_class`` as for ``DetCAM.__call__``."""
-    result = cam(source, **what)
-    picture = writer.write_image(result, Path(source).stem, source)
-    if show:
-        try:
-            mmcv.imshow(picture, Path(source).stem, wait_time=0)
-        except cv2.error:
-            raise DetCAMError('--show needs a display; the files were written') from None
+def explain_image(panels, source: str, show: bool, what: dict) -> int:
+    """Explain one image with each panel's ``DetCAM`` and write its files (``what``:
+    ``boxes``, ``labels`` and ``explain_class`` as for ``DetCAM.__call__``); returns the
+    number of detections."""
+    for cam, writer in panels:
+        result = cam(source, **what)
+        picture = writer.write_image(result, Path(source).stem, source)
+        if show:
+            try:
+                mmcv.imshow(picture, writer.file_stem(Path(source).stem), wait_time=0)
+            except cv2.error:
+                raise DetCAMError('--show needs a display; the files were written') from None
     return len(result)
 
 
-def explain_video(cam, writer: ResultWriter, source: str, what: dict) -> int:
+def explain_video(panels, source: str, what: dict) -> int:
     """Write ``<stem>_cam.mp4`` (same frame rate) and ``<stem>.json`` with every frame's boxes
-    (``what``: ``explain_class`` and ``contrast`` as for ``DetCAM.__call__``); with ``--html``
-    also each frame's report images, ``<stem>_f<index>_...``."""
+    per panel (``what``: ``explain_class`` and ``contrast`` as for ``DetCAM.__call__``); with
+    ``--html`` also each frame's report images, ``<stem>_f<index>_...``."""
     reader = mmcv.VideoReader(source)
     if reader.frame_cnt == 0 or reader.width == 0:
         raise BadImageError(f'cannot read video {source}')
     stem = Path(source).stem
-    video = cv2.VideoWriter(str(writer.out_dir / f'{stem}_cam.mp4'),
-                            cv2.VideoWriter_fourcc(*'mp4v'), reader.fps,
-                            (reader.width, reader.height))
-    frames, count = [], 0
+    videos = [cv2.VideoWriter(str(writer.out_dir / f'{writer.file_stem(stem)}_cam.mp4'),
+                              cv2.VideoWriter_fourcc(*'mp4v'), reader.fps,
+                              (reader.width, reader.height)) for _, writer in panels]
+    frames, count = [[] for _ in panels], 0
     progress = ProgressBar(reader.frame_cnt)
     try:
         for index, frame in enumerate(reader):
-            result = cam(frame, **what)
-            video.write(writer.render(result))
-            if writer.html:
-                writer.write_report_images(result, frame_stem(stem, index))
-            frames.append(dict(frame=index, detections=writer.describe(result)))
+            for (cam, writer), video, described in zip(panels, videos, frames):
+                result = cam(frame, **what)
+                video.write(writer.render(result))
+                if writer.html:
+                    writer.write_report_images(result, stem, index)
+                described.append(dict(frame=index, detections=writer.describe(result)))
             count += len(result)
             progress.update()
     finally:
-        video.release()
-    summary = dict(video=source, fps=reader.fps, image_size=[reader.height, reader.width],
-                   **writer.settings, frames=frames,
-                   **(dict(palette=writer.palette) if writer.palette else {}))
-    (writer.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
+        for video in videos:
+            video.release()
+    for (_, writer), described in zip(panels, frames):
+        summary = dict(video=source, fps=reader.fps, image_size=[reader.height, reader.width],
+                       **writer.settings, **writer.panel_fields(stem), frames=described,
+                       **(dict(palette=writer.palette) if writer.palette else {}))
+        (writer.out_dir / f'{writer.file_stem(stem)}.json').write_text(
+            json.dumps(summary, indent=2))
     return count
 
 

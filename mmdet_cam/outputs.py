@@ -1,6 +1,7 @@
 """Files written for one explained image: overlay, per-box images, maps, JSON summary.
 Shared by the CLI and the test-time hook."""
 import json
+import re
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -10,6 +11,7 @@ from mmdet.visualization.palette import get_palette
 
 from .errors import DetCAMError
 from .metrics import energy_in_box, peak_location, pointing_hit
+from .report import frame_stem
 from .visualization import BoxDrawer, fuse_boxes, heatmap, overlay, renormalize_in_boxes
 
 
@@ -21,17 +23,25 @@ class ResultWriter:
     shows: ``<stem>_original.jpg`` and each map alone, ``<stem>_map<k>.jpg`` per box and
     ``<stem>_map_all.jpg`` (their maximum). Never deletes anything in ``out_dir``.
 
+    A run that explains each image several ways (methods, layers) gives each way its own
+    writer with a ``panel`` name: its files are ``<stem>.<panel>_...`` and its JSON records
+    ``group`` (the image's stem) and ``panel``, so the report shows the ways side by side; the
+    original image, ``<stem>_original.jpg``, is shared.
+
     Args:
         out_dir: existing, writable folder.
         dataset_meta: ``classes`` and ``palette`` for labels and box colours.
         settings: method, layers, ... recorded in every JSON file.
         alpha: heatmap opacity in overlays.
         renormalize: show each map min-max normalised inside its box, zero outside.
+        panel: the name of this way of explaining in a multi-panel run (None: the only one).
+        panel_index: its place among the panels.
     """
 
     def __init__(self, out_dir, dataset_meta: dict, settings: dict, alpha: float = 0.5,
                  renormalize: bool = False, per_box: bool = False, save_npy: bool = False,
-                 save_all: bool = False, html: bool = False):
+                 save_all: bool = False, html: bool = False, panel: Optional[str] = None,
+                 panel_index: int = 0):
         self.out_dir = Path(out_dir)
         self.class_names: Sequence[str] = dataset_meta.get('classes', ())
         self.settings = settings
@@ -40,11 +50,22 @@ class ResultWriter:
         self.html = html
         self.drawer = BoxDrawer(dataset_meta)
         self.palette = report_palette(dataset_meta) if html else None
+        self.panel, self.panel_index = panel, panel_index
+
+    def file_stem(self, stem: str) -> str:
+        """The prefix of this writer's files for an image (or video) named ``stem``."""
+        return f'{stem}.{panel_slug(self.panel)}' if self.panel else stem
+
+    def panel_fields(self, stem: str) -> dict:
+        """What a JSON summary records of the panel it belongs to (nothing without one)."""
+        return (dict(group=stem, panel=self.panel, panel_index=self.panel_index)
+                if self.panel else {})
 
     def write_image(self, result, stem: str, source: Optional[str] = None,
                     extra: Optional[dict] = None) -> np.ndarray:
         """Write the files of one image (``extra``: more entries of its JSON); returns the
         overlay picture."""
+        group, stem = stem, self.file_stem(stem)
         picture = self.render(result)
         self.imwrite(f'{stem}_cam.jpg', picture)
         if self.per_box:
@@ -54,28 +75,34 @@ class ResultWriter:
                 self.imwrite(f'{stem}_box{k}_{name}.jpg',
                              self.drawer.draw(heat, result.detections, keep=[k]))
         if self.html:
-            self.write_report_images(result, stem)
+            self.write_report_images(result, group)
         elif self.save_all:
-            self.imwrite(f'{stem}_original.jpg', result.image)
+            self.imwrite(f'{group}_original.jpg', result.image)
         if self.save_all:
             self.imwrite(f'{stem}_detection.jpg', self.drawer.draw(result.image,
                                                                    result.detections))
         if self.save_npy:
             np.save(self.out_dir / f'{stem}_cams.npy', result.cams)
         summary = dict(image=source, image_size=list(result.image.shape[:2]), **self.settings,
-                       detections=self.describe(result), **(extra or {}),
+                       **self.panel_fields(group), detections=self.describe(result),
+                       **(extra or {}),
                        **(dict(palette=self.palette) if self.palette else {}))
         (self.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
         return picture
 
-    def write_report_images(self, result, stem: str) -> None:
+    def write_report_images(self, result, stem: str, frame: Optional[int] = None) -> None:
         """``<stem>_original.jpg`` and the maps alone, ``<stem>_map<k>.jpg`` per box and
-        ``<stem>_map_all.jpg``, for :func:`~mmdet_cam.report.write_report`."""
+        ``<stem>_map_all.jpg`` (panel files as :meth:`file_stem` names them; a video's
+        ``frame`` as :func:`~mmdet_cam.report.frame_stem` does), for
+        :func:`~mmdet_cam.report.write_report`."""
+        maps, original = self.file_stem(stem), stem
+        if frame is not None:
+            maps, original = frame_stem(maps, frame), frame_stem(original, frame)
         cams = self.display_maps(result)
         for k, cam in enumerate(cams):
-            self.imwrite(f'{stem}_map{k}.jpg', heatmap(cam))
-        self.imwrite(f'{stem}_map_all.jpg', heatmap(fuse_boxes(cams, result.image.shape[:2])))
-        self.imwrite(f'{stem}_original.jpg', result.image)
+            self.imwrite(f'{maps}_map{k}.jpg', heatmap(cam))
+        self.imwrite(f'{maps}_map_all.jpg', heatmap(fuse_boxes(cams, result.image.shape[:2])))
+        self.imwrite(f'{original}_original.jpg', result.image)
 
     def render(self, result) -> np.ndarray:
         """The image with the max over all boxes' maps and the boxes drawn."""
@@ -130,6 +157,11 @@ class ResultWriter:
     def imwrite(self, name: str, image: np.ndarray) -> None:
         if not mmcv.imwrite(image, str(self.out_dir / name)):
             raise DetCAMError(f'cannot write {self.out_dir / name}')
+
+
+def panel_slug(name: str) -> str:
+    """A panel name as a file-name part: ``gradcam++`` -> ``gradcampp``."""
+    return re.sub(r'[^A-Za-z0-9_.-]+', '-', name.replace('+', 'p')).strip('-')
 
 
 def report_palette(dataset_meta: dict) -> Optional[List[List[int]]]:

@@ -5,7 +5,8 @@ The pages are built from what :class:`~mmdet_cam.outputs.ResultWriter` wrote wit
 ``html=True``: each image's JSON summary, ``<stem>_cam.jpg`` (the thumbnail),
 ``<stem>_original.jpg``, and the maps as JET images, ``<stem>_map<k>.jpg`` per box and
 ``<stem>_map_all.jpg`` (the maximum over boxes); for a video the same per frame, with a frame
-slider on its page. Everything is referenced by relative path, so the folder opens from disk,
+slider on its page. A run that explained each image several ways (methods or layers, one
+writer per ``panel``) gets the ways side by side on one page, one box selection for all. Everything is referenced by relative path, so the folder opens from disk,
 moves as a whole and needs no network. The templates (``mmdet_cam/templates``) are plain HTML,
 CSS and JavaScript rendered with Jinja2.
 """
@@ -24,11 +25,14 @@ EXTRA_COLUMNS = (('deletion', 'deletion'), ('insertion', 'insertion'), ('oa', 'O
 
 
 def report_entries(out_dir) -> List[dict]:
-    """The summaries of explained images and videos in ``out_dir`` that have report images
-    (``<stem>.json``; a video's frames as ``<stem>_f<index>``), in file-name order, each with
-    its ``stem``, its ``frames`` (``stem`` and ``detections`` of each, one for an image) and
-    its ``thumbnail``."""
-    entries = []
+    """The explained images and videos in ``out_dir`` that have report images, in file-name
+    order. Each entry is the summary of its (first) JSON file with ``stem`` (the image's or
+    video's stem), ``frames`` (the ``stem`` of each frame's original image; one for an image),
+    ``panels`` (per way of explaining it, in run order: ``name``, ``method``,
+    ``target_layers`` and per frame the ``stem`` of its maps and its ``detections``) and
+    ``thumbnail``. JSON files of a multi-panel run (``group`` and ``panel`` recorded, as
+    :class:`~mmdet_cam.outputs.ResultWriter` writes them) join their image's entry."""
+    entries = {}
     for path in sorted(Path(out_dir).glob('*.json')):
         try:
             summary = json.loads(path.read_text())
@@ -36,18 +40,30 @@ def report_entries(out_dir) -> List[dict]:
             continue
         if not isinstance(summary, dict):
             continue
+        stem = summary.get('group', path.stem)
         if 'detections' in summary:
             frames = [dict(stem=path.stem, detections=summary['detections'])]
-            thumbnail = f'{path.stem}_cam.jpg'
+            originals, thumbnail = [stem], f'{path.stem}_cam.jpg'
         elif 'frames' in summary and summary['frames']:
             frames = [dict(stem=frame_stem(path.stem, f['frame']), detections=f['detections'])
                       for f in summary['frames']]
-            thumbnail = f"{frames[0]['stem']}_original.jpg"
+            originals = [frame_stem(stem, f['frame']) for f in summary['frames']]
+            thumbnail = f'{originals[0]}_original.jpg'
         else:
             continue
-        if (path.parent / f"{frames[0]['stem']}_original.jpg").is_file():
-            entries.append(dict(summary, stem=path.stem, frames=frames, thumbnail=thumbnail))
-    return entries
+        if not (path.parent / f'{originals[0]}_original.jpg').is_file():
+            continue
+        entry = entries.setdefault(stem, dict(
+            summary, stem=stem, frames=[dict(stem=s) for s in originals], thumbnail=thumbnail,
+            panels=[]))
+        entry.pop('detections', None)  # kept per panel
+        entry['panels'].append(dict(
+            name=summary.get('panel') or str(summary.get('method', '')),
+            index=summary.get('panel_index', 0), method=summary.get('method'),
+            target_layers=summary.get('target_layers') or [], frames=frames))
+    for entry in entries.values():
+        entry['panels'].sort(key=lambda panel: panel['index'])
+    return list(entries.values())
 
 
 def frame_stem(stem: str, index: int) -> str:
@@ -67,7 +83,7 @@ def write_report(out_dir) -> Path:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)),
                       autoescape=select_autoescape(['html']))
     for entry in entries:
-        detections = [d for frame in entry['frames'] for d in frame['detections']]
+        detections = [d for frame in entry['panels'][0]['frames'] for d in frame['detections']]
         entry['count'] = len(detections)
         entry['classes_scores'] = [[d['class_name'], d['score']] for d in detections]
         entry['extra_columns'] = [(key, name) for key, name in EXTRA_COLUMNS

@@ -117,6 +117,38 @@ def test_video_is_written_back_with_its_frame_rate(config, tmp_path):
     assert [len(f['detections']) for f in frames] == [2, 2, 2, 2]
 
 
+def test_each_layer_alone_gives_its_own_files_and_report_panel(config, tmp_path):
+    """--per-layer on an image and a video: files per layer, one shared original per image or
+    frame, the same detections in each panel, and each layer's own map."""
+    folder, layers = tmp_path / 'in', ['neck.fpn_convs.0', 'neck.fpn_convs.1']
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'a.jpg'), make_scene(seed=1))
+    writer = cv2.VideoWriter(str(folder / 'clip.mp4'), cv2.VideoWriter_fourcc(*'mp4v'), 5,
+                             (320, 240))
+    for seed in range(2):
+        writer.write(make_scene(seed=seed))
+    writer.release()
+    out = tmp_path / 'out'
+    run(config, 'none', folder, '--score-thr', 0, '--topk', 2, '--per-layer', '--save-npy',
+        '--target-layers', *layers, '--html', '--out-dir', out)
+    summaries = [json.loads((out / f'a.{layer}.json').read_text()) for layer in layers]
+    for k, (layer, summary) in enumerate(zip(layers, summaries)):
+        assert summary['target_layers'] == [layer]
+        assert (summary['group'], summary['panel'], summary['panel_index']) == ('a', layer, k)
+        assert (out / f'a.{layer}_cam.jpg').is_file() and (out / f'a.{layer}_map1.jpg').is_file()
+        assert (out / f'clip.{layer}_cam.mp4').is_file()
+        frames = json.loads((out / f'clip.{layer}.json').read_text())['frames']
+        assert [len(f['detections']) for f in frames] == [2, 2]
+        assert (out / f'clip.{layer}_f00001_map0.jpg').is_file()
+    assert [d['bbox'] for d in summaries[0]['detections']] == \
+        [d['bbox'] for d in summaries[1]['detections']]
+    maps = [np.load(out / f'a.{layer}_cams.npy') for layer in layers]
+    assert np.abs(maps[0] - maps[1]).max() > 0.1
+    originals = sorted(p.name for p in out.glob('*_original.jpg'))
+    assert originals == ['a_original.jpg', 'clip_f00000_original.jpg', 'clip_f00001_original.jpg']
+    assert sorted(p.name for p in out.glob('*.html')) == ['a.html', 'clip.html', 'index.html']
+
+
 def test_list_layers_prints_names_and_shapes(config, images):
     out = run(config, 'none', images / 'a.jpg', '--list-layers')
     line = next(l for l in out.stdout.splitlines() if l.startswith('neck.fpn_convs.0 '))
@@ -129,7 +161,7 @@ def test_help_documents_every_option_with_examples():
                    '--target-layers', '--fuse', '--target', '--score-thr', '--topk',
                    '--classes', '--device', '--out-dir', '--renormalize', '--per-box',
                    '--save-npy', '--save-all', '--list-layers', '--cfg-options', '--alpha',
-                   '--show', 'examples:'):
+                   '--show', '--per-layer', '--html', 'examples:'):
         assert option in out.stdout
 
 
@@ -140,6 +172,7 @@ def test_help_documents_every_option_with_examples():
     ('corrupt_image', 'cannot read image'),
     ('empty_folder', 'no images or videos in folder'),
     ('unknown_method', "unknown cam method 'gradcan'"),
+    ('repeated_method', 'method names separated by commas, each once'),
     ('bad_method_option', "bad options for method DRISE: DRISE.__init__() got an unexpected "
      "keyword argument 'num_maks'"),
     ('bad_layer', 'Close matches: neck.fpn_convs'),
@@ -167,6 +200,8 @@ def test_bad_input_gets_a_one_line_error(config, images, tmp_path, case, message
         image.mkdir()
     elif case == 'unknown_method':
         args = ['--method', 'gradcan']
+    elif case == 'repeated_method':
+        args = ['--method', 'gradcam,odam,gradcam']
     elif case == 'bad_method_option':
         args = ['--method', 'drise', '--method-options', 'num_maks=10']
     elif case == 'bad_layer':

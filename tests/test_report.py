@@ -199,3 +199,57 @@ def test_boxes_are_drawn_in_the_datasets_palette(page, report):
         colour = page.locator(f'[data-box="{d["index"]}"]').evaluate(
             'box => getComputedStyle(box).borderTopColor')
         assert colour == 'rgb({}, {}, {})'.format(*summary['palette'][d['label']])
+
+
+@pytest.fixture(scope='module')
+def methods_report(tmp_path_factory):
+    """One demo image explained with two methods in one run (--method gradcam++,odam)."""
+    out = tmp_path_factory.mktemp('methods')
+    run = subprocess.run([sys.executable, TOOL, str(REPO / 'demo' / 'rtmdet_shapes.py'),
+                          str(REPO / 'demo' / 'rtmdet_shapes.pth'),
+                          str(REPO / 'demo' / 'images' / 'shapes_1.jpg'), '--out-dir', str(out),
+                          '--method', 'gradcam++,odam', '--html'], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+def test_several_methods_are_side_by_side_panels_with_one_selection(browser, methods_report):
+    out, prefixes = methods_report, ('shapes_1.gradcampp', 'shapes_1.odam')
+    detections = [json.loads((out / f'{p}.json').read_text())['detections'] for p in prefixes]
+    page = browser.new_page(viewport={'width': 1600, 'height': 900})
+    errors = []
+    page.on('pageerror', lambda error: errors.append(str(error)))
+    page.goto((out / 'index.html').as_uri())
+    assert page.locator('a.card').count() == 1  # one image, not one card per method
+    page.locator('a.card').click()
+    panels = page.locator('[data-panel]')
+    assert panels.count() == 2
+    assert [panels.nth(i).locator('figcaption').inner_text() for i in (0, 1)] == \
+        ['gradcam++', 'odam']
+    first, second = (panels.nth(i).bounding_box() for i in (0, 1))
+    assert second['x'] >= first['x'] + first['width'] - 1  # side by side
+    assert abs(second['y'] - first['y']) < 1
+    page.fill('[data-role=opacity]', '1')
+    boxes = [d['bbox'] for d in detections[1]]
+    k = max(j for j in range(len(boxes)) if free_point(boxes, j))
+    x, y = free_point(boxes, k)
+    stage = panels.nth(1).locator('[data-role=stage]').bounding_box()
+    height, width = json.loads((out / f'{prefixes[1]}.json').read_text())['image_size']
+    page.mouse.click(stage['x'] + x * stage['width'] / width,
+                     stage['y'] + y * stage['height'] / height)
+    for i, prefix in enumerate(prefixes):  # both panels show box k, each its own method's map
+        shown = panels.nth(i).locator('[data-role=map]')
+        assert shown.get_attribute('src') == f'{prefix}_map{k}.jpg'
+        assert panels.nth(i).locator('[data-role=stage]').get_attribute('data-current') == str(k)
+        page.wait_for_function('m => m.complete && m.naturalWidth > 0',
+                               arg=shown.element_handle())
+        picture = decoded(shown.screenshot())
+        saved = [cv2.imread(str(out / f'{p}_map{k}.jpg')).astype(np.float32) for p in prefixes]
+        differences = [np.abs(cv2.resize(s, picture.shape[1::-1]) - picture).mean()
+                       for s in saved]
+        assert int(np.argmin(differences)) == i, differences
+    cells = page.locator(f'tr[data-row="{k}"] td').all_inner_texts()
+    assert cells[5] == f"{detections[0][k]['energy_in_box']:.2f}"  # gradcam++'s energy
+    assert cells[7] == f"{detections[1][k]['energy_in_box']:.2f}"  # odam's
+    assert not errors, errors
+    page.close()
