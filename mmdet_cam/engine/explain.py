@@ -165,9 +165,9 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
         for start in range(0, len(detections) if own_levels or not perturbs else 0,
                            batch_size):
             chunk = range(start, min(start + batch_size, len(detections)))
-            per_output, zero, own_outputs = layer_maps.for_boxes(values, chunk)
+            fused, zero, own_outputs = layer_maps.for_boxes(values, chunk, fuse)
             if not perturbs:
-                maps.append(_fuse(per_output, fuse, own_outputs))
+                maps.append(fused)
             zero_layers.extend(zero)
             own.append(own_outputs)
     if perturbs:  # re-runs the detector, so after the capture hooks are gone
@@ -205,13 +205,14 @@ class _LayerMaps:
             self._shared = [self._cam(i, np.zeros_like(a)) for i, (_, a) in
                             enumerate(self.outputs)]
 
-    def for_boxes(self, values: Tensor, boxes: range):
-        """Maps ``[(K, H_in, W_in)]`` per layer output; per box the layers with no gradient
-        from it; and ``[K, layers]`` the index of each box's own output per target layer
-        (None without gradients)."""
+    def for_boxes(self, values: Tensor, boxes: range, fuse: str):
+        """The ``fuse``d maps ``(K, H_in, W_in)`` of ``boxes`` (None for a method that scores
+        perturbations: those come from :meth:`perturbed`); per box the layers with no
+        gradient from it; and ``[K, layers]`` the index of each box's own output per target
+        layer (None without gradients)."""
         if not self.own_levels:  # activation-only method, no gradients needed
-            maps = [np.repeat(m, len(boxes), axis=0) for m in self._shared]
-            return maps, [[]] * len(boxes), None
+            return (np.repeat(_fuse(self._shared, fuse), len(boxes), axis=0),
+                    [[]] * len(boxes), None)
         if self.replay is not None:
             grads = self.replay.activation_grads(values, boxes, self.capture.activations)
         else:
@@ -219,16 +220,28 @@ class _LayerMaps:
                      for i in boxes]
         per_box = [self._finite(i, g) for i, g in zip(boxes, grads)]
         zero = [self._layers_without_gradient(grads) for grads in per_box]
-        stacked = [torch.cat(gs) for gs in zip(*per_box)]  # one [K, C, H, W] per activation
-        grads = [piece.cpu().numpy() for g in stacked for piece in self.reshape(g, self.shapes)]
-        own = self._own_outputs(grads)
+        # per output, per box: [1, C, H, W] (the reshape transform's pieces of each activation)
+        pieces = [[piece.cpu() for g in box_grads for piece in self.reshape(g, self.shapes)]
+                  for box_grads in per_box]
+        # a box usually reaches one pyramid level: the others' all-zero rows are skipped
+        rows = [np.array([k for k in range(len(boxes)) if bool(pieces[k][index].any())], int)
+                for index in range(len(self.outputs))]
+        own = self._own_outputs(pieces, rows)
         if getattr(self.method, 'scores_perturbations', False):
-            maps = None  # made after the forward pass, by perturbed()
-        elif not self.method.uses_gradients:
-            maps = [np.repeat(m, len(boxes), axis=0) for m in self._shared]
-        else:
-            maps = self._maps(grads, [self.boxes[i] for i in boxes] if self.boxes else None)
-        return maps, zero, own
+            return None, zero, own  # the maps are made after the forward pass, by perturbed()
+        if not self.method.uses_gradients:  # here with fuse='own': each box its own levels
+            return (_fuse([np.repeat(m, len(boxes), axis=0) for m in self._shared], fuse, own),
+                    zero, own)
+        fusion = _Fusion(fuse, len(boxes), self.size, own)
+        targets = [self.boxes[i] for i in boxes] if self.boxes else None
+        for index in range(len(self.outputs)):
+            kept = (rows[index] if self._zero_gradient_gives_zero_map(index)
+                    else np.arange(len(boxes)))
+            for chunk in _chunks(kept, pieces[0][index][0].numel()):
+                grad = torch.cat([pieces[k][index] for k in chunk]).numpy()
+                fusion.add(index, chunk, self._cam(
+                    index, grad, None if targets is None else [targets[k] for k in chunk]))
+        return fusion.result(), zero, own
 
     def perturbed(self, candidates_model, detections: InstanceData) -> List[np.ndarray]:
         """Maps ``[(N, H_in, W_in)]`` per layer output of a method that scores re-runs of the
@@ -247,14 +260,19 @@ class _LayerMaps:
         finally:
             self.method.model = detector
 
-    def _own_outputs(self, grads: List[np.ndarray]) -> np.ndarray:
+    def _own_outputs(self, pieces: List[List[Tensor]], rows: List[np.ndarray]) -> np.ndarray:
         """``[K, layers]``: per box and target layer, the output with the largest
-        ``sum |grad * activation|``."""
-        energy = np.stack([np.abs(g * a).reshape(len(g), -1).sum(axis=1)
-                           for g, (_, a) in zip(grads, self.outputs)], axis=1)
+        ``sum |grad * activation|`` (``pieces[k][output]``: box ``k``'s gradient there;
+        ``rows``: per output, the boxes with a gradient there)."""
+        energy = np.zeros((len(pieces), len(self.outputs)), np.float64)
+        for index, (_, activation) in enumerate(self.outputs):
+            if len(rows[index]):
+                weight = torch.from_numpy(activation).abs().flatten()
+                for k in rows[index]:
+                    grad = pieces[k][index]
+                    energy[k, index] = float(grad.abs().flatten() @ weight.to(grad))
         return np.stack([outputs[energy[:, outputs].argmax(axis=1)]
                          for outputs in self.owner_outputs], axis=1)
-
     def level_index(self, own: np.ndarray) -> np.ndarray:
         """Each box's own level: its own output's index within the target layer with the
         most outputs (the pyramid)."""
@@ -270,20 +288,6 @@ class _LayerMaps:
     def _layers_without_gradient(self, grads: List[Tensor]) -> List[str]:
         reached = {self.capture.owners[k] for k, g in enumerate(grads) if bool(g.any())}
         return [self.capture.names[i] for i in sorted(set(self.capture.owners) - reached)]
-
-    def _maps(self, grads: List[np.ndarray], targets=None) -> List[np.ndarray]:
-        maps = []
-        for index, grad in enumerate(grads):
-            out = np.zeros((len(grad), self.size[1], self.size[0]), np.float32)
-            # a box from another pyramid level has an all-zero gradient here: when the method
-            # maps a zero gradient to a zero map, skip the formula and the resize for it
-            rows = (np.flatnonzero(grad.reshape(len(grad), -1).any(axis=1))
-                    if self._zero_gradient_gives_zero_map(index) else np.arange(len(grad)))
-            if len(rows):
-                out[rows] = self._cam(index, grad[rows],
-                                      None if targets is None else [targets[r] for r in rows])
-            maps.append(out)
-        return maps
 
     def _cam(self, index: int, grad: np.ndarray, targets=None) -> np.ndarray:
         """The method's maps for one layer output, ReLU'd and resized to the input
@@ -320,14 +324,51 @@ def _replay(detector: nn.Module, dense: DenseHeadOutputs, rois: dict, capture: L
 
 
 def _fuse(per_output: List[np.ndarray], how: str, own=None) -> np.ndarray:
-    """pytorch_grad_cam's multi-layer aggregation (ReLU, mean or max, min-max per map);
-    ``'own'``: the mean over each box's own outputs (``own``: ``[K, layers]`` indices)."""
-    stacked = np.maximum(np.stack(per_output, axis=1), 0)
-    if how == 'own':
-        fused = stacked[np.arange(len(stacked))[:, None], own].mean(axis=1)
-    else:
-        fused = stacked.mean(axis=1) if how == 'mean' else stacked.max(axis=1)
-    return scale_cam_image(fused)
+    """pytorch_grad_cam's multi-layer aggregation (ReLU, mean or max, min-max per map) of
+    ``[(K, H, W)]`` maps per output; ``'own'``: the mean over each box's own outputs (``own``:
+    ``[K, layers]`` indices)."""
+    fusion = _Fusion(how, len(per_output[0]), per_output[0].shape[:0:-1], own)
+    for index, maps in enumerate(per_output):
+        fusion.add(index, np.arange(len(maps)), maps.copy())
+    return fusion.result()
+
+
+class _Fusion:
+    """:func:`_fuse` one output at a time, for some boxes at a time, into one buffer: the
+    same sums in the same order as over the stacked maps (an output that adds nothing to a
+    box adds an exact zero there), without holding a map per output per box."""
+
+    def __init__(self, how: str, count: int, size, own=None):
+        self.how, self.own = how, own
+        self.total = np.zeros((count, size[1], size[0]), np.float32)
+        self.outputs = 0
+
+    def add(self, index: int, rows: np.ndarray, maps: np.ndarray) -> None:
+        """Output ``index``'s maps of boxes ``rows`` (overwritten: ReLU in place)."""
+        self.outputs = max(self.outputs, index + 1)
+        np.maximum(maps, 0, out=maps)
+        if self.how == 'own':
+            mine = (self.own[rows] == index).any(axis=1)
+            rows, maps = rows[mine], maps[mine]
+        if self.how == 'max':
+            self.total[rows] = np.maximum(self.total[rows], maps)
+        else:
+            self.total[rows] += maps
+
+    def result(self) -> np.ndarray:
+        if self.how == 'mean':
+            self.total /= self.outputs
+        elif self.how == 'own':
+            self.total /= self.own.shape[1]
+        return scale_cam_image(self.total)
+
+
+def _chunks(rows: np.ndarray, size: int, budget: int = 2 ** 22) -> List[np.ndarray]:
+    """``rows`` in runs whose gradients (``size`` values each) hold at most ``budget``
+    values: temporaries of that size are reused by the allocator, larger ones are fresh
+    memory every time (page faults cost more than the formula on a large level)."""
+    step = max(1, budget // max(size, 1))
+    return [rows[start:start + step] for start in range(0, len(rows), step)]
 
 
 def _detached(pred: InstanceData) -> InstanceData:
