@@ -228,7 +228,9 @@ class DetCAM:
         """Maps of a method that perturbs the image (D-RISE) for the kept detections."""
         detections = self.detect(image)
         cams = self.method(image, detections.bboxes.numpy(), detections.scores.numpy(),
-                           detections.labels.numpy(), CandidateScorer(self.model, self.pipeline),
+                           detections.labels.numpy(),
+                           CandidateScorer(self.model, self.pipeline,
+                                           getattr(self.method, 'batch_size', 8)),
                            num_classes_of(self.model))
         return DetCAMResult(detections, cams, image, [[] for _ in range(len(detections))])
 

@@ -90,3 +90,23 @@ def test_a_head_that_detaches_its_outputs_is_refused_with_drise_suggested(demo_m
     finally:
         handle.remove()
     assert len(result) == 2 and np.isfinite(result.cams).all() and result.cams.max() == 1
+
+
+@pytest.mark.parametrize('config, channels_last', [
+    ('retinanet/retinanet_r18_fpn_1x_coco.py', True),
+    ('centernet/centernet_r18_8xb16-crop512-140e_coco.py', False),  # views its features
+])
+def test_masked_batches_run_channels_last_where_the_model_allows(models, scene, config,
+                                                                 channels_last):
+    from mmdet_cam.engine.candidates import CandidateScorer
+    model = models(config)
+    pipeline = DetCAM(model, method='drise').pipeline
+    fast, plain = CandidateScorer(model, pipeline), CandidateScorer(model, pipeline)
+    plain.channels_last = False
+    images = [scene, scene[::-1].copy()]
+    ours, reference = fast(images), plain(images)
+    assert fast.channels_last is channels_last  # else it fell back to the plain layout
+    for a, b in zip(ours, reference):
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(np.sort(a.scores.numpy()), np.sort(b.scores.numpy()),
+                                   atol=1e-5)
