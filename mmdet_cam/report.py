@@ -6,9 +6,10 @@ The pages are built from what :class:`~mmdet_cam.outputs.ResultWriter` wrote wit
 ``<stem>_original.jpg``, and the maps as JET images, ``<stem>_map<k>.jpg`` per box and
 ``<stem>_map_all.jpg`` (the maximum over boxes); for a video the same per frame, with a frame
 slider on its page. A run that explained each image several ways (methods or layers, one
-writer per ``panel``) gets the ways side by side on one page, one box selection for all. Everything is referenced by relative path, so the folder opens from disk,
-moves as a whole and needs no network. The templates (``mmdet_cam/templates``) are plain HTML,
-CSS and JavaScript rendered with Jinja2.
+writer per ``panel``) gets the ways side by side on one page, one box selection for all.
+Everything is referenced by relative path, so the folder opens from disk, moves as a whole and
+needs no network. The templates (``mmdet_cam/templates``) are plain HTML, CSS and JavaScript
+rendered with Jinja2.
 """
 import json
 from pathlib import Path

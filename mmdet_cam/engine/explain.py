@@ -232,7 +232,7 @@ class _LayerMaps:
         if not self.method.uses_gradients:  # here with fuse='own': each box its own levels
             return (_fuse([np.repeat(m, len(boxes), axis=0) for m in self._shared], fuse, own),
                     zero, own)
-        fusion = _Fusion(fuse, len(boxes), self.size, own)
+        fusion = _Fusion(fuse, len(boxes), self.size, len(self.outputs), own)
         targets = [self.boxes[i] for i in boxes] if self.boxes else None
         for index in range(len(self.outputs)):
             kept = (rows[index] if self._zero_gradient_gives_zero_map(index)
@@ -273,6 +273,7 @@ class _LayerMaps:
                     energy[k, index] = float(grad.abs().flatten() @ weight.to(grad))
         return np.stack([outputs[energy[:, outputs].argmax(axis=1)]
                          for outputs in self.owner_outputs], axis=1)
+
     def level_index(self, own: np.ndarray) -> np.ndarray:
         """Each box's own level: its own output's index within the target layer with the
         most outputs (the pyramid)."""
@@ -327,7 +328,7 @@ def _fuse(per_output: List[np.ndarray], how: str, own=None) -> np.ndarray:
     """pytorch_grad_cam's multi-layer aggregation (ReLU, mean or max, min-max per map) of
     ``[(K, H, W)]`` maps per output; ``'own'``: the mean over each box's own outputs (``own``:
     ``[K, layers]`` indices)."""
-    fusion = _Fusion(how, len(per_output[0]), per_output[0].shape[:0:-1], own)
+    fusion = _Fusion(how, len(per_output[0]), per_output[0].shape[:0:-1], len(per_output), own)
     for index, maps in enumerate(per_output):
         fusion.add(index, np.arange(len(maps)), maps.copy())
     return fusion.result()
@@ -338,14 +339,12 @@ class _Fusion:
     same sums in the same order as over the stacked maps (an output that adds nothing to a
     box adds an exact zero there), without holding a map per output per box."""
 
-    def __init__(self, how: str, count: int, size, own=None):
-        self.how, self.own = how, own
+    def __init__(self, how: str, count: int, size, outputs: int, own=None):
+        self.how, self.outputs, self.own = how, outputs, own
         self.total = np.zeros((count, size[1], size[0]), np.float32)
-        self.outputs = 0
 
     def add(self, index: int, rows: np.ndarray, maps: np.ndarray) -> None:
         """Output ``index``'s maps of boxes ``rows`` (overwritten: ReLU in place)."""
-        self.outputs = max(self.outputs, index + 1)
         np.maximum(maps, 0, out=maps)
         if self.how == 'own':
             mine = (self.own[rows] == index).any(axis=1)
