@@ -1,12 +1,14 @@
 """Speed of per-box maps: the engine against pytorch_grad_cam's naive per-box loop and against
 one plain forward, measured in one run on the same image.
 
-  engine      DetCAM for N boxes (median of --repeats runs), everything included
+  engine      DetCAM for N boxes (median of --repeats calls of one DetCAM after an untimed
+              first call, as for the images of a folder), everything included
   no replay   the same with ``local_replay=False``: each box back-propagated through the
               whole dense head instead of a window of it around the box's cell
   naive       pytorch_grad_cam's GradCAM.__call__ once per box, with a target returning that
               box's score: a fresh forward and a full backward each time
-  forward     mmdet's own inference on the image (``model.predict`` under ``no_grad``)
+  forward     mmdet's own inference on the image (``model.predict`` under ``no_grad``; median
+              of --repeats after an untimed one)
   peak RSS    the process's peak resident memory during the engine rows (taken before the
               naive loop runs, whose freed memory can stay with the process)
 
@@ -22,7 +24,6 @@ the same target layers: every level of the neck.
 import argparse
 import platform
 import statistics
-import threading
 import time
 import warnings
 
@@ -54,28 +55,18 @@ def benchmark_config(name: str, max_boxes: int):
 
 
 class PeakRSS:
-    """Peak resident memory of this process (MB), sampled every 2 ms while active."""
+    """Peak resident memory of this process (MB) while active: the kernel's high-water mark
+    (``VmHWM``), reset on entry (Linux). No sampling thread competes with what is timed."""
 
     def __enter__(self):
-        self.peak = self._rss()
-        self._stop = False
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
         return self
 
     def __exit__(self, *exc):
-        self._stop = True
-        self._thread.join()
-
-    def _sample(self):
-        while not self._stop:
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.002)
-
-    @staticmethod
-    def _rss() -> float:
-        with open('/proc/self/statm') as f:
-            return int(f.read().split()[1]) * 4096 / 2**20
+        with open('/proc/self/status') as f:
+            kilobytes = next(int(line.split()[1]) for line in f if line.startswith('VmHWM'))
+        self.peak = kilobytes / 2**10
 
 
 def timed(fn):
@@ -143,6 +134,7 @@ def main():
         inputs, samples = preprocess(model, probe.pipeline, image)
         size = 'x'.join(str(s) for s in inputs.shape[-2:])
         detections = probe(image).detections
+        forward_seconds(model, probe.pipeline, image)  # warm-up
         forward = statistics.median(forward_seconds(model, probe.pipeline, image)
                                     for _ in range(args.repeats))
         rows = []
@@ -151,10 +143,12 @@ def main():
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             with PeakRSS() as memory:
-                for _ in range(args.repeats if n in args.n else 1):
-                    for replay in (True, False) if n in args.n else (True,):
-                        cam = DetCAM(model, target_layers=names, score_thr=0, topk=n,
-                                     local_replay=replay)
+                for replay in (True, False) if n in args.n else (True,):
+                    cam = DetCAM(model, target_layers=names, score_thr=0, topk=n,
+                                 local_replay=replay)
+                    if n in args.n:
+                        cam(image)  # warm-up, as a folder's first image
+                    for _ in range(args.repeats if n in args.n else 1):
                         runs[replay].append(timed(lambda: (cam(image), sync(args.device))))
             peak = f'{memory.peak:.0f}'
             if cuda:

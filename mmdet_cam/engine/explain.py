@@ -219,12 +219,13 @@ class _LayerMaps:
             grads = [grads_for(values[i], self.capture.activations, self.head_outputs)
                      for i in boxes]
         per_box = [self._finite(i, g) for i, g in zip(boxes, grads)]
-        zero = [self._layers_without_gradient(grads) for grads in per_box]
-        # per output, per box: [1, C, H, W] (the reshape transform's pieces of each activation)
+        # per box, per output: [1, C, H, W] (the reshape transform's pieces of each activation)
         pieces = [[piece.cpu() for g in box_grads for piece in self.reshape(g, self.shapes)]
                   for box_grads in per_box]
+        reached = [[bool(piece.any()) for piece in box_pieces] for box_pieces in pieces]
+        zero = [self._layers_without_gradient(box_reached) for box_reached in reached]
         # a box usually reaches one pyramid level: the others' all-zero rows are skipped
-        rows = [np.array([k for k in range(len(boxes)) if bool(pieces[k][index].any())], int)
+        rows = [np.array([k for k in range(len(boxes)) if reached[k][index]], int)
                 for index in range(len(self.outputs))]
         own = self._own_outputs(pieces, rows)
         if getattr(self.method, 'scores_perturbations', False):
@@ -281,14 +282,16 @@ class _LayerMaps:
         return own[:, widest] - self.owner_outputs[widest][0]
 
     def _finite(self, box: int, grads: List[Tensor]) -> List[Tensor]:
-        if all(bool(torch.isfinite(g).all()) for g in grads):
+        # a finite sum has no NaN or inf in it (one reduction, no mask); else look closer
+        if all(bool(torch.isfinite(g.sum())) or bool(torch.isfinite(g).all()) for g in grads):
             return grads
         self.non_finite.append(box)
         return [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
 
-    def _layers_without_gradient(self, grads: List[Tensor]) -> List[str]:
-        reached = {self.capture.owners[k] for k, g in enumerate(grads) if bool(g.any())}
-        return [self.capture.names[i] for i in sorted(set(self.capture.owners) - reached)]
+    def _layers_without_gradient(self, reached: List[bool]) -> List[str]:
+        """The target layers none of whose outputs got a gradient (``reached``: per output)."""
+        owners = {self.outputs[index][0] for index, hit in enumerate(reached) if hit}
+        return [self.capture.names[i] for i in sorted(set(self.capture.owners) - owners)]
 
     def _cam(self, index: int, grad: np.ndarray, targets=None) -> np.ndarray:
         """The method's maps for one layer output, ReLU'd and resized to the input
