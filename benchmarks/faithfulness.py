@@ -133,7 +133,7 @@ def evaluate_image(cam, method, path, gt, scorer, steps, with_road, rng) -> dict
 def sanity(cam, method, samples) -> dict:
     """Mean Spearman once the box head, and once everything, is randomised (NaN for the
     baselines, whose maps do not come from the model, and for D-RISE, which would need all of
-    its masks again at every randomisation step)."""
+    its masks again at every randomisation step); maps that turn flat are counted apart."""
     if method in BASELINES or getattr(cam.method, 'perturbs_inputs', False) or not samples:
         return dict(sanity=float('nan'), last=float('nan'))
     head, last = [], []
@@ -142,7 +142,9 @@ def sanity(cam, method, samples) -> dict:
         if len(result.detections):
             head += result.head_randomised.tolist()
             last += result.correlation[-1].tolist()
-    return dict(sanity=float(np.mean(head)), last=float(np.mean(last)))
+    # a map that turns flat has no rank correlation (NaN): left out of the mean, and counted
+    return dict(sanity=float(np.nanmean(head)), last=float(np.nanmean(last)),
+                sanity_flat=int(np.isnan(head).sum()), sanity_maps=len(head))
 
 
 def default_by_evidence(rows: dict) -> str:
