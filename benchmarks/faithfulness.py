@@ -215,7 +215,6 @@ def main():
     print('| method | boxes | pointing | energy | ODI | deletion | insertion | OA | ROAD | '
           'sanity | last | s/box |')
     print('|---|' + '---:|' * len(COLUMNS))
-    rows, curves = {}, {}
     for method in methods:
         if method not in done:
             partial = store.with_name(f'{settings}.{method}.images.jsonl')
@@ -224,11 +223,13 @@ def main():
             done[method] = dict(method=method, row=row, curves=curve)
             with store.open('a') as f:
                 f.write(json.dumps(done[method]) + '\n')
-        rows[method], curves[method] = done[method]['row'], done[method]['curves']
-        print(table_row(method, rows[method]), flush=True)
-    plot(curves, Path(args.plot), args.steps)
+        print(table_row(method, done[method]['row']), flush=True)
+    # the plot and the pick cover every method measured with these settings, not only this run's
+    everything = {method: done[method] for method in sorted(done, key=lambda m: m in BASELINES)}
+    plot({m: d['curves'] for m, d in everything.items()}, Path(args.plot), args.steps)
     print(f'\ncurves -> {args.plot}')
-    print(f'default by this evidence: {default_by_evidence(rows) or "none qualifies"}')
+    best = default_by_evidence({m: d['row'] for m, d in everything.items()})
+    print(f'default by this evidence: {best or "none qualifies"}')
 
 
 if __name__ == '__main__':
