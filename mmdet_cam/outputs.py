@@ -76,7 +76,7 @@ class ResultWriter:
                              self.drawer.draw(heat, result.detections, keep=[k]))
         if self.html:
             self.write_report_images(result, group)
-        elif self.save_all:
+        elif self.save_all and self.panel_index == 0:
             self.imwrite(f'{group}_original.jpg', result.image)
         if self.save_all:
             self.imwrite(f'{stem}_detection.jpg', self.drawer.draw(result.image,
@@ -102,7 +102,8 @@ class ResultWriter:
         for k, cam in enumerate(cams):
             self.imwrite(f'{maps}_map{k}.jpg', heatmap(cam))
         self.imwrite(f'{maps}_map_all.jpg', heatmap(fuse_boxes(cams, result.image.shape[:2])))
-        self.imwrite(f'{original}_original.jpg', result.image)
+        if self.panel_index == 0:  # the original is shared by the panels: written once
+            self.imwrite(f'{original}_original.jpg', result.image)
 
     def render(self, result) -> np.ndarray:
         """The image with the max over all boxes' maps and the boxes drawn."""
