@@ -3,8 +3,9 @@
 The reference is ``DRISE_saliency`` of Microsoft's ``vision-explanation-methods`` (VEM), which
 runs the detector once per mask. It is wrapped here to see exactly the detector outputs ours
 sees (raw candidates of the masked image, class vectors completed by its own
-``expand_class_scores``), so the two differ only in masks (VEM: nearest-neighbour upsampling;
-ours: bilinear with a sub-cell shift, as the paper) and in batching. For each image and mask
+``expand_class_scores``), so the two differ only in masks (VEM: nearest-neighbour upsampling,
+applied to the original image; ours: bilinear with a sub-cell shift, as the paper, applied to
+the image at the network's input size) and in batching. For each image and mask
 count the tables give
 
   masks/s        masks per second, ours (batched) and VEM's (one forward per mask), each the
@@ -38,7 +39,8 @@ import numpy as np
 import torch
 
 from mmdet_cam import DetCAM, build_detector
-from mmdet_cam.engine.candidates import CandidateScorer
+from mmdet_cam.engine.candidates import CandidateScorer, MaskedCandidates
+from mmdet_cam.engine.geometry import to_original_image
 from mmdet_cam.methods.drise import DRISE, num_classes_of
 from mmdet_cam.metrics import pointing_hit
 
@@ -125,8 +127,10 @@ def main():
 
     def ours(image, detections, masks, seed, upsample='bilinear'):
         method = DRISE(num_masks=masks, seed=seed, progress=False, upsample=upsample)
-        return method(image, detections.bboxes.numpy(), detections.scores.numpy(),
-                      detections.labels.numpy(), scorer, wrapper.num_classes)
+        masked = MaskedCandidates(scorer, image)
+        maps = method(masked.size, detections.bboxes.numpy(), detections.scores.numpy(),
+                      detections.labels.numpy(), masked, wrapper.num_classes)
+        return to_original_image(maps, masked.sample.metainfo)
 
     def vem(image, detections, masks, seed):
         return vem_maps(wrapper, image, detections, masks, seed)

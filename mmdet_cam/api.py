@@ -19,7 +19,7 @@ from .engine.explain import FUSE_MODES, ZeroGradientWarning, explain
 from .errors import BadInputError, UnknownNameError
 from .engine.geometry import to_original_image
 from .model.layers import layer_name, resolve_layers
-from .engine.candidates import (CandidateScorer, NamedBoxes, added_proposals,
+from .engine.candidates import (CandidateScorer, MaskedCandidates, NamedBoxes, added_proposals,
                                 every_candidate)
 from .methods import DEFAULT_METHOD, build_cam_method
 from .methods.drise import num_classes_of
@@ -227,11 +227,11 @@ class DetCAM:
     def _black_box(self, image: np.ndarray) -> DetCAMResult:
         """Maps of a method that perturbs the image (D-RISE) for the kept detections."""
         detections = self.detect(image)
-        cams = self.method(image, detections.bboxes.numpy(), detections.scores.numpy(),
-                           detections.labels.numpy(),
-                           CandidateScorer(self.model, self.pipeline,
-                                           getattr(self.method, 'batch_size', 8)),
-                           num_classes_of(self.model))
+        scorer = CandidateScorer(self.model, self.pipeline, getattr(self.method, 'batch_size', 8))
+        masked = MaskedCandidates(scorer, image)
+        maps = self.method(masked.size, detections.bboxes.numpy(), detections.scores.numpy(),
+                           detections.labels.numpy(), masked, num_classes_of(self.model))
+        cams = to_original_image(maps, masked.sample.metainfo)
         return DetCAMResult(detections, cams, image, [[] for _ in range(len(detections))])
 
     @staticmethod

@@ -1,4 +1,6 @@
 """D-RISE: black-box maps of each detection from the detector's outputs on masked images."""
+import cv2
+import mmcv
 import numpy as np
 import pytest
 
@@ -17,7 +19,7 @@ def drise(model, **options):
 def test_maps_are_seeded_valid_and_higher_on_their_own_box(demo_model):
     result = drise(demo_model, num_masks=128, seed=0)(IMAGE)
     assert len(result) == 2 and result.cams.shape == (2,) + result.image.shape[:2]
-    assert np.isfinite(result.cams).all() and result.cams.min() == 0 and result.cams.max() == 1
+    assert np.isfinite(result.cams).all() and result.cams.min() == 0 and result.cams.max() == pytest.approx(1)
     few = drise(demo_model, num_masks=32, seed=0)(IMAGE).cams
     np.testing.assert_array_equal(few, drise(demo_model, num_masks=32, seed=0)(IMAGE).cams)
     assert not np.array_equal(few, drise(demo_model, num_masks=32, seed=1)(IMAGE).cams)
@@ -25,6 +27,43 @@ def test_maps_are_seeded_valid_and_higher_on_their_own_box(demo_model):
     # a Monte Carlo estimate: with this few masks only the most confident box is asserted on
     inside = box_mask(result.cams[0].shape, result.detections.bboxes[0].tolist())
     assert result.cams[0][inside].mean() > 1.2 * result.cams[0][~inside].mean()
+
+
+def test_a_larger_copy_of_an_image_gets_the_same_maps_at_its_own_size(demo_model):
+    """Masks are made at the network's input size, whatever the photo's size, and the maps
+    come back onto the photo's pixels."""
+    image = mmcv.imread(IMAGE)
+    large = cv2.resize(image, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    small_result = drise(demo_model, num_masks=64, seed=0)(image)
+    large_result = drise(demo_model, num_masks=64, seed=0)(large)
+    assert large_result.cams.shape == (2,) + large.shape[:2]
+    np.testing.assert_allclose(large_result.detections.bboxes.numpy(),
+                               3 * small_result.detections.bboxes.numpy(), atol=6)
+    for small_map, large_map in zip(small_result.cams, large_result.cams):
+        shrunk = cv2.resize(large_map, image.shape[1::-1], interpolation=cv2.INTER_AREA)
+        assert np.corrcoef(shrunk.ravel(), small_map.ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize('config', ['retinanet/retinanet_r18_fpn_1x_coco.py',
+                                    'yolox/yolox_tiny_8xb8-300e_coco.py'])  # pads to a square
+def test_a_mask_multiplies_the_image_as_the_pipeline_resized_it(models, scene, config):
+    """At the pipeline's own scale (no resizing), masking the network's image equals masking
+    the image itself: same pixels, channels and padding."""
+    from mmdet_cam.engine.candidates import CandidateScorer, MaskedCandidates
+    model = models(config)
+    scorer = CandidateScorer(model, DetCAM(model, method='drise').pipeline, batch_size=2)
+    masked = MaskedCandidates(scorer, scene)
+    assert masked.size == scene.shape[:2]
+    masks = np.ones((3,) + scene.shape[:2], np.float32)
+    masks[1, :, :150] = masks[2, 100:, 60:] = 0
+    ours = masked(masks)
+    reference = scorer([scene * m[..., None].astype(np.uint8) for m in masks])
+    for a, b in zip(ours, reference):
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(a.scores.numpy(), b.scores.numpy(), atol=1e-5)
+        np.testing.assert_allclose(a.bboxes.numpy(), b.bboxes.numpy(), atol=1e-3)
+    assert not np.allclose(np.sort(ours[0].bboxes.numpy().ravel()),
+                           np.sort(ours[1].bboxes.numpy().ravel()))  # the masks did something
 
 
 def test_masks_are_coarse_random_grids_kept_with_probability_p():
@@ -65,7 +104,7 @@ def test_drise_explains_sabl_heads(models, scene, config):
                                              progress=False), score_thr=0, topk=2)
     result = cam(scene)
     assert len(result) == 2 and result.cams.shape == (2,) + scene.shape[:2]
-    assert np.isfinite(result.cams).all() and result.cams.max() == 1
+    assert np.isfinite(result.cams).all() and result.cams.max() == pytest.approx(1)
     assert not np.array_equal(result.cams[0], result.cams[1])
 
 
@@ -89,7 +128,7 @@ def test_a_head_that_detaches_its_outputs_is_refused_with_drise_suggested(demo_m
         result = drise(demo_model, num_masks=16)(IMAGE)
     finally:
         handle.remove()
-    assert len(result) == 2 and np.isfinite(result.cams).all() and result.cams.max() == 1
+    assert len(result) == 2 and np.isfinite(result.cams).all() and result.cams.max() == pytest.approx(1)
 
 
 @pytest.mark.parametrize('config, channels_last', [

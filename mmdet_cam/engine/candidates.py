@@ -6,6 +6,8 @@ so every (candidate, class) pair it scores comes back;
 ``mmdet_cam.metrics.faithfulness.tracker`` turns that into the tracked score of one detection
 in perturbed images.
 
+:class:`MaskedCandidates` scores them for one image under many masks (D-RISE).
+
 :class:`NamedBoxes` explains the candidates that best match boxes a user names, whatever
 they score. :class:`FixedCandidates` explains the *same* raw candidates in a model whose
 weights were changed (the sanity check's randomised copies), whatever they score there.
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from ..errors import UnsupportedModelError
 from ..model.detector import preprocess
 from ..model.layers import predicting_detector
+from .geometry import resized_image_size
 
 
 @contextlib.contextmanager
@@ -108,10 +111,13 @@ class CandidateScorer:
         results = []
         for first in range(0, len(images), self.batch_size):
             chunk = images[first:first + self.batch_size]
-            inputs, samples = preprocess(self.model, self.pipeline, chunk)
-            with torch.no_grad(), every_candidate(self.model):
-                results += [s.pred_instances.cpu() for s in self._predict(inputs, samples)]
+            results += self.candidates(*preprocess(self.model, self.pipeline, chunk))
         return results
+
+    def candidates(self, inputs: Tensor, samples: list) -> List[InstanceData]:
+        """Raw candidates for a batch of network inputs and their data samples."""
+        with torch.no_grad(), every_candidate(self.model):
+            return [s.pred_instances.cpu() for s in self._predict(inputs, samples)]
 
     def _predict(self, inputs: Tensor, samples: list) -> list:
         """``model.predict`` on a channels-last batch where the model runs with one (the same
@@ -124,6 +130,31 @@ class CandidateScorer:
             except RuntimeError:
                 self.channels_last = False
         return self.model.predict(inputs, samples)
+
+
+class MaskedCandidates:
+    """Raw candidates of one BGR image under masks: ``self(masks)`` takes ``[B, h, w]`` masks
+    in [0, 1] of ``self.size``, the size the test pipeline resizes the image to, and gives per
+    mask the candidates (original-image pixels) of the image with its pixels multiplied by the
+    mask, as the data preprocessor receives them (padding left as it is). The pipeline runs
+    once, not once per mask, and nothing is made at the original image's size."""
+
+    def __init__(self, scorer: CandidateScorer, image: np.ndarray):
+        data = scorer.pipeline(dict(img=image, img_id=0))
+        self.scorer, self.image, self.sample = scorer, data['inputs'], data['data_samples']
+        self.size = resized_image_size(self.sample.metainfo)
+
+    def __call__(self, masks: np.ndarray) -> List[InstanceData]:
+        height, width = self.size
+        results = []
+        for first in range(0, len(masks), self.scorer.batch_size):
+            chunk = torch.from_numpy(masks[first:first + self.scorer.batch_size])
+            images = self.image.float().repeat(len(chunk), 1, 1, 1)
+            images[:, :, :height, :width] *= chunk[:, None]
+            batch = self.scorer.model.data_preprocessor(dict(
+                inputs=images, data_samples=[copy.deepcopy(self.sample) for _ in chunk]), False)
+            results += self.scorer.candidates(batch['inputs'], batch['data_samples'])
+        return results
 
 
 class FixedCandidates:

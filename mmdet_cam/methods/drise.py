@@ -3,9 +3,14 @@ from the detector's outputs on randomly masked copies of the image; no gradients
 
 Each mask is a coarse random grid (``grid`` x ``grid`` cells, each kept with probability ``p``),
 upsampled bilinearly (``upsample='nearest'``: hard-edged cells) to one cell more than the image
-and cropped at a random sub-cell shift, as in RISE; it multiplies the raw image before the test
-pipeline. A mask's weight for a detection is the best *similarity* among the masked image's
-raw candidates (no score threshold, no NMS): IoU x cosine of class-probability vectors. mmdet
+and cropped at a random sub-cell shift, as in RISE. It multiplies the image as the test pipeline
+resized it, before the data preprocessor (``MaskedCandidates``): a mask of whole cells is as
+coarse at that size as at the original one, and nothing per mask is made at the original size
+(a photo of 12 megapixels would cost more per mask than the network). The maps are made at that
+size and mapped onto the original image as every other method's maps.
+
+A mask's weight for a detection is the best *similarity* among the masked image's raw
+candidates (no score threshold, no NMS): IoU x cosine of class-probability vectors. mmdet
 reports one probability per candidate and class, so both vectors are completed as the
 reference implementation (``vision-explanation-methods``' ``expand_class_scores``) completes
 them: the score at the label and ``(1 - score) / C`` at the other ``C`` entries; objectness is
@@ -15,7 +20,7 @@ from the same masks, the detector runs on batches of masked images, and memory i
 ``batch_size``.
 """
 import sys
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Tuple
 
 import cv2
 import numpy as np
@@ -71,21 +76,21 @@ class DRISE:
                                                                       dx:dx + width]
                 for c, (dy, dx) in zip(cells, shifts)])
 
-    def __call__(self, image: np.ndarray, bboxes: np.ndarray, scores: np.ndarray,
+    def __call__(self, size: Tuple[int, int], bboxes: np.ndarray, scores: np.ndarray,
                  labels: np.ndarray, candidates_fn: Callable, num_classes: int) -> np.ndarray:
-        """``[N, H, W]`` maps in [0, 1] for the ``N`` detections ``(bboxes, scores, labels)`` of
-        ``image`` (BGR ``H x W x 3``, boxes in its pixels). ``candidates_fn(images)`` gives per
-        image the raw candidates (``bboxes``, ``scores``, ``labels``), e.g. a
-        ``CandidateScorer``."""
-        height, width = image.shape[:2]
+        """``[N, height, width]`` maps in [0, 1] for the ``N`` detections ``(bboxes, scores,
+        labels)`` of an image, from masks of ``size = (height, width)``. ``candidates_fn(masks)``
+        gives per ``[height, width]`` mask the raw candidates (``bboxes``, ``scores``,
+        ``labels``; the same pixels as ``bboxes``) of the image under it, e.g. a
+        ``MaskedCandidates``."""
+        height, width = size
         weighted = np.zeros((len(bboxes), height, width), np.float64)
         total = np.zeros((height, width), np.float64)
         weight_sum = np.zeros(len(bboxes), np.float64)
         bar = ProgressBar(self.num_masks, file=sys.stderr) if self.progress else None
         for masks in self.masks(height, width):
-            masked = [(image * m[..., None]).round().astype(np.uint8) for m in masks]
             weights = np.stack([similarity(bboxes, scores, labels, c, num_classes)
-                                for c in candidates_fn(masked)], axis=1)  # [N, B]
+                                for c in candidates_fn(masks)], axis=1)  # [N, B]
             weighted += np.tensordot(weights, masks, axes=1)
             total += masks.sum(axis=0)
             weight_sum += weights.sum(axis=1)
