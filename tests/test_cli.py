@@ -173,8 +173,8 @@ def test_help_documents_every_option_with_examples():
     ('empty_folder', 'no images or videos in folder'),
     ('unknown_method', "unknown cam method 'gradcan'"),
     ('repeated_method', 'method names separated by commas, each once'),
-    ('bad_method_option', "bad options for method DRISE: DRISE.__init__() got an unexpected "
-     "keyword argument 'num_maks'"),
+    ('bad_method_option', "bad options for method DRISE: got an unexpected keyword argument "
+     "'num_maks' (its options: num_masks, grid, p,"),
     ('bad_layer', 'Close matches: neck.fpn_convs'),
     ('reversed_box', 'is empty or reversed'),
     ('boxes_for_a_folder', '--boxes names boxes of one image'),

@@ -15,6 +15,8 @@ per channel, shared by all detections of an image (``perturbation.py``). Shapley
 detection of an image (not box-specific). ``randomcam`` (random channel weights) is the
 sanity-check baseline for localisation metrics.
 """
+import inspect
+
 from pytorch_grad_cam import (FEM, KPCA_CAM, EigenCAM, EigenGradCAM, GradCAM,
                               GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
                               RandomCAM, XGradCAM)
@@ -71,10 +73,15 @@ def build_cam_method(method, model: nn.Module):
     if isinstance(method, type):
         arguments = (model,) if issubclass(method, BaseCAM) else ()
         extra = dict(target_layers=[]) if arguments else {}
-        try:
+        signature = inspect.signature(method)
+        try:  # a refused call creates no instance (a BaseCAM's __del__ would fail on it)
+            signature.bind(*arguments, **extra, **options)
             method = method(*arguments, **extra, **options)
         except (TypeError, ValueError) as error:
-            raise UnknownNameError(f'bad options for method {method.__name__}: {error}') from None
+            known = [name for name in signature.parameters
+                     if name not in ('model', 'target_layers', 'args', 'kwargs')]
+            raise UnknownNameError(f'bad options for method {method.__name__}: {error} (its '
+                                   f"options: {', '.join(known) or 'none'})") from None
     return method
 
 

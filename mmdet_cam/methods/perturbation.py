@@ -39,6 +39,10 @@ class _SharedForwards:
     def _bar(self, total: int):
         return ProgressBar(total, file=sys.stderr) if self.progress else None
 
+    def __del__(self):
+        if hasattr(self, 'activations_and_grads'):  # not when __init__ refused its options
+            super().__del__()
+
 
 @CAM_METHODS.register_module(name='scorecam')
 class BoxScoreCAM(_SharedForwards, ScoreCAM):
