@@ -151,8 +151,9 @@ class MaskedCandidates:
             chunk = torch.from_numpy(masks[first:first + self.scorer.batch_size])
             images = self.image.float().repeat(len(chunk), 1, 1, 1)
             images[:, :, :height, :width] *= chunk[:, None]
-            batch = self.scorer.model.data_preprocessor(dict(
-                inputs=images, data_samples=[copy.deepcopy(self.sample) for _ in chunk]), False)
+            batch = self.scorer.model.data_preprocessor(dict(  # a list, as a data loader gives
+                inputs=list(images), data_samples=[copy.deepcopy(self.sample) for _ in chunk]),
+                False)
             results += self.scorer.candidates(batch['inputs'], batch['data_samples'])
         return results
 
