@@ -66,6 +66,28 @@ def test_a_mask_multiplies_the_image_as_the_pipeline_resized_it(models, scene, c
                            np.sort(ours[1].bboxes.numpy().ravel()))  # the masks did something
 
 
+def test_scoring_candidates_skips_a_two_stage_mask_branch(models, scene):
+    """Masks for every raw candidate (thousands, each pasted at the image's size) would cost
+    more than the detector; scoring reads only boxes, scores and labels."""
+    from mmdet_cam.engine.candidates import CandidateScorer
+    model = models('mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
+    mask_head = model.roi_head.mask_head
+    calls = []
+    handle = mask_head.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        candidates = CandidateScorer(model, DetCAM(model).pipeline)([scene])[0]
+        assert not calls and 'masks' not in candidates and len(candidates) > 100
+        assert model.roi_head.mask_head is mask_head  # restored
+        reported = DetCAM(model, score_thr=0, topk=1).detect(scene)
+        assert calls and 'masks' in reported  # the model's own inference still draws masks
+    finally:
+        handle.remove()
+    best = int(candidates.scores.argmax())
+    assert float(candidates.scores[best]) == pytest.approx(float(reported.scores[0]), abs=1e-6)
+    np.testing.assert_allclose(candidates.bboxes[best].numpy(), reported.bboxes[0].numpy(),
+                               atol=1e-3)  # original-image pixels, as with the mask branch
+
+
 def test_masks_are_coarse_random_grids_kept_with_probability_p():
     method = DRISE(num_masks=40, grid=4, p=0.25, batch_size=16, seed=0)
     batches = list(method.masks(30, 50))
@@ -134,6 +156,7 @@ def test_a_head_that_detaches_its_outputs_is_refused_with_drise_suggested(demo_m
 @pytest.mark.parametrize('config, channels_last', [
     ('retinanet/retinanet_r18_fpn_1x_coco.py', True),
     ('centernet/centernet_r18_8xb16-crop512-140e_coco.py', False),  # views its features
+    ('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', False),  # mmcv's RoIAlign misreads it
 ])
 def test_masked_batches_run_channels_last_where_the_model_allows(models, scene, config,
                                                                  channels_last):

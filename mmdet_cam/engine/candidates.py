@@ -76,6 +76,26 @@ def _nms_that_keeps_all() -> Iterator[None]:
         nms_module.ext_module = kernels
 
 
+@contextlib.contextmanager
+def scoring_candidates(model: nn.Module) -> Iterator[None]:
+    """While active, ``model.predict`` gives every candidate's box, score and label, and no
+    gradients. A two-stage detector's mask branch is switched off: for thousands of candidates
+    it would cost more than everything else (a mask per candidate, pasted at the original
+    image's size) and nothing that scores candidates reads masks. Heads that rescore
+    detections from their masks (Mask Scoring R-CNN's ``mask_iou_head``) keep it."""
+    roi_head = getattr(predicting_detector(model), 'roi_head', None)
+    mask_head = getattr(roi_head, 'mask_head', None)
+    switch_off = mask_head is not None and getattr(roi_head, 'mask_iou_head', None) is None
+    if switch_off:
+        roi_head.mask_head = None  # its ``with_mask`` turns False: mmdet's box-only path
+    try:
+        with torch.no_grad(), every_candidate(model):
+            yield
+    finally:
+        if switch_off:
+            roi_head.mask_head = mask_head
+
+
 def _candidate_count(detector: nn.Module, head: nn.Module, cap: int) -> int:
     """``cap``, or for DETR-style heads, which take the top ``max_per_img`` of their
     (query, class) scores, how many there are: every pair for sigmoid classifiers, one per
@@ -105,7 +125,7 @@ class CandidateScorer:
 
     def __init__(self, model: nn.Module, pipeline, batch_size: int = 8):
         self.model, self.pipeline, self.batch_size = model, pipeline, batch_size
-        self.channels_last = True  # until the model refuses it
+        self.channels_last: Optional[bool] = None  # known after the first batch
 
     def __call__(self, images: Sequence[np.ndarray]) -> List[InstanceData]:
         results = []
@@ -116,20 +136,26 @@ class CandidateScorer:
 
     def candidates(self, inputs: Tensor, samples: list) -> List[InstanceData]:
         """Raw candidates for a batch of network inputs and their data samples."""
-        with torch.no_grad(), every_candidate(self.model):
-            return [s.pred_instances.cpu() for s in self._predict(inputs, samples)]
+        with scoring_candidates(self.model):
+            if self.channels_last is None:
+                self.channels_last = self._same_in_channels_last(inputs[:1], samples[:1])
+            if self.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            return [s.pred_instances.cpu() for s in self.model.predict(inputs, samples)]
 
-    def _predict(self, inputs: Tensor, samples: list) -> list:
-        """``model.predict`` on a channels-last batch where the model runs with one (the same
-        numbers to rounding; its convolutions run 1.2-1.4x faster on CPU), else as it is (a
-        module that ``view``s its features needs them contiguous)."""
-        if self.channels_last:
-            try:
-                return self.model.predict(
-                    inputs.contiguous(memory_format=torch.channels_last), samples)
-            except RuntimeError:
-                self.channels_last = False
-        return self.model.predict(inputs, samples)
+    def _same_in_channels_last(self, inputs: Tensor, samples: list) -> bool:
+        """Whether the model gives the same candidates for a channels-last input. Most do, to
+        rounding, with convolutions 1.2-1.4x faster on CPU; some fail (a module that ``view``s
+        its features) and some mmcv kernels read such memory wrongly (``RoIAlign``: every
+        two-stage detector); those run on the plain layout."""
+        plain = self.model.predict(inputs, copy.deepcopy(samples))[0].pred_instances
+        try:
+            fast = self.model.predict(inputs.contiguous(memory_format=torch.channels_last),
+                                      copy.deepcopy(samples))[0].pred_instances
+        except RuntimeError:
+            return False
+        return len(fast) == len(plain) and torch.allclose(
+            fast.scores.sort().values, plain.scores.sort().values, rtol=1e-4, atol=1e-7)
 
 
 class MaskedCandidates:
@@ -316,7 +342,7 @@ class RawCandidatesModel(nn.Module):
 
     def forward(self, inputs: Tensor, copies: Optional[int] = None) -> List[InstanceData]:
         samples = [copy.deepcopy(self.data_sample) for _ in range(copies or len(inputs))]
-        with torch.no_grad(), every_candidate(self.detector):
+        with scoring_candidates(self.detector):
             return [s.pred_instances.cpu() for s in self.detector.predict(inputs, samples)]
 
     def with_layer_output(self, inputs: Tensor, layer: nn.Module, replace: Callable,
