@@ -66,18 +66,23 @@ def test_a_mask_multiplies_the_image_as_the_pipeline_resized_it(models, scene, c
                            np.sort(ours[1].bboxes.numpy().ravel()))  # the masks did something
 
 
-def test_scoring_candidates_skips_a_two_stage_mask_branch(models, scene):
+@pytest.mark.parametrize('config, owner', [
+    ('mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', 'roi_head'),  # two-stage
+    ('condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py', None),  # single-stage
+])
+def test_scoring_candidates_skips_the_mask_branch(models, scene, config, owner):
     """Masks for every raw candidate (thousands, each pasted at the image's size) would cost
     more than the detector; scoring reads only boxes, scores and labels."""
     from mmdet_cam.engine.candidates import CandidateScorer
-    model = models('mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
-    mask_head = model.roi_head.mask_head
+    model = models(config)
+    holder = getattr(model, owner) if owner else model
+    mask_head = holder.mask_head
     calls = []
     handle = mask_head.register_forward_hook(lambda *args: calls.append(1))
     try:
         candidates = CandidateScorer(model, DetCAM(model).pipeline)([scene])[0]
         assert not calls and 'masks' not in candidates and len(candidates) > 100
-        assert model.roi_head.mask_head is mask_head  # restored
+        assert holder.mask_head is mask_head  # restored
         reported = DetCAM(model, score_thr=0, topk=1).detect(scene)
         assert calls and 'masks' in reported  # the model's own inference still draws masks
     finally:

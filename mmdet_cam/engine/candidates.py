@@ -79,21 +79,44 @@ def _nms_that_keeps_all() -> Iterator[None]:
 @contextlib.contextmanager
 def scoring_candidates(model: nn.Module) -> Iterator[None]:
     """While active, ``model.predict`` gives every candidate's box, score and label, and no
-    gradients. A two-stage detector's mask branch is switched off: for thousands of candidates
-    it would cost more than everything else (a mask per candidate, pasted at the original
-    image's size) and nothing that scores candidates reads masks. Heads that rescore
-    detections from their masks (Mask Scoring R-CNN's ``mask_iou_head``) keep it."""
-    roi_head = getattr(predicting_detector(model), 'roi_head', None)
-    mask_head = getattr(roi_head, 'mask_head', None)
-    switch_off = mask_head is not None and getattr(roi_head, 'mask_iou_head', None) is None
-    if switch_off:
-        roi_head.mask_head = None  # its ``with_mask`` turns False: mmdet's box-only path
+    gradients. Mask branches that only draw masks are switched off: for thousands of
+    candidates they would cost more than everything else (a mask per candidate, pasted at the
+    original image's size) and nothing that scores candidates reads masks. Heads that rescore
+    detections from their masks (Mask Scoring R-CNN's ``mask_iou_head``) and detectors whose
+    boxes come from their masks (SOLO, no box head) keep theirs."""
+    from mmdet.models.detectors.single_stage_instance_seg import \
+        SingleStageInstanceSegmentor  # here: importing mmdet.models costs seconds
+    detector = predicting_detector(model)
+    roi_head = getattr(detector, 'roi_head', None)
+    swaps = []  # (owner, stand-in) pairs: ``owner.mask_head`` is replaced while active
+    if (getattr(roi_head, 'mask_head', None) is not None
+            and getattr(roi_head, 'mask_iou_head', None) is None):
+        swaps.append((roi_head, None))  # ``with_mask`` turns False: mmdet's box-only path
+    if isinstance(detector, SingleStageInstanceSegmentor) and detector.with_bbox:
+        swaps.append((detector, _RescaledBoxesOnly()))  # CondInst, BoxInst, YOLACT
+    originals = [owner.mask_head for owner, _ in swaps]
+    for owner, stand_in in swaps:
+        owner.mask_head = stand_in
     try:
         with torch.no_grad(), every_candidate(model):
             yield
     finally:
-        if switch_off:
-            roi_head.mask_head = mask_head
+        for (owner, _), original in zip(swaps, originals):
+            owner.mask_head = original
+
+
+class _RescaledBoxesOnly(nn.Module):
+    """A single-stage instance segmentor's mask head that draws no masks. mmdet's box head
+    leaves the rescaling of its boxes to the mask head when there is one; this does only
+    that, as the mask heads do (boxes divided by the pipeline's scale factor)."""
+
+    def predict(self, x, batch_data_samples, rescale: bool = True, results_list=None,
+                **kwargs):
+        if rescale:
+            for results, sample in zip(results_list, batch_data_samples):
+                scale = results.bboxes.new_tensor(sample.metainfo['scale_factor'])
+                results.bboxes = results.bboxes / scale.repeat((1, 2))
+        return results_list
 
 
 def _candidate_count(detector: nn.Module, head: nn.Module, cap: int) -> int:
