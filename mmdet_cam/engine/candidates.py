@@ -34,21 +34,50 @@ from .geometry import resized_image_size
 
 @contextlib.contextmanager
 def every_candidate(model: nn.Module, cap: int = 100000) -> Iterator[None]:
-    """While active, the final head of ``model`` reports all of its candidates."""
+    """While active, the final head of ``model`` reports all of its candidates (boxes,
+    scores and labels; no masks, see :func:`_masks_off`)."""
     detector = predicting_detector(model)
     head = getattr(detector, 'roi_head', None) or getattr(detector, 'bbox_head', None)
     original = getattr(head, 'test_cfg', None)
-    if not isinstance(original, dict):
-        yield
-        return
-    opened = copy.deepcopy(original)
-    _open(opened, _candidate_count(detector, head, cap))
-    head.test_cfg = opened
-    with _nms_that_keeps_all():
-        try:
+    with _masks_off(detector):
+        if not isinstance(original, dict):
             yield
-        finally:
-            head.test_cfg = original
+            return
+        opened = copy.deepcopy(original)
+        _open(opened, _candidate_count(detector, head, cap))
+        head.test_cfg = opened
+        with _nms_that_keeps_all():
+            try:
+                yield
+            finally:
+                head.test_cfg = original
+
+
+@contextlib.contextmanager
+def _masks_off(detector: nn.Module) -> Iterator[None]:
+    """While active, mask branches that only draw masks are switched off: for thousands of
+    candidates they cost more than everything else (a mask per candidate, pasted at the
+    original image's size: Mask R-CNN ran out of memory) and nothing that reads every
+    candidate needs masks. Heads that rescore detections from their masks (Mask Scoring
+    R-CNN's ``mask_iou_head``) and detectors whose boxes come from their masks (SOLO: no box
+    head) keep theirs."""
+    from mmdet.models.detectors.single_stage_instance_seg import \
+        SingleStageInstanceSegmentor  # here: importing mmdet.models costs seconds
+    roi_head = getattr(detector, 'roi_head', None)
+    swaps = []  # (owner, stand-in) pairs: ``owner.mask_head`` is replaced while active
+    if (getattr(roi_head, 'mask_head', None) is not None
+            and getattr(roi_head, 'mask_iou_head', None) is None):
+        swaps.append((roi_head, None))  # ``with_mask`` turns False: mmdet's box-only path
+    if isinstance(detector, SingleStageInstanceSegmentor) and detector.with_bbox:
+        swaps.append((detector, _RescaledBoxesOnly()))  # CondInst, BoxInst, YOLACT
+    originals = [owner.mask_head for owner, _ in swaps]
+    for owner, stand_in in swaps:
+        owner.mask_head = stand_in
+    try:
+        yield
+    finally:
+        for (owner, _), original in zip(swaps, originals):
+            owner.mask_head = original
 
 
 @contextlib.contextmanager
@@ -74,35 +103,6 @@ def _nms_that_keeps_all() -> Iterator[None]:
         yield
     finally:
         nms_module.ext_module = kernels
-
-
-@contextlib.contextmanager
-def scoring_candidates(model: nn.Module) -> Iterator[None]:
-    """While active, ``model.predict`` gives every candidate's box, score and label, and no
-    gradients. Mask branches that only draw masks are switched off: for thousands of
-    candidates they would cost more than everything else (a mask per candidate, pasted at the
-    original image's size) and nothing that scores candidates reads masks. Heads that rescore
-    detections from their masks (Mask Scoring R-CNN's ``mask_iou_head``) and detectors whose
-    boxes come from their masks (SOLO, no box head) keep theirs."""
-    from mmdet.models.detectors.single_stage_instance_seg import \
-        SingleStageInstanceSegmentor  # here: importing mmdet.models costs seconds
-    detector = predicting_detector(model)
-    roi_head = getattr(detector, 'roi_head', None)
-    swaps = []  # (owner, stand-in) pairs: ``owner.mask_head`` is replaced while active
-    if (getattr(roi_head, 'mask_head', None) is not None
-            and getattr(roi_head, 'mask_iou_head', None) is None):
-        swaps.append((roi_head, None))  # ``with_mask`` turns False: mmdet's box-only path
-    if isinstance(detector, SingleStageInstanceSegmentor) and detector.with_bbox:
-        swaps.append((detector, _RescaledBoxesOnly()))  # CondInst, BoxInst, YOLACT
-    originals = [owner.mask_head for owner, _ in swaps]
-    for owner, stand_in in swaps:
-        owner.mask_head = stand_in
-    try:
-        with torch.no_grad(), every_candidate(model):
-            yield
-    finally:
-        for (owner, _), original in zip(swaps, originals):
-            owner.mask_head = original
 
 
 class _RescaledBoxesOnly(nn.Module):
@@ -159,7 +159,7 @@ class CandidateScorer:
 
     def candidates(self, inputs: Tensor, samples: list) -> List[InstanceData]:
         """Raw candidates for a batch of network inputs and their data samples."""
-        with scoring_candidates(self.model):
+        with torch.no_grad(), every_candidate(self.model):
             if self.channels_last is None:
                 self.channels_last = self._same_in_channels_last(inputs[:1], samples[:1])
             if self.channels_last:
@@ -365,7 +365,7 @@ class RawCandidatesModel(nn.Module):
 
     def forward(self, inputs: Tensor, copies: Optional[int] = None) -> List[InstanceData]:
         samples = [copy.deepcopy(self.data_sample) for _ in range(copies or len(inputs))]
-        with scoring_candidates(self.detector):
+        with torch.no_grad(), every_candidate(self.detector):
             return [s.pred_instances.cpu() for s in self.detector.predict(inputs, samples)]
 
     def with_layer_output(self, inputs: Tensor, layer: nn.Module, replace: Callable,
