@@ -8,6 +8,8 @@
 #   MMDET_CAM_VENV=DIR      where to create the venv (default: <repo>/.venv)
 #   MMDET_CAM_TORCH="..."   pip requirements for torch+torchvision (default: the verified pair)
 #   MMCV_BUILD_JOBS=N       parallel compile jobs for the mmcv source build (default: nproc)
+#   MMDET_CAM_CONSTRAINTS=F pip constraints for the Python stack (default: scripts/constraints.txt,
+#                           the versions the tests last passed with; 'none': setup.py's ranges only)
 #
 # Idempotent: every step checks first and skips what is already in place. The slow step, the
 # mmcv 2.1.0 source build (10-15 min on 2 cores), is cached by pip as a wheel, so a second
@@ -32,6 +34,9 @@ else
   py=$venv/bin/python
 fi
 pip() { "$py" -m pip "$@"; }
+constraints=${MMDET_CAM_CONSTRAINTS:-$repo/scripts/constraints.txt}
+pinned=()
+[ "$constraints" = none ] || pinned=(-c "$constraints")
 has() { "$py" -c "$1" >/dev/null 2>&1; }
 
 # 2. Build tools. torch 2.13 wants setuptools>=77.0.3; mmcv 2.1.0's setup.py still imports
@@ -58,14 +63,14 @@ if has "import mmcv, mmcv.ops; from packaging.version import Version as V; asser
   say "keeping installed mmcv $("$py" -c 'import mmcv; print(mmcv.__version__)') (ops import fine)"
 else
   say "installing mmcv==2.1.0 with ops (source build: 10-15 min on 2 cores the first time, cached by pip afterwards)"
-  pip install --quiet 'packaging' 'opencv-python>=4.8' 'numpy'
+  pip install --quiet "${pinned[@]}" 'packaging' 'opencv-python>=4.8' 'numpy'
   MMCV_WITH_OPS=1 MAX_JOBS=${MMCV_BUILD_JOBS:-$(nproc)} \
     "$py" -m pip install --no-build-isolation 'mmcv==2.1.0'
 fi
 
 # 5. mmdet-cam itself (editable) with mmdet, mmengine, grad-cam and the test extras.
-say "installing mmdet-cam (editable) with its test extras"
-pip install --quiet -e "$repo[tests]"
+say "installing mmdet-cam (editable) with its test extras${pinned:+ (versions from $constraints)}"
+pip install --quiet "${pinned[@]}" -e "$repo[tests]"
 
 say "checking the stack"
 "$py" - <<'PY'
