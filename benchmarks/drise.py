@@ -42,8 +42,9 @@ import torch
 from mmdet_cam import DetCAM, build_detector
 from mmdet_cam.engine.candidates import CandidateScorer, MaskedCandidates
 from mmdet_cam.engine.geometry import to_original_image
-from mmdet_cam.methods.drise import DRISE, num_classes_of
+from mmdet_cam.methods.drise import DRISE
 from mmdet_cam.metrics import pointing_hit
+from mmdet_cam.model.detector import num_classes_of
 
 REPO = Path(__file__).parents[1]
 
@@ -52,8 +53,10 @@ class CandidatesForVEM:
     """A VEM ``GeneralObjectDetectionModelWrapper``: RGB float batches in, raw candidates out."""
 
     def __init__(self, scorer, num_classes):
-        from vision_explanation_methods.explanations.common import (DetectionRecord,
-                                                                    expand_class_scores)
+        from vision_explanation_methods.explanations.common import (
+            DetectionRecord,
+            expand_class_scores,
+        )
         self.scorer, self.num_classes = scorer, num_classes
         self.record, self.expand = DetectionRecord, expand_class_scores
 

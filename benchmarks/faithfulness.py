@@ -40,13 +40,21 @@ import cv2
 import numpy as np
 from mmengine.utils import ProgressBar
 
-from localization import demo_arguments, load_split, match  # benchmarks/localization.py
 from mmdet_cam import DetCAM, build_detector
 from mmdet_cam.engine.candidates import CandidateScorer
-from mmdet_cam.methods import method_names
-from mmdet_cam.metrics import (auc, energy_in_box, object_discrimination,
-                               parameter_randomisation, perturbation_curve, pointing_hit,
-                               road_combined, tracker)
+from mmdet_cam.methods import MethodKind, method_names
+from mmdet_cam.metrics import (
+    auc,
+    energy_in_box,
+    object_discrimination,
+    parameter_randomisation,
+    perturbation_curve,
+    pointing_hit,
+    road_combined,
+    tracker,
+)
+
+from localization import demo_arguments, load_split, match  # benchmarks/localization.py
 
 REPO = Path(__file__).parents[1]
 BASELINES = ('random', 'centre')
@@ -134,7 +142,7 @@ def sanity(cam, method, samples) -> dict:
     """Mean Spearman once the box head, and once everything, is randomised (NaN for the
     baselines, whose maps do not come from the model, and for D-RISE, which would need all of
     its masks again at every randomisation step); maps that turn flat are counted apart."""
-    if method in BASELINES or getattr(cam.method, 'perturbs_inputs', False) or not samples:
+    if method in BASELINES or cam.kind is MethodKind.BLACK_BOX or not samples:
         return dict(sanity=float('nan'), last=float('nan'))
     head, last = [], []
     for path, _ in samples:

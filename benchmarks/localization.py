@@ -21,8 +21,8 @@ import torch
 from mmdet.structures.bbox import bbox_overlaps
 
 from mmdet_cam import DetCAM, build_detector
-from mmdet_cam.metrics import box_area_share, energy_in_box, pointing_hit
 from mmdet_cam.methods import method_names
+from mmdet_cam.metrics import box_area_share, energy_in_box, pointing_hit
 
 REPO = Path(__file__).parents[1]
 

@@ -27,6 +27,7 @@ from mmengine.utils import ProgressBar
 
 from mmdet_cam import DetCAM, write_report
 from mmdet_cam.outputs import ResultWriter
+from mmdet_cam.settings import OutputSettings
 from mmdet_cam.shapes import make_image
 
 REPO = Path(__file__).parents[1]
@@ -44,7 +45,7 @@ def main():
     cam = DetCAM(str(REPO / 'demo' / 'rtmdet_shapes.py'), str(REPO / 'demo' / 'rtmdet_shapes.pth'))
     out = Path(tempfile.mkdtemp(prefix='mmdet_cam_report_'))
     writer = ResultWriter(out, cam.model.dataset_meta, dict(method='odam', target='score'),
-                          html=True)
+                          OutputSettings(html=True))
     boxes, progress = 0, ProgressBar(count)
     for k in range(count):
         image, _ = make_image(np.random.default_rng(k))

@@ -24,17 +24,21 @@ the same target layers: every level of the neck.
 import argparse
 import platform
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM
 
 from mmdet_cam import DetCAM, build_detector, get_layer, resolve_config
-from mmdet_cam.runner.adapter import DetectorAsCAMModel, MatchedDetectionTarget
 from mmdet_cam.model.detector import keep_all_detections, preprocess
 from mmdet_cam.shapes import make_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
+from library_path import DetectorAsCAMModel, MatchedDetectionTarget  # noqa: E402 (tests/)
 
 MODELS = {
     'retinanet_r50': ('retinanet/retinanet_r50_fpn_1x_coco.py',

@@ -5,20 +5,26 @@ registers the plugin's CAM methods, targets and reshape transforms, and ``DetCAM
 ``CAMLocalizationMetric`` and ``CAMFaithfulnessMetric`` in mmdet's registries.
 """
 from . import methods  # noqa: F401  (register the built-in entries)
-from .engine import reshape, targets  # noqa: F401
 from .api import DetCAM, DetCAMResult
-from .runner.evaluation import CAMFaithfulnessMetric, CAMLocalizationMetric
-from .runner.hooks import DetCAMHook
+from .engine import reshape, targets  # noqa: F401
+from .errors import (
+                     DetCAMError,
+                     DetCAMWarning,
+                     NonFiniteGradientWarning,
+                     UntrainedModelWarning,
+                     ZeroGradientWarning,
+)
 from .model.detector import build_detector, resolve_config
-from .engine.explain import ZeroGradientWarning
-from .errors import DetCAMError
 from .model.layers import get_layer, list_layers
 from .registry import CAM_METHODS, CAM_TARGETS, RESHAPE_TRANSFORMS
 from .report import write_report
+from .runner.evaluation import CAMFaithfulnessMetric, CAMLocalizationMetric
+from .runner.hooks import DetCAMHook
 from .version import __version__
 
 __all__ = [
     'DetCAM', 'DetCAMResult', 'DetCAMHook', 'CAMLocalizationMetric', 'CAMFaithfulnessMetric',
-    'build_detector', 'resolve_config', 'get_layer', 'list_layers', 'DetCAMError', 'ZeroGradientWarning',
+    'build_detector', 'resolve_config', 'get_layer', 'list_layers', 'DetCAMError',
+    'DetCAMWarning', 'ZeroGradientWarning', 'NonFiniteGradientWarning', 'UntrainedModelWarning',
     'CAM_METHODS', 'CAM_TARGETS', 'RESHAPE_TRANSFORMS', 'write_report', '__version__'
 ]

@@ -1,30 +1,41 @@
 """Python API: ``DetCAM`` explains every detection of an image with its own heatmap."""
 import contextlib
 import copy
+import dataclasses
 import difflib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Union
 
 import numpy as np
 import torch
-from mmengine.structures import InstanceData
 from mmengine.config import Config
+from mmengine.structures import InstanceData
 from torch import nn
 
-from .model.detector import (ConfigLike, build_detector, build_test_pipeline, mmdet_failure,
-                             preprocess, read_image)
-from .engine.explain import FUSE_MODES, ZeroGradientWarning, explain
-from .errors import BadInputError, UnknownNameError
+from .engine.candidates import CandidateScorer, MaskedCandidates
+from .engine.every_candidate import every_candidate
+from .engine.explain import ExplainSpec, explain
 from .engine.geometry import to_original_image
-from .model.layers import layer_name, resolve_layers
-from .engine.candidates import (CandidateScorer, MaskedCandidates, NamedBoxes, added_proposals,
-                                every_candidate)
-from .methods import DEFAULT_METHOD, build_cam_method
-from .methods.drise import num_classes_of
-from .registry import CAM_TARGETS, lookup
+from .engine.named_boxes import NamedBoxes
+from .engine.proposals import added_proposals
 from .engine.reshape import build_reshape_transform
+from .errors import BadInputError, UnknownNameError, ZeroGradientWarning
+from .methods import MethodKind, build_cam_method
+from .model.detector import (
+    ConfigLike,
+    build_detector,
+    build_test_pipeline,
+    mmdet_failure,
+    num_classes_of,
+    preprocess,
+    read_image,
+)
+from .model.layers import layer_name, resolve_layers
+from .patching import PATCH_LOCK
+from .registry import CAM_TARGETS, lookup
+from .settings import CAMSettings
 
 
 @dataclass
@@ -61,56 +72,49 @@ class DetCAM:
             ``init_detector``), a config path, or the name of a config shipped with mmdet
             (``'yolox_s_8xb8-300e_coco'``).
         checkpoint: path or URL, or None for an untrained model (``init_weights()``).
-        target_layers: layer names (``'neck'``, ``'neck.out_convs[-1]'``) or modules; None
-            picks every neck level (every detection gets a non-zero map). A layer that
-            outputs a tuple (a whole FPN) gives one map per element.
-        method: a ``CAM_METHODS`` name, any case: gradcam, gradcam++, xgradcam, eigengradcam
-            (channel-pooled: a box's map also marks other objects of the same channels);
-            hirescam, layercam, gradcamelementwise, odam, ssgradcam, ssgradcam++, gcame
-            (box-specific); eigencam, kpca_cam, fem (gradient-free: the same map for every
-            detection); randomcam (a baseline); drise (black-box: the detector on randomly
-            masked images, ``dict(type='drise', num_masks=..., seed=...)``).
+        settings: a :class:`~mmdet_cam.settings.CAMSettings`; ``**options`` change single
+            fields of it (or of the defaults): ``method``, ``target_layers``, ``target``,
+            ``score_thr``, ``topk``, ``classes``, ``fuse``, ``eigen_smooth``,
+            ``reshape_transform``, ``batch_size``, ``local_replay`` (see ``CAMSettings``).
+            Methods by kind: gradcam, gradcam++, xgradcam, eigengradcam are channel-pooled (a
+            box's map also marks other objects of the same channels); hirescam, layercam,
+            gradcamelementwise, odam, ssgradcam, ssgradcam++, gcame are box-specific;
+            eigencam, kpca_cam, fem are gradient-free (the same map for every detection);
+            randomcam is a baseline; scorecam and ablationcam re-run the detector per
+            channel; drise is black-box (``dict(type='drise', num_masks=..., seed=...)``).
         device: where to build the model (an already built model stays where it is).
-        score_thr: explain detections scoring at least this much.
-        topk: explain at most this many (highest scores).
-        classes: keep only these class ids or names.
-        target: ``'score'``, ``'logit'``, ``'bbox'`` (a ``CAM_TARGETS`` name, a config dict
-            such as ``dict(type='bbox', coord='x2')``, or a callable ``pred_instances ->
-            values``).
-        fuse: ``'mean'`` or ``'max'`` over layers and pyramid levels, or ``'own'``: each
-            detection's own level only (``detections.levels``).
-        eigen_smooth: pytorch_grad_cam's first-principal-component smoothing.
-        reshape_transform: ``'auto'`` (token sequences -> maps) or a callable.
-        batch_size: detections whose gradients are kept in memory at once.
-        local_replay: back-propagate each detection through the part of the box head it
-            depends on (a window of a dense head's level, or its RoI) instead of the whole
-            head (same maps, checked against the full backward once per level or head;
-            False: always the full backward).
         cfg_options: config overrides when building from a config.
         trust_checkpoint: allow a full (unsafe) unpickle of a checkpoint a weights-only load
             refuses.
         config: the config whose test pipeline prepares images, for a built model without
             ``model.cfg``.
+
+    Threads: a call may come from any thread, and calls from several threads (on one
+    ``DetCAM`` or several) give the same maps as one after the other, because they *are* run
+    one after the other: during a call mmdet-cam swaps functions of mmdet's and mmcv's modules
+    and methods of the model's heads (``mmdet_cam.patching``), which every thread shares, so
+    each call holds one process-wide lock. Torch itself is never patched (its interceptions
+    are per thread). Not safe: running mmdet's own inference in another thread while a call
+    is in progress, since that thread sees the swapped mmdet functions.
+
+    Example:
+        >>> cam = DetCAM('demo/rtmdet_shapes.py', 'demo/rtmdet_shapes.pth',
+        ...              method='hirescam', score_thr=0.5)  # doctest: +SKIP
+        >>> result = cam('demo/images/shapes_1.jpg')  # doctest: +SKIP
+        >>> result.cams.shape  # one map per detection  # doctest: +SKIP
     """
 
     def __init__(self,
                  model_or_config: Union[nn.Module, ConfigLike],
                  checkpoint: Optional[str] = None,
-                 target_layers=None,
-                 method=DEFAULT_METHOD,
+                 settings: Optional[CAMSettings] = None,
+                 *,
                  device: str = 'cpu',
-                 score_thr: float = 0.3,
-                 topk: Optional[int] = None,
-                 classes: Optional[Sequence[Union[int, str]]] = None,
-                 target: Union[str, dict, Callable] = 'score',
-                 fuse: str = 'mean',
-                 eigen_smooth: bool = False,
-                 reshape_transform: Union[str, Callable] = 'auto',
-                 batch_size: int = 16,
-                 local_replay: bool = True,
                  cfg_options: Optional[dict] = None,
                  trust_checkpoint: bool = False,
-                 config: Optional[Config] = None):
+                 config: Optional[Config] = None,
+                 **options):
+        self.settings = settings = CAMSettings.of(settings, **options)
         if isinstance(model_or_config, nn.Module):
             self.model = model_or_config.eval()
         else:
@@ -121,21 +125,30 @@ class DetCAM:
             raise UnknownNameError(
                 'the model has no .cfg: build it with mmdet.apis.init_detector or '
                 'mmdet_cam.build_detector, or pass config=, so its test pipeline is known')
-        if fuse not in FUSE_MODES:
-            raise UnknownNameError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
-        self.layers = resolve_layers(self.model, target_layers)
-        self.layer_names = [layer_name(self.model, layer) for layer in self.layers]
-        self.method = build_cam_method(method, self.model)
-        self.target = _build_target(target)
-        self.reshape = build_reshape_transform(reshape_transform)
+        layers = resolve_layers(self.model, settings.target_layers)
+        method = build_cam_method(settings.method, self.model)
+        self.spec = ExplainSpec(layers, [layer_name(self.model, layer) for layer in layers],
+                                method, _build_target(settings.target), self.select,
+                                build_reshape_transform(settings.reshape_transform), settings)
+        self.kind = self.spec.kind
         self.config = config
         self.pipeline = build_test_pipeline(config)
         dataset_meta = getattr(self.model, 'dataset_meta', None) or {}
         self.class_names = list(dataset_meta.get('classes', []))
-        self.score_thr, self.topk = score_thr, topk
-        self.class_ids = None if classes is None else self._class_ids(classes)
-        self.fuse, self.eigen_smooth, self.batch_size = fuse, eigen_smooth, batch_size
-        self.local_replay = local_replay
+        self.class_ids = (None if settings.classes is None
+                          else self._class_ids(settings.classes))
+
+    @property
+    def layers(self) -> List[nn.Module]:
+        return list(self.spec.layers)
+
+    @property
+    def layer_names(self) -> List[str]:
+        return list(self.spec.layer_names)
+
+    @property
+    def method(self):
+        return self.spec.method
 
     def __call__(self, img: Union[str, Path, np.ndarray],
                  candidates: Optional[Callable] = None,
@@ -163,6 +176,10 @@ class DetCAM:
                 ``mmdet_cam.engine.explain.explain``).
         """
         image = read_image(img)
+        with PATCH_LOCK:
+            return self._call(image, candidates, boxes, labels, explain_class, contrast)
+
+    def _call(self, image, candidates, boxes, labels, explain_class, contrast) -> DetCAMResult:
         if explain_class is not None:
             return self._other_class(image, self._class_ids([explain_class])[0], contrast)
         if contrast:
@@ -178,7 +195,7 @@ class DetCAM:
         """Maps for the kept detections, or for ``candidates`` (of every candidate of the
         model when ``every``: no score threshold, no NMS; ``as_proposals``: the named boxes of
         ``candidates`` are RoIs of a two-stage detector too)."""
-        if getattr(self.method, 'perturbs_inputs', False):
+        if self.kind is MethodKind.BLACK_BOX:
             if candidates is not None:
                 raise BadInputError('drise explains the reported detections only')
             return self._black_box(image)
@@ -191,10 +208,7 @@ class DetCAM:
                 scale = np.tile(data_samples[0].metainfo.get('scale_factor', (1, 1))[:2], 2)
                 stack.enter_context(added_proposals(
                     self.model, candidates.bboxes * torch.as_tensor(scale).float()))
-            out = explain(self.model, inputs, data_samples, self.layers, self.layer_names,
-                          self.method, self.target, self.select, self.reshape, self.fuse,
-                          self.eigen_smooth, self.batch_size, candidates,
-                          self.local_replay)
+            out = explain(self.model, inputs, data_samples, self.spec, candidates)
         cams = to_original_image(out.maps, out.data_sample.metainfo)
         return DetCAMResult(out.detections, cams, image, out.zero_gradient_layers)
 
@@ -206,11 +220,16 @@ class DetCAM:
         others = [label] * len(reported)
         same = (NamedBoxes(reported.bboxes, reported.labels.tolist(), True, versus=others)
                 if contrast else NamedBoxes(reported.bboxes, others, by_iou=True))
-        with warnings.catch_warnings():
-            if contrast:  # a detection of that class against itself: zero value, zero map
-                warnings.filterwarnings('ignore', f'detection \\d+ \\(label {label},',
-                                        ZeroGradientWarning)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
             result = self._explain(image, same, every=True)
+        for warning in caught:
+            # with contrast, a detection of that class against itself: zero value, zero map
+            expected = (contrast and isinstance(warning.message, ZeroGradientWarning)
+                        and warning.message.label == label)
+            if not expected:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                       warning.lineno)
         result.detections.reported_labels = reported.labels
         result.detections.reported_scores = reported.scores
         return result
@@ -220,7 +239,7 @@ class DetCAM:
         plain, no-gradient run of the model on a BGR image; original-image pixels, on CPU."""
         with mmdet_failure(self.config, 'prepare an image for'):
             inputs, data_samples = preprocess(self.model, self.pipeline, image)
-        with torch.no_grad(), mmdet_failure(self.config, 'run the detector of'):
+        with PATCH_LOCK, torch.no_grad(), mmdet_failure(self.config, 'run the detector of'):
             pred = self.model.predict(inputs, data_samples)[0].pred_instances
         return pred[self.select(pred)].cpu()
 
@@ -261,18 +280,20 @@ class DetCAM:
         changed weights); its target layers are found by name."""
         other = copy.copy(self)
         other.model = model
-        other.layers = resolve_layers(model, self.layer_names)
+        other.spec = dataclasses.replace(self.spec, layers=resolve_layers(model, self.layer_names),
+                                         select=other.select)
         return other
 
     def select(self, pred: InstanceData) -> torch.Tensor:
         """Indices of the detections to explain, highest score first."""
         scores = pred.scores.detach()
-        keep = scores >= self.score_thr
+        keep = scores >= self.settings.score_thr
         if self.class_ids is not None:
             keep &= torch.isin(pred.labels, torch.as_tensor(self.class_ids, device=scores.device))
         index = keep.nonzero().flatten()
         index = index[scores[index].argsort(descending=True, stable=True)]
-        return index if self.topk is None else index[:self.topk]
+        topk = self.settings.topk
+        return index if topk is None else index[:topk]
 
     def _class_ids(self, classes) -> List[int]:
         ids = []

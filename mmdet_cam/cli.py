@@ -16,13 +16,14 @@ import numpy as np
 from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
 
-from .engine.explain import FUSE_MODES
+from .engine.named_boxes import parse_box_specs, read_boxes_file
 from .errors import BadImageError, BadInputError, DetCAMError, InputNotFoundError
-from .methods import DEFAULT_METHOD, box_specific_alternative, method_names
-from .named_boxes import parse_box_specs, read_boxes_file
+from .methods import MethodKind, box_specific_alternative, method_names
 from .outputs import ResultWriter
 from .report import write_report
+from .settings import FUSE_MODES, CAMSettings, OutputSettings
 
+CAM, OUTPUT = CAMSettings(), OutputSettings()  # the defaults
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 VIDEO_EXTENSIONS = ('.mp4', '.avi')
 
@@ -57,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         'model (random weights: for testing only)')
     parser.add_argument('img', help="image file, folder, glob ('imgs/*.jpg') or video "
                         '(.mp4/.avi: written back as a video with the overlay)')
-    parser.add_argument('--method', default=DEFAULT_METHOD, metavar='NAME[,NAME...]',
-                        help=f'CAM method, any case (default: {DEFAULT_METHOD}): '
+    parser.add_argument('--method', default=CAM.method, metavar='NAME[,NAME...]',
+                        help=f'CAM method, any case (default: {CAM.method}): '
                         f'{", ".join(method_names())}'
                         '. eigencam, kpca_cam and fem are not box-specific. Several, comma-'
                         'separated (gradcam++,odam): files per method (<stem>.<method>_...) '
@@ -72,12 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--per-layer', action='store_true',
                         help='explain at each target layer alone instead of fusing them: '
                         'files per layer and side-by-side panels in the --html report')
-    parser.add_argument('--fuse', choices=FUSE_MODES, default='mean',
+    parser.add_argument('--fuse', choices=FUSE_MODES, default=CAM.fuse,
                         help="how maps of several layers / pyramid levels combine; 'own': "
-                        "only each box's own level (default: mean)")
-    parser.add_argument('--target', choices=['score', 'logit', 'bbox'], default='score',
+                        f"only each box's own level (default: {CAM.fuse})")
+    parser.add_argument('--target', choices=['score', 'logit', 'bbox'], default=CAM.target,
                         help='what is explained: the score, its log-odds, or a box coordinate '
-                        '(default: score)')
+                        f'(default: {CAM.target})')
     parser.add_argument('--bbox-coord', choices=['x1', 'y1', 'x2', 'y2'], default='x1',
                         help='box coordinate explained with --target bbox (default: x1)')
     parser.add_argument('--boxes', nargs='+', metavar='X1,Y1,X2,Y2[:CLASS]',
@@ -94,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--contrast', action='store_true',
                         help="with --explain-class: explain the reported class's score minus "
                         "CLASS's score of the same candidate, the evidence for one over the other")
-    parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='explain detections scoring at least this (default: 0.3)')
+    parser.add_argument('--score-thr', type=float, default=CAM.score_thr,
+                        help=f'explain detections scoring at least this (default: {CAM.score_thr})')
     parser.add_argument('--topk', type=int, help='explain at most the K highest-scoring boxes')
     parser.add_argument('--classes', nargs='+', metavar='CLASS',
                         help='keep only these classes (names or ids), e.g. --classes person 2')
@@ -119,10 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                         'then exit')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config settings, e.g. model.test_cfg.score_thr=0.1')
-    parser.add_argument('--alpha', type=float, default=0.5,
-                        help='heatmap opacity in the overlay, 0-1 (default: 0.5)')
-    parser.add_argument('--batch-size', type=int, default=16,
-                        help='detections whose gradients are held in memory at once')
+    parser.add_argument('--alpha', type=float, default=OUTPUT.alpha,
+                        help=f'heatmap opacity in the overlay, 0-1 (default: {OUTPUT.alpha})')
+    parser.add_argument('--batch-size', type=int, default=CAM.batch_size,
+                        help='detections whose gradients are held in memory at once (default: '
+                        f'{CAM.batch_size})')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='allow a full unpickle of a checkpoint that a weights-only load '
                         'refuses (it can run code from the file: trusted files only)')
@@ -149,8 +151,10 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     from .api import DetCAM
-    if not 0 <= args.alpha <= 1:
-        raise DetCAMError(f'--alpha must be between 0 and 1, got {args.alpha}')
+    from .model.detector import build_detector
+    output = OutputSettings.of(alpha=args.alpha, renormalize=args.renormalize,
+                               per_box=args.per_box, save_npy=args.save_npy,
+                               save_all=args.save_all, html=args.html)
     if args.contrast and not args.explain_class:
         raise BadInputError('--contrast needs --explain-class CLASS, the class to contrast with')
     sources = expand_inputs(args.img)
@@ -167,12 +171,10 @@ def run(args) -> int:
                             f'got {args.method!r}')
     options = dict(score_thr=args.score_thr, topk=args.topk, classes=args.classes,
                    target=target, fuse=args.fuse, batch_size=args.batch_size)
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='no checkpoint', module='mmdet_cam')
-        cam = DetCAM(args.config, checkpoint, target_layers=args.target_layers,
-                     method=method_config(methods[0], args.method_options), device=args.device,
-                     cfg_options=args.cfg_options, trust_checkpoint=args.trust_checkpoint,
-                     **options)
+    model = build_detector(args.config, checkpoint, args.device, args.cfg_options,
+                           args.trust_checkpoint, warn_untrained=False)  # a note says it below
+    cam = DetCAM(model, target_layers=args.target_layers,
+                 method=method_config(methods[0], args.method_options), **options)
     if checkpoint is None:
         print('note: no checkpoint, the model has random weights', file=sys.stderr)
     if args.list_layers:
@@ -183,10 +185,8 @@ def run(args) -> int:
             out_dir, cam.model.dataset_meta,
             dict(method=method, method_options=args.method_options or {},
                  explain_class=args.explain_class, target=args.target, fuse=args.fuse,
-                 target_layers=[] if perturbs_inputs(way) else way.layer_names),
-            alpha=args.alpha, renormalize=args.renormalize, per_box=args.per_box,
-            save_npy=args.save_npy, save_all=args.save_all, html=args.html, panel=name,
-            panel_index=k)))
+                 target_layers=[] if way.kind is MethodKind.BLACK_BOX else way.layer_names),
+            output, panel=name, panel_index=k)))
     start, failed, detections, most = time.time(), [], 0, 0
     images = [s for s in sources if not is_video(s)]
     progress = ProgressBar(len(images)) if len(images) > 1 else None
@@ -217,7 +217,8 @@ def run(args) -> int:
         if most > 1 and alternative:
             print(f'\nnote: {method} maps are not box-specific (one weight per channel, so a '
                   f'box\'s map also marks other objects of those channels); --method '
-                  f'{alternative} keeps each map on its own box', file=sys.stderr)
+                  f'{alternative} (the default, chosen by the faithfulness benchmark) keeps '
+                  'each map on its own box', file=sys.stderr)
     summary = (f'{len(sources) - len(failed)} of {len(sources)} inputs, {detections} '
                f'detections, {time.time() - start:.1f} s -> {out_dir}')
     print(f'\ndone: {summary}' + (f' ({len(failed)} failed)' if failed else ''))
@@ -231,11 +232,6 @@ def method_config(name: str, options: Optional[dict]):
     return dict(type=name, **options) if options else name
 
 
-def perturbs_inputs(cam) -> bool:
-    """Whether ``cam``'s method runs the detector on perturbed images (no target layers)."""
-    return getattr(cam.method, 'perturbs_inputs', False)
-
-
 def explanation_ways(cam, methods: List[str], args, options: dict) -> List[Tuple]:
     """``(panel name, method name, DetCAM)`` per way each image is explained: per method and,
     with ``--per-layer``, per target layer (``cam``, built for the first method, serves where
@@ -246,7 +242,7 @@ def explanation_ways(cam, methods: List[str], args, options: dict) -> List[Tuple
         whole = cam if method == methods[0] else DetCAM(
             cam.model, target_layers=args.target_layers,
             method=method_config(method, args.method_options), **options)
-        if not args.per_layer or perturbs_inputs(whole):
+        if not args.per_layer or whole.kind is MethodKind.BLACK_BOX:
             ways.append((method, method, whole))
             continue
         for layer in whole.layer_names:

@@ -1,4 +1,5 @@
-"""Errors caused by what the user asked for. The CLI prints them as one line, no traceback."""
+"""Errors caused by what the user asked for (the CLI prints them as one line, no traceback),
+and the warnings mmdet-cam gives (each with the attributes a caller filters on)."""
 
 
 class DetCAMError(Exception):
@@ -38,3 +39,37 @@ class DetectorFailedError(DetCAMError, RuntimeError):
 
 class BadInputError(DetCAMError, ValueError):
     """An argument whose value cannot be used (an empty or out-of-image box, ...)."""
+
+
+class DetCAMWarning(UserWarning):
+    """Base class of mmdet-cam's warnings."""
+
+
+class UntrainedModelWarning(DetCAMWarning):
+    """A detector built without a checkpoint: random weights, maps without meaning."""
+
+
+class ZeroGradientWarning(DetCAMWarning):
+    """A target layer received no gradient from a detection (its map there is all zero).
+
+    Attributes:
+        detection: the detection's index in the result.
+        label: its class id.
+        layers: the target layers that got no gradient from it.
+    """
+
+    def __init__(self, message: str, detection: int = -1, label: int = -1, layers=()):
+        super().__init__(message)
+        self.detection, self.label, self.layers = detection, label, list(layers)
+
+
+class NonFiniteGradientWarning(DetCAMWarning):
+    """Detections whose gradient held NaN or inf values, which were set to 0 in their maps.
+
+    Attributes:
+        detections: their indices in the result.
+    """
+
+    def __init__(self, message: str, detections=()):
+        super().__init__(message)
+        self.detections = list(detections)

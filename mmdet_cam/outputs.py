@@ -12,6 +12,7 @@ from mmdet.visualization.palette import get_palette
 from .errors import DetCAMError
 from .metrics import energy_in_box, peak_location, pointing_hit
 from .report import frame_stem
+from .settings import OutputSettings
 from .visualization import BoxDrawer, fuse_boxes, heatmap, overlay, renormalize_in_boxes
 
 
@@ -32,24 +33,22 @@ class ResultWriter:
         out_dir: existing, writable folder.
         dataset_meta: ``classes`` and ``palette`` for labels and box colours.
         settings: method, layers, ... recorded in every JSON file.
-        alpha: heatmap opacity in overlays.
-        renormalize: show each map min-max normalised inside its box, zero outside.
+        output: alpha, renormalize, per_box, ... (see :class:`~mmdet_cam.settings.OutputSettings`).
         panel: the name of this way of explaining in a multi-panel run (None: the only one).
         panel_index: its place among the panels.
     """
 
-    def __init__(self, out_dir, dataset_meta: dict, settings: dict, alpha: float = 0.5,
-                 renormalize: bool = False, per_box: bool = False, save_npy: bool = False,
-                 save_all: bool = False, html: bool = False, panel: Optional[str] = None,
+    def __init__(self, out_dir, dataset_meta: dict, settings: dict,
+                 output: OutputSettings = OutputSettings(), panel: Optional[str] = None,
                  panel_index: int = 0):
         self.out_dir = Path(out_dir)
         self.class_names: Sequence[str] = dataset_meta.get('classes', ())
         self.settings = settings
-        self.alpha, self.renormalize = alpha, renormalize
-        self.per_box, self.save_npy, self.save_all = per_box, save_npy, save_all
-        self.html = html
+        self.alpha, self.renormalize = output.alpha, output.renormalize
+        self.per_box, self.save_npy = output.per_box, output.save_npy
+        self.save_all, self.html = output.save_all, output.html
         self.drawer = BoxDrawer(dataset_meta)
-        self.palette = report_palette(dataset_meta) if html else None
+        self.palette = report_palette(dataset_meta) if self.html else None
         self.panel, self.panel_index = panel, panel_index
 
     def file_stem(self, stem: str) -> str:

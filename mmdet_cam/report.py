@@ -80,7 +80,7 @@ def write_report(out_dir) -> Path:
     if not entries:
         raise InputNotFoundError(
             f'no explained images to report in {out_dir}: write them with --html '
-            '(ResultWriter(html=True))')
+            '(ResultWriter with OutputSettings(html=True))')
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)),
                       autoescape=select_autoescape(['html']))
     for entry in entries:

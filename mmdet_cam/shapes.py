@@ -59,7 +59,8 @@ def make_image(rng: np.random.Generator, height: int = 240, width: int = 320
             cx = (near[0] + near[2]) / 2 + rng.choice([-1, 1]) * (near[2] - near[0] + size) / 2.2
             cy = (near[1] + near[3]) / 2 + rng.uniform(-size / 3, size / 3)
         else:
-            cx, cy = rng.uniform(size / 2, width - size / 2), rng.uniform(size / 2, height - size / 2)
+            cx = rng.uniform(size / 2, width - size / 2)
+            cy = rng.uniform(size / 2, height - size / 2)
         polygon = _polygon(label, cx, cy, size, float(rng.uniform(0, 2 * np.pi)))
         polygon[:, 0] = polygon[:, 0].clip(0, width - 1)
         polygon[:, 1] = polygon[:, 1].clip(0, height - 1)

@@ -12,6 +12,8 @@ import torch
 from mmdet_cam import build_detector, resolve_config
 from mmdet_cam.model.detector import keep_all_detections
 
+# the most expensive models: their parametrised cases are marked slow wherever they appear
+SLOW_CONFIGS = ('cascade-rcnn', 'sabl-faster-rcnn', 'dino-4scale', 'point-rend')
 SIZE = 320  # network input side used by the tests (the configs' own sizes are 640-1333)
 REPO = Path(__file__).parents[1]
 DEMO_IMAGE = str(REPO / 'demo' / 'images' / 'shapes_1.jpg')
@@ -30,6 +32,12 @@ def small_config(name: str, size: int = SIZE):
         if transform['type'].endswith('Pad') and transform.get('size'):
             transform['size'] = (size, size)
     return cfg
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(name in item.nodeid for name in SLOW_CONFIGS):
+            item.add_marker(pytest.mark.slow)
 
 
 class ModelCache:

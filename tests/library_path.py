@@ -1,10 +1,9 @@
-"""Run pytorch_grad_cam's own ``BaseCAM.__call__`` on an mmdet detector.
+"""Run pytorch_grad_cam's own ``BaseCAM.__call__`` on an mmdet detector (test and benchmark helper).
 
 This is the library's path: a fresh forward and a full backward per call, with detections
-re-identified in every re-run by :class:`MatchedDetectionTarget`. ``DetCAM`` does not use it;
-it is the reference the engine is checked against (equivalence tests, the naive baseline of
-the speed benchmark), and the way to use perturbation methods (ScoreCAM, AblationCAM) that
-re-run the model.
+re-identified in every re-run by :class:`MatchedDetectionTarget`. ``DetCAM`` does not use it:
+it is the reference the engine is checked against (the equivalence tests, the naive baseline
+of ``benchmarks/speed.py``), so it lives beside the tests, not in the package.
 """
 from typing import Callable, Optional
 
@@ -13,8 +12,8 @@ from mmdet.structures.bbox import bbox_overlaps
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
-from ..engine.capture import differentiable_inference
-from ..engine.targets import ScoreTarget
+from mmdet_cam.engine.capture import differentiable_inference
+from mmdet_cam.engine.targets import ScoreTarget
 
 
 class DetectorAsCAMModel(nn.Module):

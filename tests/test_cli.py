@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from mmdet_cam.methods import DEFAULT_METHOD
+
 from conftest import make_scene, small_config
+
+pytestmark = pytest.mark.slow  # subprocesses, Runners or a browser: `-m "not slow"` skips them
 
 TOOL = str(Path(__file__).parents[1] / 'tools' / 'demo_gradcam.py')
 
@@ -151,7 +155,7 @@ def test_each_layer_alone_gives_its_own_files_and_report_panel(config, tmp_path)
 
 def test_list_layers_prints_names_and_shapes(config, images):
     out = run(config, 'none', images / 'a.jpg', '--list-layers')
-    line = next(l for l in out.stdout.splitlines() if l.startswith('neck.fpn_convs.0 '))
+    line = next(row for row in out.stdout.splitlines() if row.startswith('neck.fpn_convs.0 '))
     assert '[1, 256, 32, 40]' in line
 
 
@@ -222,7 +226,7 @@ def test_bad_input_gets_a_one_line_error(config, images, tmp_path, case, message
     out = run(cfg, ckpt, image, '--out-dir', out_dir, *args, expect=2)
     lines = out.stderr.strip().splitlines()
     assert lines[-1].startswith('error: ') and message in lines[-1], out.stderr
-    assert len([l for l in lines if l.startswith('error')]) == 1
+    assert len([row for row in lines if row.startswith('error')]) == 1
 
 
 @pytest.mark.parametrize('method, note', [('gradcam++', True), ('ssgradcam++', False)])
@@ -234,7 +238,7 @@ def test_channel_pooled_methods_get_a_note_naming_the_box_specific_one(tmp_path,
     notes = [line for line in out.stderr.splitlines() if line.startswith('note:')]
     assert len(notes) == int(note)
     if note:
-        assert 'not box-specific' in notes[0] and '--method ssgradcam++' in notes[0]
+        assert 'not box-specific' in notes[0] and f'--method {DEFAULT_METHOD}' in notes[0]
 
 
 def test_named_boxes_are_explained_and_reported_with_their_match(tmp_path):
@@ -254,7 +258,8 @@ def test_boxes_file_in_coco_format_explains_each_images_objects(tmp_path):
     repo = Path(__file__).parents[1]
     annotations = json.loads((tmp_path / 'val.json').read_text())
     run(repo / 'demo' / 'rtmdet_shapes.py', repo / 'demo' / 'rtmdet_shapes.pth', tmp_path / 'val',
-        '--score-thr', '0.999', '--boxes-file', tmp_path / 'val.json', '--out-dir', tmp_path / 'out')
+        '--score-thr', '0.999', '--boxes-file', tmp_path / 'val.json',
+        '--out-dir', tmp_path / 'out')
     for image in annotations['images']:
         expected = [a['bbox'] for a in annotations['annotations'] if a['image_id'] == image['id']]
         rows = json.loads((tmp_path / 'out' / f"{Path(image['file_name']).stem}.json").read_text())

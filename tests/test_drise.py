@@ -4,12 +4,13 @@ import mmcv
 import numpy as np
 import pytest
 
-from conftest import DEMO_IMAGE as IMAGE
 from mmdet_cam import DetCAM
 from mmdet_cam.errors import UnknownNameError
 from mmdet_cam.methods import build_cam_method
 from mmdet_cam.methods.drise import DRISE, class_cosine, pairwise_iou
 from mmdet_cam.metrics import box_mask
+
+from conftest import DEMO_IMAGE as IMAGE
 
 
 def drise(model, **options):

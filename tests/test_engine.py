@@ -207,9 +207,13 @@ def test_the_model_is_left_as_it_was(models, scene):
 @pytest.mark.parametrize('config', [RETINANET, 'fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py',
                                     'yolox/yolox_tiny_8xb8-300e_coco.py'])
 def test_backward_through_dense_head_outputs_gives_the_plain_gradients(models, scene, config):
-    from mmdet_cam.engine.capture import (DenseHeadOutputs, LayerCapture,
-                                          differentiable_inference, frozen_parameters,
-                                          grads_for)
+    from mmdet_cam.engine.capture import (
+        DenseHeadOutputs,
+        LayerCapture,
+        differentiable_inference,
+        frozen_parameters,
+        grads_for,
+    )
     from mmdet_cam.model.detector import build_test_pipeline, preprocess
     model = models(config)
     inputs, samples = preprocess(model, build_test_pipeline(model.cfg), scene)

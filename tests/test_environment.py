@@ -34,7 +34,8 @@ def test_detector_from_shipped_config_is_initialised(models):
     model = models('retinanet/retinanet_r18_fpn_1x_coco.py')
     # RetinaNet's init_cfg puts the classifier bias at the focal-loss prior -log((1-p)/p)
     prior = -torch.log(torch.tensor((1 - 0.01) / 0.01))
-    assert torch.allclose(model.bbox_head.retina_cls.bias, prior.expand_as(model.bbox_head.retina_cls.bias), atol=1e-5)
+    bias = model.bbox_head.retina_cls.bias
+    assert torch.allclose(bias, prior.expand_as(bias), atol=1e-5)
     assert not model.training
     assert len(model.dataset_meta['classes']) == 80
 

@@ -6,9 +6,10 @@ import pytest
 from pytorch_grad_cam import GradCAM
 
 from mmdet_cam import DetCAM, get_layer
-from mmdet_cam.runner.adapter import DetectorAsCAMModel, MatchedDetectionTarget
-from mmdet_cam.model.detector import preprocess
 from mmdet_cam.engine.geometry import to_original_image
+from mmdet_cam.model.detector import preprocess
+
+from library_path import DetectorAsCAMModel, MatchedDetectionTarget
 
 # layer4 feeds every FPN level of these models, so every detection has a gradient there
 LAYER = 'backbone.layer4'

@@ -9,9 +9,17 @@ import numpy as np
 import pytest
 
 from mmdet_cam import DetCAM
-from mmdet_cam.engine.candidates import CandidateScorer, every_candidate
-from mmdet_cam.metrics import (auc, object_discrimination, perturbation_curve, road_combined,
-                               road_curve, tracked_score, tracker)
+from mmdet_cam.engine.candidates import CandidateScorer
+from mmdet_cam.engine.every_candidate import every_candidate
+from mmdet_cam.metrics import (
+    auc,
+    object_discrimination,
+    perturbation_curve,
+    road_combined,
+    road_curve,
+    tracked_score,
+    tracker,
+)
 from mmdet_cam.shapes import make_image
 
 REPO = Path(__file__).parents[1]
@@ -121,6 +129,7 @@ def test_deleting_the_salient_pixels_removes_the_detection_faster_than_random(de
     assert np.mean(salient) < np.mean(random) - 0.1, (salient, random)
 
 
+@pytest.mark.slow
 def test_road_removes_the_detection_when_its_salient_pixels_are_imputed(demo):
     """ROAD through pytorch_grad_cam's imputer: imputing the map's top pixels lowers the tracked
     score more than imputing its bottom ones (positive combined score), unlike a reversed map."""

@@ -3,8 +3,8 @@ keep-ratio + pad-to-divisor pipeline (RetinaNet) and the pad-to-square one (YOLO
 import numpy as np
 import pytest
 
-from mmdet_cam.model.detector import build_test_pipeline, preprocess
 from mmdet_cam.engine.geometry import resized_image_size, to_original_image
+from mmdet_cam.model.detector import build_test_pipeline, preprocess
 
 
 @pytest.mark.parametrize('config', ['retinanet/retinanet_r18_fpn_1x_coco.py',

@@ -3,11 +3,12 @@ shipped demo detector: valid, box-specific maps; and each detection's own level.
 import numpy as np
 import pytest
 
-from conftest import DEMO_IMAGE as IMAGE
 from mmdet_cam import DetCAM
 from mmdet_cam.methods.gcame import gaussian_masks
 from mmdet_cam.methods.ssgradcam import box_masks, space_map
 from mmdet_cam.metrics import object_discrimination, pointing_hit
+
+from conftest import DEMO_IMAGE as IMAGE
 
 
 def two_apart(result):
@@ -91,3 +92,47 @@ def test_own_level_is_where_the_gradient_is_and_fuse_own_uses_only_it(demo_model
         gradients = DetCAM(demo_model, method='hirescam', target_layers=[
             f'neck.out_convs.{level}'], score_thr=0.3)(IMAGE)
         assert not gradients.zero_gradient_layers[k]  # its own level has its gradient
+
+
+def test_every_method_has_one_kind_and_a_users_basecam_gets_its_kind_from_the_library(
+        demo_model):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.base_cam import BaseCAM
+
+    from mmdet_cam import CAM_METHODS
+    from mmdet_cam.methods import MethodKind, method_names
+
+    expected = {'odam': MethodKind.GRADIENT, 'gradcam++': MethodKind.GRADIENT,
+                'eigencam': MethodKind.ACTIVATION, 'fem': MethodKind.ACTIVATION,
+                'scorecam': MethodKind.PERTURBATION, 'ablationcam': MethodKind.PERTURBATION,
+                'drise': MethodKind.BLACK_BOX}
+    for name in method_names():
+        kind = DetCAM(demo_model, method=name).kind
+        assert isinstance(kind, MethodKind)
+        assert kind is expected.get(name, kind), name
+
+    @CAM_METHODS.register_module(name='test-mean-activation', force=True)
+    class MeanActivation(BaseCAM):  # no flags of mmdet-cam's: the library's own constructor
+        def __init__(self, model, target_layers, reshape_transform=None):
+            super().__init__(model, target_layers, reshape_transform, uses_gradients=False)
+
+        def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+            return np.ones(activations.shape[:2], np.float32)
+
+    @CAM_METHODS.register_module(name='test-negated-gradcam', force=True)
+    class NegatedGradCAM(GradCAM):
+        def get_cam_weights(self, *args):
+            return -super().get_cam_weights(*args)
+
+    try:
+        shared = DetCAM(demo_model, method='test-mean-activation', score_thr=0.3)
+        assert shared.kind is MethodKind.ACTIVATION
+        cams = shared(IMAGE).cams
+        assert len(cams) >= 2 and all(np.array_equal(cams[0], cam) for cam in cams[1:])
+        negated = DetCAM(demo_model, method='test-negated-gradcam', score_thr=0.3)
+        assert negated.kind is MethodKind.GRADIENT
+        cams = negated(IMAGE).cams
+        assert not np.allclose(cams[0], cams[1])  # each box its own gradient
+    finally:  # other tests list the registry
+        for name in ('test-mean-activation', 'test-negated-gradcam'):
+            CAM_METHODS.module_dict.pop(name, None)

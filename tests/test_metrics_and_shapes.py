@@ -3,8 +3,7 @@ import json
 
 import numpy as np
 
-from mmdet_cam.metrics import (box_area_share, box_mask, energy_in_box, peak_location,
-                               pointing_hit)
+from mmdet_cam.metrics import box_area_share, box_mask, energy_in_box, peak_location, pointing_hit
 from mmdet_cam.shapes import CLASSES, make_image, write_split
 from mmdet_cam.visualization import renormalize_in_boxes
 

@@ -3,14 +3,15 @@ candidate of each is explained, whatever it scored."""
 import numpy as np
 import pytest
 
-from conftest import DEMO_IMAGE
 from mmdet_cam import DetCAM
+from mmdet_cam.boxes import box_iou
 from mmdet_cam.engine.candidates import CandidateScorer
 from mmdet_cam.errors import BadInputError, UnknownNameError
 from mmdet_cam.metrics import pointing_hit
-from mmdet_cam.metrics.faithfulness import box_iou
 from mmdet_cam.model.detector import read_image
 from mmdet_cam.shapes import CLASSES, make_image
+
+from conftest import DEMO_IMAGE
 
 
 def test_missed_objects_are_found_and_explained_inside_their_boxes(demo_model):

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_scene, small_config
 from mmdet_cam import DetCAM, build_detector
 from mmdet_cam.engine import replay
+
+from conftest import make_scene, small_config
 from test_engine import COVERAGE
 
 ONE_STAGE = COVERAGE[:8]
@@ -125,5 +126,12 @@ def test_pooled_output_gradients_equal_one_backward_per_value():
     pooled = replay.output_gradients(values, [out])
     for value, grads in zip(values, pooled):
         expected, = torch.autograd.grad(value, out, retain_graph=True)
-        got = replay.dense(out, *grads[0]) if grads else torch.zeros_like(out)
+        got = dense(out, *grads[0]) if grads else torch.zeros_like(out)
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+
+
+def dense(output, index, grad):
+    """A sparse gradient (flat indices and values, as ``replay.sparse`` gives) at full size."""
+    full = torch.zeros_like(output)
+    full.view(-1)[index] = grad
+    return full

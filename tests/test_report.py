@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses, Runners or a browser: `-m "not slow"` skips them
+
 REPO = Path(__file__).parents[1]
 TOOL = str(REPO / 'tools' / 'demo_gradcam.py')
 

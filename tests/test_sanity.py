@@ -3,10 +3,11 @@ randomised copy, and maps that depend on the weights change."""
 import numpy as np
 import pytest
 
-from conftest import DEMO_IMAGE as IMAGE
 from mmdet_cam import DetCAM
 from mmdet_cam.metrics import parameter_randomisation
 from mmdet_cam.metrics.sanity import spearman
+
+from conftest import DEMO_IMAGE as IMAGE
 
 
 def test_randomising_the_head_changes_odam_maps_and_not_the_model(demo_model):
@@ -30,6 +31,7 @@ def test_a_method_that_ignores_the_head_is_caught(demo_model):
     assert result.correlation[-1].mean() < 0.9  # the backbone does change it
 
 
+@pytest.mark.slow
 def test_two_stage_candidates_keep_their_rois(models, scene):
     """Faster R-CNN's RoIs are pinned: randomising the RPN (after the RoI head) changes no map."""
     cam = DetCAM(models('faster-rcnn_r50_fpn_1x_coco'), method='gradcam', topk=2, score_thr=0)

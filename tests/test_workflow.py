@@ -14,6 +14,8 @@ import pytest
 
 from mmdet_cam.shapes import write_split
 
+pytestmark = pytest.mark.slow  # subprocesses, Runners or a browser: `-m "not slow"` skips them
+
 REPO = Path(__file__).parents[1]
 CONFIG = REPO / 'configs' / 'rtmdet_shapes_cam.py'
 FAITHFULNESS_CONFIG = REPO / 'configs' / 'rtmdet_shapes_cam_faithfulness.py'

@@ -20,79 +20,100 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from ..errors import UnsupportedModelError
 from ..model.layers import predicting_detector
+from ..patching import swapped
 
 
 @contextlib.contextmanager
 def differentiable_inference(model: Optional[nn.Module] = None) -> Iterator[None]:
-    """Keep mmdet's inference differentiable while active: the patches of
-    :func:`_graph_keeping_patches` and, for ``model``'s predicting detector,
+    """Keep mmdet's inference differentiable while active: :class:`GraphKeepingFunctions`,
+    :func:`_graph_keeping_swaps` and, for ``model``'s predicting detector,
     :func:`post_processing_keeps_graph` and :func:`masks_without_gradients`. The engine and the
     library-path adapter both enter it, so both see the same detector."""
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_graph_keeping_patches())
+        stack.enter_context(_graph_keeping_swaps())
         if model is not None:
             detector = predicting_detector(model)
             stack.enter_context(post_processing_keeps_graph(detector))
             stack.enter_context(masks_without_gradients(detector))
+        stack.enter_context(GraphKeepingFunctions())
         yield
 
 
-@contextlib.contextmanager
-def _graph_keeping_patches() -> Iterator[None]:
-    """Patches of mmdet, mmcv and torch functions, all restored on exit.
+class GraphKeepingFunctions(TorchFunctionMode):
+    """Torch functions that keep the graph usable, while active in this thread.
 
-    * mmdet's ``select_single_mlvl(..., detach=True)`` keeps the graph. Heads import the
-      function by name, so it is swapped in every loaded mmdet module that holds it (no mmdet
-      file is edited) and restored on exit.
-    * mmdet's ``filter_scores_and_topk`` (swapped the same way) picks its candidates without
-      a graph and then reads their scores with one gather: the same scores in the same order,
-      but a backward that writes a few hundred entries instead of masking, sorting and slicing
-      every (anchor, class) score of the level again (the post-processing part of each
-      backward pass, e.g. RetinaNet at 800x1088 with no score threshold: 10M entries).
     * ``torch.sqrt`` / ``Tensor.sqrt`` of tensors that need gradients get a backward that is 0
       where the incoming gradient is 0. torch's gives 0 x inf = NaN at 0, and post-processing
       takes square roots of scores that are exactly 0 (PAA: the padded background column),
       which would turn every detection's gradient into NaN although none depends on them.
     * ``copy.deepcopy`` of a tensor inside the graph (torch refuses non-leaf tensors) returns
       a ``clone()``: the same values, still differentiable (YOLACT copies its boxes).
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.sqrt, Tensor.sqrt) and len(args) == 1 and not kwargs:
+            x = args[0]
+            if torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad:
+                return _ZeroSafeSqrt.apply(x)
+        elif func is Tensor.__deepcopy__ and args[0].grad_fn is not None:
+            tensor, memo = args
+            if id(tensor) not in memo:
+                memo[id(tensor)] = tensor.clone()
+            return memo[id(tensor)]
+        return func(*args, **kwargs)
+
+
+class DetachKeepsGraph(TorchFunctionMode):
+    """While active in this thread, ``detach()`` of a tensor that needs gradients returns a
+    clone that stays in the graph (same values)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is Tensor.detach and args[0].requires_grad:
+            return args[0].clone()
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _graph_keeping_swaps() -> Iterator[None]:
+    """mmdet and mmcv functions swapped while active (:func:`~mmdet_cam.patching.swapped`).
+
+    * mmdet's ``select_single_mlvl(..., detach=True)`` keeps the graph. Heads import the
+      function by name, so it is swapped in every loaded mmdet module that holds it (no mmdet
+      file is edited).
+    * mmdet's ``filter_scores_and_topk`` (swapped the same way) picks its candidates without
+      a graph and then reads their scores with one gather: the same scores in the same order,
+      but a backward that writes a few hundred entries instead of masking, sorting and slicing
+      every (anchor, class) score of the level again (the post-processing part of each
+      backward pass, e.g. RetinaNet at 800x1088 with no score threshold: 10M entries).
     * mmcv's ``soft_nms`` (no backward) gets its decayed scores recomputed in torch from the
-      boxes it kept, so soft-NMS detectors stay differentiable.
+      boxes it kept, so soft-NMS detectors stay differentiable (``batched_nms`` looks it up).
     """
     from mmdet.models.utils import misc
     mmcv_nms = importlib.import_module('mmcv.ops.nms')  # the module; mmcv.ops.nms is a function
-    original = misc.select_single_mlvl
-    mmcv_soft_nms = mmcv_nms.soft_nms
+    select_single_mlvl = misc.select_single_mlvl
 
     def keep_graph(mlvl_tensors, batch_id, detach=True):
-        return original(mlvl_tensors, batch_id, detach=False)
+        return select_single_mlvl(mlvl_tensors, batch_id, detach=False)
 
-    swaps = [(name, held, replacement) for name, held, replacement in
-             (('select_single_mlvl', original, keep_graph),
-              ('filter_scores_and_topk', misc.filter_scores_and_topk,
-               _gathering_filter(misc.filter_scores_and_topk)))]
-    holders = [(module, name, held) for module_name, module in list(sys.modules.items())
-               if module_name.split('.')[0] == 'mmdet'
-               for name, held, _ in swaps if getattr(module, name, None) is held]
-    replacements = {name: replacement for name, _, replacement in swaps}
-    for module, name, _ in holders:
-        setattr(module, name, replacements[name])
-    torch.sqrt, Tensor.sqrt = _zero_safe(_TORCH_SQRT), _zero_safe(_TENSOR_SQRT)
-    Tensor.__deepcopy__ = _deepcopy_in_graph
-    mmcv_nms.soft_nms = _differentiable_soft_nms(mmcv_soft_nms)  # batched_nms looks it up
-    try:
+    replacements = {
+        'select_single_mlvl': (select_single_mlvl, keep_graph),
+        'filter_scores_and_topk': (misc.filter_scores_and_topk,
+                                   _gathering_filter(misc.filter_scores_and_topk))}
+    with contextlib.ExitStack() as stack:
+        for module_name, module in list(sys.modules.items()):
+            if module_name.split('.')[0] != 'mmdet':
+                continue
+            for name, (held, replacement) in replacements.items():
+                if getattr(module, name, None) is held:
+                    stack.enter_context(swapped(module, name, replacement))
+        stack.enter_context(swapped(mmcv_nms, 'soft_nms',
+                                    _differentiable_soft_nms(mmcv_nms.soft_nms)))
         yield
-    finally:
-        for module, name, held in holders:
-            setattr(module, name, held)
-        torch.sqrt, Tensor.sqrt = _TORCH_SQRT, _TENSOR_SQRT
-        Tensor.__deepcopy__ = _TENSOR_DEEPCOPY
-        mmcv_nms.soft_nms = mmcv_soft_nms
-
-
-_TORCH_SQRT, _TENSOR_SQRT, _TENSOR_DEEPCOPY = torch.sqrt, Tensor.sqrt, Tensor.__deepcopy__
 
 
 def _gathering_filter(filter_scores_and_topk):
@@ -108,20 +129,12 @@ def _gathering_filter(filter_scores_and_topk):
     return gathering
 
 
-def _deepcopy_in_graph(tensor: Tensor, memo: dict) -> Tensor:
-    if tensor.grad_fn is None:
-        return _TENSOR_DEEPCOPY(tensor, memo)
-    if id(tensor) not in memo:
-        memo[id(tensor)] = tensor.clone()
-    return memo[id(tensor)]
-
-
 class _ZeroSafeSqrt(torch.autograd.Function):
     """``sqrt`` whose gradient is 0 wherever the incoming gradient is 0 (also at x = 0)."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        y = _TORCH_SQRT(x)
+        y = torch.sqrt(x)
         ctx.save_for_backward(y)
         return y
 
@@ -129,15 +142,6 @@ class _ZeroSafeSqrt(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> Tensor:
         y, = ctx.saved_tensors
         return torch.where(grad == 0, torch.zeros_like(grad), grad / (2 * y))
-
-
-def _zero_safe(sqrt):
-    def safe_sqrt(x, *args, **kwargs):
-        if args or kwargs or not (torch.is_grad_enabled() and isinstance(x, Tensor)
-                                  and x.requires_grad):
-            return sqrt(x, *args, **kwargs)
-        return _ZeroSafeSqrt.apply(x)
-    return safe_sqrt
 
 
 def _differentiable_soft_nms(soft_nms):
@@ -188,27 +192,15 @@ def post_processing_keeps_graph(model: nn.Module) -> Iterator[None]:
 
     def keeping_graph(predict_by_feat):
         def predict(*args, **kwargs):
-            Tensor.detach = _detach_in_graph
-            try:
+            with DetachKeepsGraph():
                 return predict_by_feat(*args, **kwargs)
-            finally:
-                Tensor.detach = _TENSOR_DETACH
         return predict
 
-    for head in heads:
-        head.predict_by_feat = keeping_graph(head.predict_by_feat)  # instance attribute
-    try:
-        yield
-    finally:
+    with contextlib.ExitStack() as stack:
         for head in heads:
-            del head.predict_by_feat
-
-
-_TENSOR_DETACH = Tensor.detach
-
-
-def _detach_in_graph(tensor: Tensor) -> Tensor:
-    return tensor.clone() if tensor.requires_grad else _TENSOR_DETACH(tensor)
+            stack.enter_context(
+                swapped(head, 'predict_by_feat', keeping_graph(head.predict_by_feat)))
+        yield
 
 
 @contextlib.contextmanager
@@ -230,11 +222,8 @@ def masks_without_gradients(model: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             return predict_mask(*args, **kwargs)
 
-    roi_head.predict_mask = without_gradients  # an instance attribute shadows the method
-    try:
+    with swapped(roi_head, 'predict_mask', without_gradients):
         yield
-    finally:
-        del roi_head.predict_mask
 
 
 @contextlib.contextmanager
@@ -386,7 +375,7 @@ class DenseHeadOutputs(_OutputRecorder):
         self.features: List[Tensor] = []  # the head's input, one map per level
 
     def _hook(self, module, inputs, output):
-        self.tensors = _tensors_in(output)
+        self.tensors = tensors_in(output)
         levels = inputs[0] if inputs else None
         if isinstance(levels, (tuple, list)) and all(isinstance(f, Tensor) for f in levels):
             self.features = list(levels)
@@ -414,15 +403,15 @@ class FinalHeadOutputs:
             handle.remove()
 
     def _hook(self, module, inputs, output):
-        self.tensors += _tensors_in(output)
+        self.tensors += tensors_in(output)
 
 
-def _tensors_in(value) -> List[Tensor]:
+def tensors_in(value) -> List[Tensor]:
     """The tensors of a (nested) head output that are in the graph."""
     if isinstance(value, Tensor):
         return [value] if value.requires_grad else []
     if isinstance(value, (tuple, list)):
-        return [t for item in value for t in _tensors_in(item)]
+        return [t for item in value for t in tensors_in(item)]
     return []
 
 

@@ -22,24 +22,58 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import Tensor, nn
 
-from ..errors import DetCAMError, UnsupportedModelError
+from ..errors import (
+    DetCAMError,
+    NonFiniteGradientWarning,
+    UnsupportedModelError,
+    ZeroGradientWarning,
+)
+from ..methods.kinds import MethodKind, method_kind
+from ..methods.perturbation import Reruns
 from ..model.detector import mmdet_failure
 from ..model.layers import predicting_detector
+from ..settings import CAMSettings
 from .candidates import RawCandidatesModel, TrackedDetection
+from .capture import (
+    DenseHeadOutputs,
+    FeatureShapes,
+    FinalHeadOutputs,
+    LayerCapture,
+    differentiable_inference,
+    frozen_parameters,
+    grads_for,
+)
 from .replay import DenseReplay, RoIReplay, recording_rois
-from .capture import (DenseHeadOutputs, FeatureShapes, FinalHeadOutputs, LayerCapture,
-                      differentiable_inference, frozen_parameters, grads_for)
 
 
-FUSE_MODES = ('mean', 'max', 'own')
+@dataclass(frozen=True)
+class ExplainSpec:
+    """What :func:`explain` needs besides the image, resolved once (``DetCAM`` builds it).
 
+    Attributes:
+        layers, layer_names: target layers and their names (for messages).
+        method: a CAM method instance; only its ``get_cam_image`` is used.
+        target: detections -> one differentiable value per detection.
+        select: detections -> indices of the detections to explain, in output order.
+        reshape: raw layer output -> list of ``[B, C, H, W]`` maps (see ``reshape.py``).
+        settings: ``fuse``, ``eigen_smooth``, ``batch_size`` and ``local_replay`` are read.
+    """
+    layers: Sequence[nn.Module]
+    layer_names: Sequence[str]
+    method: BaseCAM
+    target: Callable[[InstanceData], Tensor]
+    select: Callable[[InstanceData], Tensor]
+    reshape: Callable
+    settings: CAMSettings = CAMSettings()
 
-class ZeroGradientWarning(UserWarning):
-    """A target layer received no gradient from a detection (its map there is all zero)."""
+    @property
+    def kind(self) -> MethodKind:
+        return method_kind(self.method)
 
-
-class NonFiniteGradientWarning(UserWarning):
-    """A detection's gradient held NaN or inf values, which were set to 0 in its map."""
+    @property
+    def own_levels(self) -> bool:
+        """Whether each box's gradients are needed (its own levels, or its map)."""
+        return self.kind is MethodKind.GRADIENT or self.settings.fuse == 'own'
 
 
 @dataclass
@@ -65,45 +99,28 @@ class BoxCAMs:
 def explain(model: nn.Module,
             inputs: Tensor,
             data_samples: list,
-            layers: Sequence[nn.Module],
-            layer_names: Sequence[str],
-            method: BaseCAM,
-            target: Callable[[InstanceData], Tensor],
-            select: Callable[[InstanceData], Tensor],
-            reshape: Callable,
-            fuse: str = 'mean',
-            eigen_smooth: bool = False,
-            batch_size: int = 16,
-            candidates: Optional[Callable] = None,
-            local_replay: bool = True) -> BoxCAMs:
+            spec: ExplainSpec,
+            candidates: Optional[Callable] = None) -> BoxCAMs:
     """Maps for the detections of one preprocessed image (a batch of size 1).
 
     Args:
         inputs, data_samples: the output of the model's data preprocessor.
-        layers, layer_names: target layers and their names (for messages).
-        method: a pytorch_grad_cam method instance; only its ``get_cam_image`` is used.
-        target: detections -> one differentiable value per detection.
-        select: detections -> indices of the detections to explain, in output order.
-        reshape: raw layer output -> list of ``[B, C, H, W]`` maps (see ``reshape.py``).
-        fuse: ``'mean'`` or ``'max'`` over all layer outputs (pyramid levels count as
-            outputs), or ``'own'``: per layer, the detection's own level only (then the mean
-            over layers).
-        batch_size: detections whose gradients are held in memory at once.
-        candidates: instead of ``target`` and ``select``, ``(pred_instances, head_outputs) ->
-            (values, detections)``, where ``head_outputs`` are the raw outputs of the box heads
-            (see ``capture.FinalHeadOutputs``): for explaining raw candidates that need not be
-            among the reported detections (``candidates.FixedCandidates``).
-        local_replay: back-propagate each box through the part of the box head it depends on
-            (a window of a dense head's level, or its RoI) instead of the whole head (exact,
-            see ``replay.py``).
+        spec: layers, method, target, selection and settings. ``settings.fuse``: ``'mean'`` or
+            ``'max'`` over all layer outputs (pyramid levels count as outputs), or ``'own'``:
+            per layer, the detection's own level only (then the mean over layers);
+            ``settings.batch_size``: detections whose gradients are held in memory at once;
+            ``settings.local_replay``: back-propagate each box through the part of the box
+            head it depends on (a window of a dense head's level, or its RoI) instead of the
+            whole head (exact, see ``replay.py``).
+        candidates: instead of ``spec.target`` and ``spec.select``, ``(pred_instances,
+            head_outputs) -> (values, detections)``, where ``head_outputs`` are the raw
+            outputs of the box heads (see ``capture.FinalHeadOutputs``): for explaining raw
+            candidates that need not be among the reported detections
+            (``candidates.FixedCandidates``).
     """
-    if fuse not in FUSE_MODES:
-        raise ValueError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
     pristine = copy.deepcopy(data_samples)  # predict() adds its results to data_samples
     try:
-        return _explain(model, inputs, data_samples, layers, layer_names, method, target,
-                        select, reshape, fuse, eigen_smooth, batch_size, candidates,
-                        pristine[0], local_replay)
+        return _explain(model, inputs, data_samples, spec, candidates, pristine[0])
     except DetCAMError:
         raise
     except Exception:
@@ -120,22 +137,22 @@ def _check_mmdet_inference(model: nn.Module, inputs: Tensor, data_samples: list)
         model.predict(inputs, data_samples)
 
 
-def _explain(model, inputs, data_samples, layers, layer_names, method, target, select,
-             reshape, fuse, eigen_smooth, batch_size, candidates, pristine_sample,
-             local_replay) -> BoxCAMs:
+def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
+             pristine_sample) -> BoxCAMs:
+    layer_names, fuse = spec.layer_names, spec.settings.fuse
     detector = predicting_detector(model)
     neck_or_backbone = getattr(detector, 'neck', None)
     if neck_or_backbone is None:
         neck_or_backbone = getattr(detector, 'backbone', None)
     with frozen_parameters(model), differentiable_inference(model), torch.enable_grad(), \
-            LayerCapture(layers, layer_names) as capture, \
+            LayerCapture(spec.layers, layer_names) as capture, \
             FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(detector) as head, \
             FinalHeadOutputs(detector) as final, recording_rois(detector) as rois:
         data_sample = model.predict(inputs, data_samples)[0]
         pred = data_sample.pred_instances
         if candidates is None:
-            keep = select(pred)
-            values = target(pred)[keep]
+            keep = spec.select(pred)
+            values = spec.target(pred)[keep]
             detections = pred[keep]
         else:
             values, detections = candidates(pred, final.tensors)
@@ -146,8 +163,8 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
         if not capture.activations:
             raise UnsupportedModelError(
                 f'the target layers {list(layer_names)} were not called in the forward pass')
-        own_levels = method.uses_gradients or fuse == 'own'
-        perturbs = getattr(method, 'scores_perturbations', False)
+        own_levels = spec.own_levels
+        perturbs = spec.kind is MethodKind.PERTURBATION
         if own_levels and not values.requires_grad:
             raise UnsupportedModelError(
                 f'the detections of {type(model).__name__} carry no gradient to '
@@ -158,13 +175,14 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
         scale = np.tile(np.asarray(data_sample.metainfo.get('scale_factor', (1, 1))[:2]), 2)
         boxes = [BoxTarget(tuple(box * scale), int(label)) for box, label in
                  zip(detections.bboxes.cpu().numpy(), detections.labels.tolist())]
-        replay = _replay(detector, head, rois, capture) if local_replay and own_levels else None
-        layer_maps = _LayerMaps(capture, reshape, shapes.shapes, method, inputs, eigen_smooth,
-                                (width, height), head.tensors, boxes, own_levels, replay)
+        replay = (_replay(detector, head, rois, capture)
+                  if spec.settings.local_replay and own_levels else None)
+        layer_maps = _LayerMaps(spec, capture, shapes.shapes, inputs, boxes, head.tensors,
+                                replay)
         maps, zero_layers, own = [], [], []
-        for start in range(0, len(detections) if own_levels or not perturbs else 0,
-                           batch_size):
-            chunk = range(start, min(start + batch_size, len(detections)))
+        step = spec.settings.batch_size
+        for start in range(0, len(detections) if own_levels or not perturbs else 0, step):
+            chunk = range(start, min(start + step, len(detections)))
             fused, zero, own_outputs = layer_maps.for_boxes(values, chunk, fuse)
             if not perturbs:
                 maps.append(fused)
@@ -185,23 +203,24 @@ def _explain(model, inputs, data_samples, layers, layer_names, method, target, s
 class _LayerMaps:
     """Turns captured activations plus per-box gradients into per-output, input-sized maps."""
 
-    def __init__(self, capture, reshape, feature_shapes, method, inputs, eigen_smooth, size,
-                 head_outputs=(), boxes=(), own_levels=False, replay=None):
-        self.capture, self.reshape, self.shapes = capture, reshape, feature_shapes
+    def __init__(self, spec: ExplainSpec, capture: LayerCapture, feature_shapes, inputs: Tensor,
+                 boxes: Sequence[BoxTarget], head_outputs=(), replay=None):
+        self.capture, self.reshape, self.shapes = capture, spec.reshape, feature_shapes
         self.replay = replay
         self.head_outputs, self.boxes = head_outputs, list(boxes)
-        self.method, self.inputs, self.eigen_smooth, self.size = method, inputs, eigen_smooth, size
+        self.method, self.inputs = spec.method, inputs
+        self.eigen_smooth = spec.settings.eigen_smooth
+        self.size = (inputs.shape[-1], inputs.shape[-2])  # (width, height)
         # [(owner layer index, activation [1, C, H, W] as numpy)] after the reshape transform
         self.outputs = [(owner, piece.detach().cpu().numpy())
                         for owner, act in zip(capture.owners, capture.activations)
-                        for piece in reshape(act, feature_shapes)]
-        self.own_levels = own_levels
+                        for piece in self.reshape(act, feature_shapes)]
+        self.own_levels, self.kind = spec.own_levels, spec.kind
         owners = np.array([owner for owner, _ in self.outputs])
         self.owner_outputs = [np.flatnonzero(owners == o) for o in sorted(set(owners))]
         self._zero_maps_zero = {}
         self.non_finite: List[int] = []  # boxes whose gradient had NaN/inf (set to 0)
-        if not self.method.uses_gradients and not getattr(method, 'scores_perturbations', False):
-            # activation-only methods are not box-specific
+        if self.kind is MethodKind.ACTIVATION:  # not box-specific
             self._shared = [self._cam(i, np.zeros_like(a)) for i, (_, a) in
                             enumerate(self.outputs)]
 
@@ -228,9 +247,9 @@ class _LayerMaps:
         rows = [np.array([k for k in range(len(boxes)) if reached[k][index]], int)
                 for index in range(len(self.outputs))]
         own = self._own_outputs(pieces, rows)
-        if getattr(self.method, 'scores_perturbations', False):
+        if self.kind is MethodKind.PERTURBATION:
             return None, zero, own  # the maps are made after the forward pass, by perturbed()
-        if not self.method.uses_gradients:  # here with fuse='own': each box its own levels
+        if self.kind is MethodKind.ACTIVATION:  # here with fuse='own': each box its own levels
             return (_fuse([np.repeat(m, len(boxes), axis=0) for m in self._shared], fuse, own),
                     zero, own)
         fusion = _Fusion(fuse, len(boxes), self.size, len(self.outputs), own)
@@ -246,20 +265,17 @@ class _LayerMaps:
 
     def perturbed(self, candidates_model, detections: InstanceData) -> List[np.ndarray]:
         """Maps ``[(N, H_in, W_in)]`` per layer output of a method that scores re-runs of the
-        detector (``scores_perturbations``: ScoreCAM, AblationCAM), for all ``detections`` at
-        once; ``candidates_model`` (a ``RawCandidatesModel``) is what it re-runs."""
-        targets = [TrackedDetection(box, label) for box, label in
+        detector (``MethodKind.PERTURBATION``: ScoreCAM, AblationCAM), for all ``detections``
+        at once; ``candidates_model`` (a ``RawCandidatesModel``) is what it re-runs."""
+        tracked = [TrackedDetection(box, label) for box, label in
                    zip(detections.bboxes.tolist(), detections.labels.tolist())]
-        detector, self.method.model = self.method.model, candidates_model
-        try:
-            maps = []
-            for index, (owner, act) in enumerate(self.outputs):
-                self.method.output_index = sum(o == owner for o, _ in self.outputs[:index])
-                no_gradient = np.zeros((len(targets),) + act.shape[1:], act.dtype)
-                maps.append(self._cam(index, no_gradient, targets))
-            return maps
-        finally:
-            self.method.model = detector
+        maps = []
+        for index, (owner, act) in enumerate(self.outputs):
+            output_index = sum(o == owner for o, _ in self.outputs[:index])
+            no_gradient = np.zeros((len(tracked),) + act.shape[1:], act.dtype)
+            maps.append(self._cam(index, no_gradient,
+                                  Reruns(tracked, candidates_model, output_index)))
+        return maps
 
     def _own_outputs(self, pieces: List[List[Tensor]], rows: List[np.ndarray]) -> np.ndarray:
         """``[K, layers]``: per box and target layer, the output with the largest
@@ -383,11 +399,11 @@ def _detached(pred: InstanceData) -> InstanceData:
 def _warn_non_finite(boxes: List[int], detections) -> None:
     if boxes:
         labels = [int(detections.labels[i]) for i in boxes]
-        warnings.warn(
+        warnings.warn(NonFiniteGradientWarning(
             f'{len(boxes)} detection(s) ({", ".join(map(str, boxes))}; labels '
             f'{", ".join(map(str, labels))}) got NaN/inf gradients from the detector\'s '
             'post-processing; those values were set to 0, so their maps may be incomplete',
-            NonFiniteGradientWarning, stacklevel=3)
+            boxes), stacklevel=3)
 
 
 def _warn_zero_gradients(zero_layers, detections, layer_names):
@@ -397,8 +413,9 @@ def _warn_zero_gradients(zero_layers, detections, layer_names):
         box = ', '.join(f'{v:.0f}' for v in detections.bboxes[i].tolist())
         what = ('so its map is all zero' if len(layers) == len(set(layer_names))
                 else 'so those layers add nothing to its map')
-        warnings.warn(
-            f'detection {i} (label {int(detections.labels[i])}, box [{box}]) has no gradient '
+        label = int(detections.labels[i])
+        warnings.warn(ZeroGradientWarning(
+            f'detection {i} (label {label}, box [{box}]) has no gradient '
             f'at {", ".join(layers)} (it comes from another pyramid level or branch), {what}. '
             'Target all levels (e.g. the whole neck) to cover every detection.',
-            ZeroGradientWarning, stacklevel=3)
+            detection=i, label=label, layers=layers), stacklevel=3)

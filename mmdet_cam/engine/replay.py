@@ -41,7 +41,8 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .capture import _tensors_in
+from ..patching import swapped
+from .capture import tensors_in
 
 TOLERANCE = 1e-4  # max |replay - full| relative to max |full|, per level when first checked
 
@@ -85,7 +86,7 @@ def receptive_radius(head: nn.Module, features: Sequence[Tensor]) -> int:
     convolution half-widths in the autograd graph of a probe forward (1 x 1 levels)."""
     probes = tuple(f.new_zeros(1, f.shape[1], 1, 1).requires_grad_(f.requires_grad)
                    for f in features)
-    outputs = _tensors_in(head.forward(probes))
+    outputs = tensors_in(head.forward(probes))
     longest: Dict[object, int] = {}
 
     def radius(node) -> int:
@@ -241,7 +242,7 @@ class DenseReplay(_HeadReplay):
         # the head returns the same set of outputs
         inputs = tuple(crops if k == level else f.new_zeros(len(rows), f.shape[1], 1, 1)
                        .requires_grad_(f.requires_grad) for k, f in enumerate(self.features))
-        replayed = _tensors_in(self.head.forward(inputs))  # .forward: no recording hooks
+        replayed = tensors_in(self.head.forward(inputs))  # .forward: no recording hooks
         if len(replayed) != len(self.outputs):
             raise RuntimeError('the replayed head returned a different set of outputs')
         picked, grad_outputs = [], []
@@ -332,7 +333,7 @@ class RoIReplay(_HeadReplay):
         features = [f.detach() for f in self.features[:self.inputs]]
         pooled = head.bbox_roi_extractor(features, self.rois[rows]).detach().requires_grad_()
         inputs = head.shared_head(pooled) if head.with_shared_head else pooled
-        replayed = _tensors_in(head.bbox_head.forward(inputs))  # .forward: no hooks
+        replayed = tensors_in(head.bbox_head.forward(inputs))  # .forward: no hooks
         if len(replayed) != len(self.outputs):
             raise RuntimeError('the replayed box head returned a different set of outputs')
         grad_outputs = [torch.zeros_like(out) for out in replayed]
@@ -365,25 +366,16 @@ def recording_rois(detector: nn.Module) -> Iterator[dict]:
     def recorded(x, rois):
         results = StandardRoIHead._bbox_forward(roi_head, x, rois)
         record.update(x=list(x), rois=rois.detach(),
-                      outputs=_tensors_in((results['cls_score'], results['bbox_pred'])))
+                      outputs=tensors_in((results['cls_score'], results['bbox_pred'])))
         return results
-    roi_head._bbox_forward = recorded  # an instance attribute shadows the method
-    try:
+    with swapped(roi_head, '_bbox_forward', recorded):
         yield record
-    finally:
-        del roi_head._bbox_forward
 
 
 # per output tensor index: (flat indices into outputs[k], gradient values there)
 SparseGrad = Dict[int, Tuple[Tensor, Tensor]]
 MATCH_TOLERANCE = 1e-4  # relative, for telling which value an output entry belongs to
 POOLED_MAX = 1000  # values identified per set of pooled passes (weights 0.5 / n apart)
-
-
-def dense(output: Tensor, index: Tensor, grad: Tensor) -> Tensor:
-    full = torch.zeros_like(output)
-    full.view(-1)[index] = grad
-    return full
 
 
 def sparse(grads: Sequence[Optional[Tensor]]) -> SparseGrad:

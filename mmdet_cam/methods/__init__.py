@@ -4,7 +4,9 @@ The formulas are pytorch_grad_cam's own classes, plus the detection-specific met
 package, one small file each (``odam``, ``ssgradcam``, ``ssgradcam++``, ``gcame``). The engine
 calls only ``get_cam_image`` with a batch of detections' activations and gradients, and as
 ``targets`` one ``BoxTarget`` (box in network-input pixels, label) per detection. ``drise`` is
-black-box: it runs the detector on masked copies of the image instead (``perturbs_inputs``).
+black-box: it runs the detector on masked copies of the image instead. Each method has one
+:class:`MethodKind` (gradient, activation-only, perturbation, black-box), read by
+:func:`method_kind`.
 ``scorecam`` and ``ablationcam`` are the library's channel weights from extra forward passes
 per channel, shared by all detections of an image (``perturbation.py``). ShapleyCAM
 (second-order gradients) does not fit the engine and is not listed. A method of your own is a
@@ -17,16 +19,28 @@ sanity-check baseline for localisation metrics.
 """
 import inspect
 
-from pytorch_grad_cam import (FEM, KPCA_CAM, EigenCAM, EigenGradCAM, GradCAM,
-                              GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
-                              RandomCAM, XGradCAM)
+from pytorch_grad_cam import (
+    FEM,
+    KPCA_CAM,
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    RandomCAM,
+    XGradCAM,
+)
 from pytorch_grad_cam.base_cam import BaseCAM
 from torch import nn
 
 from ..errors import UnknownNameError
 from ..registry import CAM_METHODS, lookup, normalize_name
+
 # register the methods of this package
 from . import drise, gcame, odam, perturbation, ssgradcam  # noqa: F401
+from .kinds import MethodKind, method_kind  # noqa: F401
 
 for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),
                     ('xgradcam', XGradCAM), ('hirescam', HiResCAM), ('layercam', LayerCAM),
@@ -36,23 +50,22 @@ for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),
     CAM_METHODS.register_module(name=_name, module=_cls)
 
 
-# The default method, chosen by benchmarks/faithfulness.py (see the README's Faithfulness section)
+# The default method, chosen by benchmarks/faithfulness.py (docs/benchmarks.md, Faithfulness)
 DEFAULT_METHOD = 'odam'
 
 # Methods that pool a box's gradient into one weight per channel (or ignore gradients): their
-# map of one box also lights up the other objects that drive the same channels. Each is paired
-# with the box-specific method closest to it.
-NOT_BOX_SPECIFIC = {'gradcam': 'ssgradcam', 'gradcam++': 'ssgradcam++', 'xgradcam': 'ssgradcam',
-                    'eigengradcam': 'ssgradcam', 'eigencam': 'odam', 'kpca_cam': 'odam',
-                    'fem': 'odam', 'scorecam': 'odam', 'ablationcam': 'odam'}
+# map of one box also lights up the other objects that drive the same channels.
+CHANNEL_POOLED = ('gradcam', 'gradcam++', 'xgradcam', 'eigengradcam', 'eigencam', 'kpca_cam',
+                  'fem', 'scorecam', 'ablationcam')
 
 
 def box_specific_alternative(method) -> str:
-    """The box-specific counterpart of a channel-pooled method name, else ``''``."""
+    """For a channel-pooled method name, the method to suggest instead: the default, which the
+    faithfulness benchmark chose among the box-specific ones; else ``''``."""
     if not isinstance(method, str):
         return ''
-    by_name = {normalize_name(name): alternative for name, alternative in NOT_BOX_SPECIFIC.items()}
-    return by_name.get(normalize_name(method), '')
+    pooled = {normalize_name(name) for name in CHANNEL_POOLED}
+    return DEFAULT_METHOD if normalize_name(method) in pooled else ''
 
 
 def build_cam_method(method, model: nn.Module):
@@ -82,6 +95,7 @@ def build_cam_method(method, model: nn.Module):
                      if name not in ('model', 'target_layers', 'args', 'kwargs')]
             raise UnknownNameError(f'bad options for method {method.__name__}: {error} (its '
                                    f"options: {', '.join(known) or 'none'})") from None
+    method_kind(method)  # refuses an object that is not a CAM method
     return method
 
 

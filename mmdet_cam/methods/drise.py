@@ -28,6 +28,7 @@ import torch
 from mmengine.utils import ProgressBar
 
 from ..registry import CAM_METHODS
+from .kinds import MethodKind
 
 
 @CAM_METHODS.register_module(name='drise')
@@ -47,7 +48,7 @@ class DRISE:
 
     UPSAMPLING = {'bilinear': cv2.INTER_LINEAR, 'nearest': cv2.INTER_NEAREST}
 
-    perturbs_inputs = True  # DetCAM runs it on the image instead of the gradient engine
+    kind = MethodKind.BLACK_BOX  # DetCAM runs it on the image instead of the gradient engine
 
     def __init__(self, num_masks: int = 2000, grid: int = 16, p: float = 0.5,
                  batch_size: int = 16, seed: int = 0, progress: bool = True,
@@ -137,16 +138,3 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     from mmdet.structures.bbox import bbox_overlaps
     return bbox_overlaps(torch.as_tensor(a, dtype=torch.float64),
                          torch.as_tensor(b, dtype=torch.float64)).numpy()
-
-
-def num_classes_of(model) -> int:
-    """The number of classes a detector predicts (from its dataset meta or its head)."""
-    classes = (getattr(model, 'dataset_meta', None) or {}).get('classes')
-    if classes:
-        return len(classes)
-    for module in model.modules():
-        count = getattr(module, 'num_classes', None)
-        if isinstance(count, int) and count > 0:
-            return count
-    raise ValueError('cannot tell how many classes the model predicts')
-

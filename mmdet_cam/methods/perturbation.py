@@ -7,8 +7,10 @@ library's ``AblationLayer``) and takes the relative score drop. The library runs
 forwards once per target; here one batch of perturbed forwards is scored for *all* targets,
 so an image costs one pass over the channels whatever the number of detections.
 
-``model`` is a :class:`~mmdet_cam.engine.candidates.RawCandidatesModel` and each target a
-:class:`~mmdet_cam.engine.candidates.TrackedDetection` (the engine supplies both). AblationCAM
+The engine calls ``get_cam_image`` with :class:`Reruns` as ``targets``: the detections'
+:class:`~mmdet_cam.engine.candidates.TrackedDetection` targets, the
+:class:`~mmdet_cam.engine.candidates.RawCandidatesModel` to re-run, and which output of the
+target layer (pyramid level) is meant. AblationCAM
 pushes the ablated activations through the rest of the detector only: when the target layer
 is the whole neck (the default) or backbone, what comes before it runs once.
 """
@@ -24,13 +26,23 @@ from torch import Tensor
 
 from ..errors import UnsupportedModelError
 from ..registry import CAM_METHODS
+from .kinds import MethodKind
+
+
+class Reruns(list):
+    """The ``targets`` of one perturbation-method call: the tracked detections (the list), the
+    model that is re-run on perturbed inputs, and which output of a multi-output target layer
+    (pyramid level) is perturbed."""
+
+    def __init__(self, targets: Sequence[Callable], model, output_index: int = 0):
+        super().__init__(targets)
+        self.model, self.output_index = model, output_index
 
 
 class _SharedForwards:
     """Scores many targets from the same re-runs of the model."""
 
-    scores_perturbations = True  # the engine hands it a RawCandidatesModel and tracked targets
-    output_index = 0  # which output of a multi-output target layer (pyramid level) is meant
+    kind = MethodKind.PERTURBATION  # the engine hands it Reruns as targets
 
     def _scores(self, outputs: Sequence, targets: Sequence[Callable]) -> np.ndarray:
         """``[len(outputs), len(targets)]`` float32, as the library reads each target."""
@@ -72,7 +84,7 @@ class BoxScoreCAM(_SharedForwards, ScoreCAM):
                 flat = masks.reshape(len(masks), -1)
                 low, high = flat.min(dim=1)[0], flat.max(dim=1)[0]
                 masks = (masks - low[:, None, None]) / (high - low + 1e-8)[:, None, None]
-                scores.append(self._scores(self.model(input_tensor[:1] * masks[:, None]),
+                scores.append(self._scores(targets.model(input_tensor[:1] * masks[:, None]),
                                            targets))
                 if bar is not None:
                     bar.update(len(masks))
@@ -121,7 +133,7 @@ class BoxAblationCAM(_SharedForwards, AblationCAM):
     def get_cam_weights(self, input_tensor: Tensor, target_layer, targets, activations,
                         grads) -> np.ndarray:
         image = input_tensor[:1]
-        original = self._scores(self.model(image), targets)[0]  # [targets]
+        original = self._scores(targets.model(image), targets)[0]  # [targets]
         layer_output = torch.from_numpy(activations[:1].copy()).to(image.device)
         channels = self.ablation_layer.activations_to_be_ablated(
             activations[0], self.ratio_channels_to_ablate)
@@ -135,8 +147,8 @@ class BoxAblationCAM(_SharedForwards, AblationCAM):
                                                    num_channels_to_ablate=count)
                 self.ablation_layer.indices = channels[first:]
                 ablated = self.ablation_layer(None)
-                outputs = self.model.with_layer_output(
-                    image, target_layer, _Substitute(ablated, self.output_index), count)
+                outputs = targets.model.with_layer_output(
+                    image, target_layer, _Substitute(ablated, targets.output_index), count)
                 ablated_scores.append(self._scores(outputs, targets))
                 if bar is not None:
                     bar.update(count)

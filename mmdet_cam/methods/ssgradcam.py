@@ -15,6 +15,7 @@ import numpy as np
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
 
+from ..boxes import box_mask
 from ..registry import CAM_METHODS
 
 _EPS = 1e-7
@@ -34,13 +35,9 @@ def box_masks(targets: Optional[Sequence], input_shape, grid_shape) -> np.ndarra
     masks = np.ones((count, 1) + tuple(grid_shape), np.float32)
     if not targets:
         return masks
-    scale_y = grid_shape[0] / input_shape[-2]
-    scale_x = grid_shape[1] / input_shape[-1]
-    ys = (np.arange(grid_shape[0]) + 0.5) / scale_y
-    xs = (np.arange(grid_shape[1]) + 0.5) / scale_x
+    cell = (input_shape[-2] / grid_shape[0], input_shape[-1] / grid_shape[1])
     for k, target in enumerate(targets):
-        x1, y1, x2, y2 = target.bbox
-        inside = ((ys >= y1) & (ys <= y2))[:, None] & ((xs >= x1) & (xs <= x2))[None, :]
+        inside = box_mask(tuple(grid_shape), target.bbox, cell)
         if inside.any():
             masks[k, 0] = inside
     return masks

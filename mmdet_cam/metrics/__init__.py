@@ -1,10 +1,18 @@
 """Scores of maps against boxes. Arrays in, numbers out: nothing here builds a model or knows
 which method made a map. The one exception is the sanity check (``sanity``), which re-runs an
 explainer on randomised copies of its model."""
-from .faithfulness import (auc, detection_faithfulness, object_discrimination,
-                           perturbation_curve, road_combined, road_curve, tracked_score, tracker)
-from .localization import (box_area_share, box_mask, energy_in_box, peak_location,
-                           pointing_hit)
+from ..boxes import box_mask
+from .faithfulness import (
+                           auc,
+                           detection_faithfulness,
+                           object_discrimination,
+                           perturbation_curve,
+                           road_combined,
+                           road_curve,
+                           tracked_score,
+                           tracker,
+)
+from .localization import box_area_share, energy_in_box, peak_location, pointing_hit
 from .sanity import SanityResult, parameter_randomisation
 from .triage import triage
 

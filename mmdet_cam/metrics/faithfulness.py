@@ -4,8 +4,8 @@ map lands on other objects (object discrimination)?
 
 Deletion and insertion are RISE's (Petsiuk et al., arXiv 1806.07421), adapted to detection as
 D-RISE and ODAM do: each perturbed image is scored by a *tracked score* of the explained
-detection (:func:`tracked_score`), a smooth function of the detector's raw candidates that
-follows the object even when its box moves, instead of re-identifying it after NMS.
+detection (``mmdet_cam.boxes.tracked_score``), a smooth function of the detector's raw
+candidates that follows the object even when its box moves, instead of re-identifying it after NMS.
 
 ROAD (Rong et al., arXiv 2202.00449) replaces the removed pixels by pytorch_grad_cam's noisy
 linear imputation from their neighbours instead, so that the removal itself leaks less of the
@@ -21,51 +21,15 @@ from typing import Callable, List, Optional, Sequence
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam.metrics.perturbation_confidence import (RemoveLeastRelevantFirst,
-                                                              RemoveMostRelevantFirst)
+from pytorch_grad_cam.metrics.perturbation_confidence import (
+    RemoveLeastRelevantFirst,
+    RemoveMostRelevantFirst,
+)
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
-from .localization import box_mask
+from ..boxes import box_iou, box_mask, tracked_score  # noqa: F401 (re-exported)
 
 ScoreFn = Callable[[List[np.ndarray]], Sequence[float]]
-
-
-def box_iou(boxes: np.ndarray, box: Sequence[float]) -> np.ndarray:
-    """IoU of each ``(x1, y1, x2, y2)`` row of ``boxes`` with ``box``."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    x1, y1, x2, y2 = (float(v) for v in box)
-    iw = np.clip(np.minimum(boxes[:, 2], x2) - np.maximum(boxes[:, 0], x1), 0, None)
-    ih = np.clip(np.minimum(boxes[:, 3], y2) - np.maximum(boxes[:, 1], y1), 0, None)
-    inter = iw * ih
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = areas + (x2 - x1) * (y2 - y1) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def tracked_score(bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                  box: Sequence[float], label: int, gated: bool = False,
-                  initial: Optional[float] = None) -> float:
-    """Score of the explained detection ``(box, label)`` among a detector's candidates.
-
-    Smooth form (default): the maximum over candidates of ``IoU(candidate, box) x`` the
-    candidate's probability of ``label``. ``bboxes, scores, labels`` list every
-    (candidate, class) pair, as a detector run without score threshold or NMS reports them.
-
-    Gated form (``gated=True``, ODAM's evaluation code): the highest score among candidates of
-    ``label`` whose IoU with ``box`` exceeds 0.5, divided by ``initial`` (the detection's own
-    score) when given; 0 when there is none.
-    """
-    labels = np.asarray(labels).reshape(-1)
-    same = labels == int(label)
-    if not same.any():
-        return 0.0
-    ious = box_iou(np.asarray(bboxes)[same], box)
-    probs = np.asarray(scores, dtype=np.float64).reshape(-1)[same]
-    if not gated:
-        return float((ious * probs).max())
-    kept = probs[ious > 0.5]
-    best = float(kept.max()) if len(kept) else 0.0
-    return best / initial if initial else best
 
 
 def tracker(candidates_fn: Callable[[List[np.ndarray]], Sequence], box: Sequence[float],

@@ -8,13 +8,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-
-def box_mask(shape: Tuple[int, int], box: Sequence[float]) -> np.ndarray:
-    """Boolean ``shape`` mask of the pixels whose centre lies in ``box``."""
-    h, w = shape
-    x1, y1, x2, y2 = (float(v) for v in box)
-    xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
-    return ((ys >= y1) & (ys <= y2))[:, None] & ((xs >= x1) & (xs <= x2))[None, :]
+from ..boxes import box_mask
 
 
 def peak_location(cam: np.ndarray) -> Tuple[int, int]:

@@ -22,7 +22,8 @@ from mmengine.structures import InstanceData
 from scipy.stats import spearmanr
 from torch import nn
 
-from ..engine.candidates import FixedCandidates, pinned_proposals
+from ..engine.fixed_candidates import FixedCandidates
+from ..engine.proposals import pinned_proposals
 from ..model.detector import read_image
 from ..model.layers import predicting_detector
 
@@ -105,7 +106,7 @@ def parameter_randomisation(cam, image, seed: int = 0) -> SanityResult:
     """Cascading randomisation of ``cam.model`` (a copy; the model itself is not changed) for
     the detections ``cam`` explains in ``image`` (a path or BGR array)."""
     image = read_image(image)
-    fixed = FixedCandidates(cam.target, cam.select)
+    fixed = FixedCandidates(cam.spec.target, cam.spec.select)
     proposals = {}
     with pinned_proposals(cam.model, proposals):
         original = cam(image, candidates=fixed)

@@ -17,7 +17,7 @@ from mmengine.runner import load_checkpoint as mmengine_load_checkpoint
 from torch import nn
 
 from ..errors import CheckpointError, InputNotFoundError
-
+from ..patching import swapped_item
 
 # HistoryBuffer's built-in statistics. mmengine registers them in
 # ``HistoryBuffer._statistics_methods`` only when the first buffer is created, so that dict alone
@@ -55,17 +55,10 @@ def _weights_only(enabled: bool):
     """Force torch.load's ``weights_only`` for every load inside (mmengine's loaders do not
     pass it: local files get torch's default, URLs get ``False``)."""
     key = 'TORCH_FORCE_WEIGHTS_ONLY_LOAD' if enabled else 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
-    old = os.environ.get(key)
-    os.environ[key] = '1'
-    try:
-        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='Environment variable TORCH_FORCE')
-            yield
-    finally:
-        if old is None:
-            del os.environ[key]
-        else:
-            os.environ[key] = old
+    with swapped_item(os.environ, key, '1'), \
+            torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Environment variable TORCH_FORCE')
+        yield
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str, trust: bool = False) -> dict:

@@ -24,8 +24,15 @@ from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 from torch import nn
 
-from ..errors import (BadImageError, DetCAMError, DetectorFailedError, DeviceError,
-                      InputNotFoundError, UnknownNameError)
+from ..errors import (
+    BadImageError,
+    DetCAMError,
+    DetectorFailedError,
+    DeviceError,
+    InputNotFoundError,
+    UnknownNameError,
+    UntrainedModelWarning,
+)
 from .checkpoint import load_checkpoint
 
 ConfigLike = Union[str, Path, Config]
@@ -127,7 +134,8 @@ def build_detector(config: ConfigLike,
                    checkpoint: Optional[str] = None,
                    device: str = 'cpu',
                    cfg_options: Optional[dict] = None,
-                   trust_checkpoint: bool = False) -> nn.Module:
+                   trust_checkpoint: bool = False,
+                   warn_untrained: bool = True) -> nn.Module:
     """Build an mmdet detector in eval mode with ``model.cfg`` and ``model.dataset_meta`` set.
 
     Args:
@@ -136,6 +144,7 @@ def build_detector(config: ConfigLike,
         cfg_options: overrides merged into the config (as ``--cfg-options``).
         trust_checkpoint: allow a full (unsafe) unpickle of a checkpoint that a weights-only
             load refuses. Only for files you trust.
+        warn_untrained: warn (:class:`UntrainedModelWarning`) when there is no checkpoint.
     """
     check_device(device)
     cfg = resolve_config(config)
@@ -154,8 +163,10 @@ def build_detector(config: ConfigLike,
         # init_weights logs every parameter at INFO level
         with _quiet_mmengine_logger(), mmdet_failure(cfg, 'initialise the model of'):
             model.init_weights()
-        warnings.warn('no checkpoint: the detector has random weights, so its detections and '
-                      'maps carry no meaning (fine for testing the plumbing)')
+        if warn_untrained:
+            warnings.warn(UntrainedModelWarning(
+                'no checkpoint: the detector has random weights, so its detections and maps '
+                'carry no meaning (fine for testing the plumbing)'), stacklevel=2)
     else:
         meta = load_checkpoint(model, checkpoint, trust=trust_checkpoint).get('meta', {})
     model.cfg = cfg
@@ -217,8 +228,8 @@ def _quiet_mmengine_logger():
 
 def _dataset_meta(cfg: Config, checkpoint_meta: dict) -> dict:
     """Class names and palette: the checkpoint's, else the test dataset's, else COCO's."""
-    from mmdet.registry import DATASETS
     from mmdet.evaluation import get_classes
+    from mmdet.registry import DATASETS
     meta = {k.lower(): v for k, v in checkpoint_meta.get('dataset_meta', {}).items()}
     try:
         dataset_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
@@ -232,6 +243,18 @@ def _dataset_meta(cfg: Config, checkpoint_meta: dict) -> dict:
     meta.setdefault('classes', get_classes('coco'))
     meta.setdefault('palette', 'random')
     return meta
+
+
+def num_classes_of(model) -> int:
+    """The number of classes a detector predicts (from its dataset meta or its head)."""
+    classes = (getattr(model, 'dataset_meta', None) or {}).get('classes')
+    if classes:
+        return len(classes)
+    for module in model.modules():
+        count = getattr(module, 'num_classes', None)
+        if isinstance(count, int) and count > 0:
+            return count
+    raise ValueError('cannot tell how many classes the model predicts')
 
 
 def read_image(img: Union[str, Path, np.ndarray]) -> np.ndarray:

@@ -19,7 +19,7 @@ shard of the test set.
 """
 import json
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import numpy as np
 from mmdet.registry import HOOKS
@@ -30,11 +30,12 @@ from mmengine.model import is_model_wrapper
 
 from ..api import DetCAM
 from ..engine.candidates import CandidateScorer
-from ..errors import InputNotFoundError
-from ..methods import DEFAULT_METHOD
+from ..errors import InputNotFoundError, UnknownNameError
+from ..methods import MethodKind
 from ..metrics import detection_faithfulness, tracker, triage
 from ..outputs import ResultWriter
 from ..report import write_report
+from ..settings import CAMSettings, OutputSettings
 
 
 @HOOKS.register_module()
@@ -42,43 +43,41 @@ class DetCAMHook(Hook):
     """Explain the test images.
 
     Args:
-        method, target_layers, target, score_thr, topk, classes, fuse: as for ``DetCAM``.
         interval: explain every ``interval``-th test batch (1: every image).
         out_dir: folder for the files, relative to the runner's ``work_dir``.
-        alpha, renormalize, per_box, save_npy, html: as for the CLI (``html``: the report
-            of the explained test images, ``<out_dir>/index.html``, with the triage tags and
-            missed objects when ``triage`` is on).
         faithfulness_steps: perturbation steps of each deletion / insertion curve; 0: off.
         triage: tag detections TP / FP and explain the missed ground-truth boxes.
         triage_iou: IoU at which a detection matches a ground-truth box (as mmdet's mAP).
+        **settings: what to explain, as for ``DetCAM`` (the fields of
+            :class:`~mmdet_cam.settings.CAMSettings`: ``method``, ``target_layers``,
+            ``target``, ``score_thr``, ``topk``, ``classes``, ``fuse``, ...), and how to
+            write it, as for the CLI (the fields of :class:`~mmdet_cam.settings.OutputSettings`:
+            ``alpha``, ``renormalize``, ``per_box``, ``save_npy``, ``html``: the report of the
+            explained test images, ``<out_dir>/index.html``, with the triage tags and missed
+            objects when ``triage`` is on).
     """
 
     priority = 'NORMAL'
 
     def __init__(self,
-                 method: Union[str, dict] = DEFAULT_METHOD,
-                 target_layers: Optional[Union[str, Sequence[str]]] = None,
-                 target: Union[str, dict] = 'score',
-                 score_thr: float = 0.3,
-                 topk: Optional[int] = None,
-                 classes: Optional[Sequence[Union[int, str]]] = None,
-                 fuse: str = 'mean',
                  interval: int = 1,
                  out_dir: str = 'cam',
-                 alpha: float = 0.5,
-                 renormalize: bool = False,
-                 per_box: bool = False,
-                 save_npy: bool = False,
                  faithfulness_steps: int = 0,
                  triage: bool = False,
                  triage_iou: float = 0.5,
-                 html: bool = False):
-        self.cam_args = dict(method=method, target_layers=target_layers, target=target,
-                             score_thr=score_thr, topk=topk, classes=classes, fuse=fuse)
+                 **settings):
+        cam_options, rest = CAMSettings.split(settings)
+        output_options, unknown = OutputSettings.split(rest)
+        if unknown:
+            raise UnknownNameError(
+                f"DetCAMHook got unknown option(s) {', '.join(sorted(unknown))}; it takes "
+                'interval, out_dir, faithfulness_steps, triage, triage_iou and the fields of '
+                f"CAMSettings ({', '.join(CAMSettings.names())}) and OutputSettings "
+                f"({', '.join(OutputSettings.names())})")
+        self.settings = CAMSettings.of(**cam_options)
+        self.output = OutputSettings.of(**output_options)
         self.interval = interval
         self.out_dir = out_dir
-        self.writer_args = dict(alpha=alpha, renormalize=renormalize, per_box=per_box,
-                                save_npy=save_npy, html=html)
         self.faithfulness_steps = faithfulness_steps
         self.cam: Optional[DetCAM] = None
         self.writer: Optional[ResultWriter] = None
@@ -92,12 +91,12 @@ class DetCAMHook(Hook):
         dataset_meta = dict(runner.test_dataloader.dataset.metainfo)
         if not getattr(model, 'dataset_meta', None):  # class names for `classes=` and labels
             model.dataset_meta = dataset_meta
-        self.cam = DetCAM(model, config=runner.cfg, **self.cam_args)
+        self.cam = DetCAM(model, settings=self.settings, config=runner.cfg)
         out_dir = Path(runner.work_dir) / self.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
-        settings = dict(method=self.cam_args['method'], target=self.cam_args['target'],
-                        target_layers=self.cam.layer_names, fuse=self.cam_args['fuse'])
-        self.writer = ResultWriter(out_dir, dataset_meta, settings, **self.writer_args)
+        settings = dict(method=self.settings.method, target=self.settings.target,
+                        target_layers=self.cam.layer_names, fuse=self.settings.fuse)
+        self.writer = ResultWriter(out_dir, dataset_meta, settings, self.output)
         if self.faithfulness_steps > 0:
             self.scorer = CandidateScorer(model, self.cam.pipeline)
         if self.triage:
@@ -135,7 +134,7 @@ class DetCAMHook(Hook):
         height, width = result.image.shape[:2]
         named = np.clip(boxes[missed], 0, [width, height, width, height])  # annotation rounding
         explainable = ((named[:, 2] > named[:, 0]) & (named[:, 3] > named[:, 1])
-                       & (not getattr(self.cam.method, 'perturbs_inputs', False)))  # D-RISE: no
+                       & (self.cam.kind is not MethodKind.BLACK_BOX))  # D-RISE: no
         rows = []
         if explainable.any():
             found = self.cam(result.image, boxes=named[explainable],
@@ -154,7 +153,7 @@ class DetCAMHook(Hook):
     def after_test(self, runner) -> None:
         if self.triage:
             self.write_triage(runner)
-        if self.writer_args['html']:
+        if self.output.html:
             barrier()  # every process has written its images
             if is_main_process():
                 try:
@@ -167,7 +166,7 @@ class DetCAMHook(Hook):
         errors = sorted((e for part in all_gather_object(self.errors) for e in part),
                         key=lambda e: (e['image'], e['tag'], e['index']))
         if is_main_process():
-            summary = dict(iou_thr=self.triage_iou, score_thr=self.cam_args['score_thr'],
+            summary = dict(iou_thr=self.triage_iou, score_thr=self.settings.score_thr,
                            false_positives=[e for e in errors if e['tag'] == 'FP'],
                            missed=[e for e in errors if e['tag'] == 'FN'])
             path = Path(runner.work_dir) / self.out_dir / 'triage.json'

@@ -12,7 +12,7 @@ from mmengine.dist import utils as dist_utils
 from mmengine.structures import InstanceData
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
-from ..metrics import box_mask
+from ..boxes import box_mask
 
 
 def renormalize_in_boxes(cams: np.ndarray, bboxes: np.ndarray) -> np.ndarray:

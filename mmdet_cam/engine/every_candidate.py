@@ -1,0 +1,112 @@
+"""A detector whose final head reports every raw candidate: :func:`every_candidate` removes
+the score threshold, makes NMS a no-op (IoU threshold 1, where the NMS kernel only sorts),
+lifts the per-image cap and switches off mask branches that only draw masks, so every
+(candidate, class) pair the head scores comes back."""
+import contextlib
+import copy
+import importlib
+from typing import Iterator
+
+from torch import nn
+
+from ..model.layers import predicting_detector
+from ..patching import swapped
+
+
+@contextlib.contextmanager
+def every_candidate(model: nn.Module, cap: int = 100000) -> Iterator[None]:
+    """While active, the final head of ``model`` reports all of its candidates (boxes,
+    scores and labels; no masks, see :func:`_masks_off`)."""
+    detector = predicting_detector(model)
+    head = getattr(detector, 'roi_head', None) or getattr(detector, 'bbox_head', None)
+    original = getattr(head, 'test_cfg', None)
+    with _masks_off(detector):
+        if not isinstance(original, dict):
+            yield
+            return
+        opened = copy.deepcopy(original)
+        _open(opened, _candidate_count(detector, head, cap))
+        with swapped(head, 'test_cfg', opened), _nms_that_keeps_all():
+            yield
+
+
+@contextlib.contextmanager
+def _masks_off(detector: nn.Module) -> Iterator[None]:
+    """While active, mask branches that only draw masks are switched off: for thousands of
+    candidates they cost more than everything else (a mask per candidate, pasted at the
+    original image's size: Mask R-CNN ran out of memory) and nothing that reads every
+    candidate needs masks. Heads that rescore detections from their masks (Mask Scoring
+    R-CNN's ``mask_iou_head``) and detectors whose boxes come from their masks (SOLO: no box
+    head) keep theirs."""
+    from mmdet.models.detectors.single_stage_instance_seg import (
+        SingleStageInstanceSegmentor,  # here: importing mmdet.models costs seconds
+    )
+    roi_head = getattr(detector, 'roi_head', None)
+    with contextlib.ExitStack() as stack:
+        if (getattr(roi_head, 'mask_head', None) is not None
+                and getattr(roi_head, 'mask_iou_head', None) is None):
+            # ``with_mask`` turns False: mmdet's box-only path
+            stack.enter_context(swapped(roi_head, 'mask_head', None))
+        if isinstance(detector, SingleStageInstanceSegmentor) and detector.with_bbox:
+            # CondInst, BoxInst, YOLACT
+            stack.enter_context(swapped(detector, 'mask_head', _RescaledBoxesOnly()))
+        yield
+
+
+@contextlib.contextmanager
+def _nms_that_keeps_all() -> Iterator[None]:
+    """While active, mmcv's NMS kernel at an IoU threshold >= 1 (which never suppresses a
+    box) only sorts the boxes by score, as the kernel returns them, instead of computing
+    every pairwise overlap: for thousands of candidates that costs as much as the head."""
+    nms_module = importlib.import_module('mmcv.ops.nms')  # mmcv.ops.nms is also a function
+    kernels = nms_module.ext_module
+
+    class SortingKernels:
+        def __getattr__(self, name):
+            return getattr(kernels, name)
+
+        @staticmethod
+        def nms(bboxes, scores, iou_threshold, offset):
+            if iou_threshold >= 1:
+                return scores.argsort(descending=True)
+            return kernels.nms(bboxes, scores, iou_threshold=iou_threshold, offset=offset)
+
+    with swapped(nms_module, 'ext_module', SortingKernels()):
+        yield
+
+
+class _RescaledBoxesOnly(nn.Module):
+    """A single-stage instance segmentor's mask head that draws no masks. mmdet's box head
+    leaves the rescaling of its boxes to the mask head when there is one; this does only
+    that, as the mask heads do (boxes divided by the pipeline's scale factor)."""
+
+    def predict(self, x, batch_data_samples, rescale: bool = True, results_list=None,
+                **kwargs):
+        if rescale:
+            for results, sample in zip(results_list, batch_data_samples):
+                scale = results.bboxes.new_tensor(sample.metainfo['scale_factor'])
+                results.bboxes = results.bboxes / scale.repeat((1, 2))
+        return results_list
+
+
+def _candidate_count(detector: nn.Module, head: nn.Module, cap: int) -> int:
+    """``cap``, or for DETR-style heads, which take the top ``max_per_img`` of their
+    (query, class) scores, how many there are: every pair for sigmoid classifiers, one per
+    query for softmax ones."""
+    queries = getattr(detector, 'num_queries', None)
+    if not isinstance(queries, int):
+        return cap
+    sigmoid = getattr(getattr(head, 'loss_cls', None), 'use_sigmoid', False)
+    return min(cap, queries * head.num_classes if sigmoid else queries)
+
+
+def _open(cfg: dict, cap: int) -> None:
+    for key, value in cfg.items():
+        if key == 'score_thr':
+            cfg[key] = 0.0
+        elif key in ('iou_threshold', 'iou_thr') and isinstance(value, float):
+            cfg[key] = 1.0
+        elif key == 'max_per_img':
+            cfg[key] = cap
+        elif isinstance(value, dict):
+            _open(value, cap)

@@ -1,0 +1,38 @@
+"""What kind of method a CAM method is: the one property the engine, the API, the CLI and the
+hook ask of it (as captum's ``GradientAttribution`` / ``PerturbationAttribution`` types say)."""
+from enum import Enum
+
+from pytorch_grad_cam.base_cam import BaseCAM
+
+from ..errors import UnknownNameError
+
+
+class MethodKind(str, Enum):
+    """How a method makes its maps.
+
+    * ``GRADIENT``: each detection's own gradients at the target layers, through the method's
+      ``get_cam_image`` (GradCAM, HiResCAM, ODAM, ...): box-specific inputs.
+    * ``ACTIVATION``: the target layers' activations only (EigenCAM, KPCA-CAM, FEM): the same
+      map for every detection of an image.
+    * ``PERTURBATION``: channel weights from re-runs of the detector with the target layer's
+      channels perturbed, scored per detection (ScoreCAM, AblationCAM).
+    * ``BLACK_BOX``: the detector on perturbed copies of the image, no layers (D-RISE).
+    """
+    GRADIENT = 'gradient'
+    ACTIVATION = 'activation'
+    PERTURBATION = 'perturbation'
+    BLACK_BOX = 'black-box'
+
+
+def method_kind(method) -> MethodKind:
+    """The kind of a method instance: its ``kind`` attribute if it has one, else, for any
+    ``BaseCAM`` (a user's own subclass too), gradient or activation as its ``uses_gradients``
+    says."""
+    kind = getattr(method, 'kind', None)
+    if kind is not None:
+        return MethodKind(kind)
+    if isinstance(method, BaseCAM):
+        return MethodKind.GRADIENT if method.uses_gradients else MethodKind.ACTIVATION
+    raise UnknownNameError(
+        f'{type(method).__name__} is not a CAM method: give a pytorch_grad_cam BaseCAM '
+        "subclass, or a class with a 'kind' attribute (a mmdet_cam.methods.MethodKind)")

@@ -1,0 +1,104 @@
+"""The settings of a run, each default in one place.
+
+:class:`CAMSettings` says what is explained and how (``DetCAM`` takes its fields as keyword
+arguments); :class:`OutputSettings` how results are written (the CLI's and the hook's files).
+The API, the CLI and ``DetCAMHook`` all build them with :meth:`CAMSettings.of` /
+:meth:`OutputSettings.of`, so none of them repeats a default.
+"""
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from .errors import BadInputError, UnknownNameError
+from .methods import DEFAULT_METHOD
+
+FUSE_MODES = ('mean', 'max', 'own')
+
+
+class _Settings:
+    @classmethod
+    def names(cls) -> List[str]:
+        """The option names, in order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def of(cls, base: Optional['_Settings'] = None, **changes):
+        """``base`` (default: all defaults) with ``changes``; unknown names are refused with
+        the names there are."""
+        unknown = sorted(set(changes) - set(cls.names()))
+        if unknown:
+            raise UnknownNameError(f"unknown {cls.__name__} option(s) {', '.join(unknown)}; "
+                                   f"the options are {', '.join(cls.names())}")
+        return dataclasses.replace(base or cls(), **changes)
+
+    @classmethod
+    def split(cls, options: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """``options`` as (those that are fields of ``cls``, the rest)."""
+        names = set(cls.names())
+        return ({k: v for k, v in options.items() if k in names},
+                {k: v for k, v in options.items() if k not in names})
+
+
+@dataclass(frozen=True)
+class CAMSettings(_Settings):
+    """What is explained and how.
+
+    Args:
+        method: a ``CAM_METHODS`` name (any case), a config dict (``dict(type='drise',
+            num_masks=2000)``), a class or an instance. Defaults to the method the
+            faithfulness benchmark chose (``mmdet_cam.methods.DEFAULT_METHOD``).
+        target_layers: layer names or modules; None: every neck level.
+        target: ``'score'``, ``'logit'``, ``'bbox'`` (a ``CAM_TARGETS`` name), a config dict
+            (``dict(type='bbox', coord='x2')``) or a callable ``pred_instances -> values``.
+            Defaults to ``'score'``.
+        score_thr: explain detections scoring at least this much. Defaults to 0.3.
+        topk: explain at most this many (highest scores). Defaults to None (all).
+        classes: keep only these class ids or names. Defaults to None (all).
+        fuse: ``'mean'`` or ``'max'`` over layers and pyramid levels, or ``'own'``: each
+            detection's own level only. Defaults to ``'mean'``.
+        eigen_smooth: pytorch_grad_cam's first-principal-component smoothing.
+        reshape_transform: ``'auto'`` (token sequences -> maps) or a callable.
+        batch_size: detections whose gradients are kept in memory at once. Defaults to 16.
+        local_replay: back-propagate each detection through the part of the box head it
+            depends on instead of the whole head (same maps). Defaults to True.
+    """
+    method: Any = DEFAULT_METHOD
+    target_layers: Any = None
+    target: Union[str, dict, Callable] = 'score'
+    score_thr: float = 0.3
+    topk: Optional[int] = None
+    classes: Optional[Sequence[Union[int, str]]] = None
+    fuse: str = 'mean'
+    eigen_smooth: bool = False
+    reshape_transform: Union[str, Callable] = 'auto'
+    batch_size: int = 16
+    local_replay: bool = True
+
+    def __post_init__(self):
+        if self.fuse not in FUSE_MODES:
+            raise UnknownNameError(
+                f"fuse must be one of {', '.join(FUSE_MODES)}, got {self.fuse!r}")
+
+
+@dataclass(frozen=True)
+class OutputSettings(_Settings):
+    """How results are written (``ResultWriter``: the CLI and ``DetCAMHook``).
+
+    Args:
+        alpha: heatmap opacity in overlays. Defaults to 0.5.
+        renormalize: min-max scale each map inside its box (the rest set to 0).
+        per_box: also write one image per detection.
+        save_npy: also write the maps as ``.npy``.
+        save_all: also write ``<stem>_original.jpg`` and ``<stem>_detection.jpg``.
+        html: also write the interactive report (``index.html``).
+    """
+    alpha: float = 0.5
+    renormalize: bool = False
+    per_box: bool = False
+    save_npy: bool = False
+    save_all: bool = False
+    html: bool = False
+
+    def __post_init__(self):
+        if not 0 <= self.alpha <= 1:
+            raise BadInputError(f'alpha must be between 0 and 1, got {self.alpha}')
