@@ -31,7 +31,7 @@ setup(
         'numpy',
     ],
     # browser tests drive Debian's chromium (apt-get install chromium) with Playwright
-    extras_require={'tests': ['pytest>=7', 'playwright>=1.40']},
+    extras_require={'tests': ['pytest>=7', 'playwright>=1.40', 'ruff==0.17.6']},
     entry_points={'console_scripts': ['mmdet-cam=mmdet_cam.cli:main']},
     classifiers=[
         'Programming Language :: Python :: 3',
