@@ -8,11 +8,11 @@ from . import methods  # noqa: F401  (register the built-in entries)
 from .api import DetCAM, DetCAMResult
 from .engine import reshape, targets  # noqa: F401
 from .errors import (
-                     DetCAMError,
-                     DetCAMWarning,
-                     NonFiniteGradientWarning,
-                     UntrainedModelWarning,
-                     ZeroGradientWarning,
+    DetCAMError,
+    DetCAMWarning,
+    NonFiniteGradientWarning,
+    UntrainedModelWarning,
+    ZeroGradientWarning,
 )
 from .model.detector import build_detector, resolve_config
 from .model.layers import get_layer, list_layers
@@ -20,11 +20,13 @@ from .registry import CAM_METHODS, CAM_TARGETS, RESHAPE_TRANSFORMS
 from .report import write_report
 from .runner.evaluation import CAMFaithfulnessMetric, CAMLocalizationMetric
 from .runner.hooks import DetCAMHook
+from .settings import CAMSettings, OutputSettings
 from .version import __version__
 
 __all__ = [
     'DetCAM', 'DetCAMResult', 'DetCAMHook', 'CAMLocalizationMetric', 'CAMFaithfulnessMetric',
     'build_detector', 'resolve_config', 'get_layer', 'list_layers', 'DetCAMError',
     'DetCAMWarning', 'ZeroGradientWarning', 'NonFiniteGradientWarning', 'UntrainedModelWarning',
-    'CAM_METHODS', 'CAM_TARGETS', 'RESHAPE_TRANSFORMS', 'write_report', '__version__'
+    'CAM_METHODS', 'CAM_TARGETS', 'RESHAPE_TRANSFORMS', 'CAMSettings', 'OutputSettings',
+    'write_report', '__version__'
 ]

@@ -3,14 +3,14 @@ which method made a map. The one exception is the sanity check (``sanity``), whi
 explainer on randomised copies of its model."""
 from ..boxes import box_mask
 from .faithfulness import (
-                           auc,
-                           detection_faithfulness,
-                           object_discrimination,
-                           perturbation_curve,
-                           road_combined,
-                           road_curve,
-                           tracked_score,
-                           tracker,
+    auc,
+    detection_faithfulness,
+    object_discrimination,
+    perturbation_curve,
+    road_combined,
+    road_curve,
+    tracked_score,
+    tracker,
 )
 from .localization import box_area_share, energy_in_box, peak_location, pointing_hit
 from .sanity import SanityResult, parameter_randomisation
