@@ -25,6 +25,9 @@ class _Settings:
     def of(cls, base: Optional['_Settings'] = None, **changes):
         """``base`` (default: all defaults) with ``changes``; unknown names are refused with
         the names there are."""
+        if base is not None and not isinstance(base, cls):
+            raise BadInputError(f'expected {cls.__name__} settings, got {type(base).__name__} '
+                                f'{base!r}: pass single options by name (e.g. target_layers=...)')
         unknown = sorted(set(changes) - set(cls.names()))
         if unknown:
             raise UnknownNameError(f"unknown {cls.__name__} option(s) {', '.join(unknown)}; "

@@ -67,6 +67,8 @@ def test_settings_hold_each_default_once_and_refuse_unknown_names():
         CAMSettings.of(fuse='sum')
     with pytest.raises(BadInputError, match='alpha'):
         OutputSettings.of(alpha=2)
+    with pytest.raises(BadInputError, match='by name'):
+        CAMSettings.of('neck')  # DetCAM(model, checkpoint, 'neck'): options are keyword-only
     cam_options, rest = CAMSettings.split(dict(topk=1, alpha=0.2, interval=3))
     assert cam_options == dict(topk=1) and rest == dict(alpha=0.2, interval=3)
 
