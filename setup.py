@@ -31,7 +31,12 @@ setup(
         'numpy',
     ],
     # browser tests drive Debian's chromium (apt-get install chromium) with Playwright
-    extras_require={'tests': ['pytest>=7', 'playwright>=1.40', 'ruff==0.17.6']},
+    extras_require={
+        'tests': ['pytest>=7', 'playwright>=1.40', 'ruff==0.17.6'],
+        # text-prompted detectors (Grounding DINO, GLIP): mmdet 3.3 predates transformers 5,
+        # and its Grounding DINO layers import fairscale
+        'multimodal': ['transformers>=4.40,<5', 'huggingface_hub<1.0', 'fairscale'],
+    },
     entry_points={'console_scripts': ['mmdet-cam=mmdet_cam.cli:main']},
     classifiers=[
         'Programming Language :: Python :: 3',

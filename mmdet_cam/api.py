@@ -33,6 +33,7 @@ from .model.detector import (
     read_image,
 )
 from .model.layers import layer_name, resolve_layers
+from .model.prompts import PromptedPipeline, build_prompt, entities
 from .patching import PATCH_LOCK
 from .registry import CAM_TARGETS, lookup
 from .settings import CAMSettings
@@ -50,11 +51,19 @@ class DetCAMResult:
             ``cams[i]`` explaining ``detections[i]``.
         image: the BGR image the maps belong to.
         zero_gradient_layers: per detection, target layers that got no gradient from it.
+        tokens: for a text-prompted detector, the prompt's tokens as its tokenizer spells
+            them (``[CLS]``, separators and padding included); else None.
+        token_attributions: float32 ``(N, T)``: per detection, each token's signed share in
+            its value (gradient x token embedding at the language model's input, summed over
+            the embedding; from the same backward as its map). None for detectors without
+            text and for methods that use no gradients.
     """
     detections: InstanceData
     cams: np.ndarray
     image: np.ndarray
     zero_gradient_layers: List[List[str]]
+    tokens: Optional[List[str]] = None
+    token_attributions: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.detections)
@@ -132,11 +141,29 @@ class DetCAM:
                                 build_reshape_transform(settings.reshape_transform), settings)
         self.kind = self.spec.kind
         self.config = config
-        self.pipeline = build_test_pipeline(config)
+        self.base_pipeline = build_test_pipeline(config)
+        self._prompted(settings.texts)
+
+    def _prompted(self, texts) -> None:
+        """Set the prompt (a text-prompted detector's; None otherwise), the pipeline that
+        carries it, the class names (the prompt's entities, or the dataset's) and the ids of
+        the classes to explain."""
         dataset_meta = getattr(self.model, 'dataset_meta', None) or {}
-        self.class_names = list(dataset_meta.get('classes', []))
-        self.class_ids = (None if settings.classes is None
-                          else self._class_ids(settings.classes))
+        self.prompt = build_prompt(self.model, texts, dataset_meta.get('classes', ()))
+        if self.prompt is None:
+            self.pipeline = self.base_pipeline
+            self.class_names = list(dataset_meta.get('classes', []))
+        else:
+            self.pipeline = PromptedPipeline(self.base_pipeline, self.prompt)
+            self.class_names = entities(self.model, self.prompt)
+        classes = self.settings.classes
+        self.class_ids = None if classes is None else self._class_ids(classes)
+
+    def with_texts(self, texts) -> 'DetCAM':
+        """The same explainer with another prompt (a text-prompted detector's)."""
+        other = copy.copy(self)
+        other._prompted(texts)
+        return other
 
     @property
     def layers(self) -> List[nn.Module]:
@@ -153,7 +180,7 @@ class DetCAM:
     def __call__(self, img: Union[str, Path, np.ndarray],
                  candidates: Optional[Callable] = None,
                  boxes=None, labels=None, explain_class=None,
-                 contrast: bool = False) -> DetCAMResult:
+                 contrast: bool = False, texts=None) -> DetCAMResult:
         """Maps for every kept detection of ``img`` (a path or an HxWx3 BGR uint8 array).
 
         Args:
@@ -174,10 +201,14 @@ class DetCAM:
                 and ``.versus_scores`` give the other class and its score).
             candidates: explain these raw candidates instead (see
                 ``mmdet_cam.engine.explain.explain``).
+            texts: for a text-prompted detector, this call's prompt instead of the
+                explainer's (``'cat . dog'`` or a list of entity names); class names in
+                ``labels`` and ``explain_class`` are its entities.
         """
         image = read_image(img)
+        cam = self if texts is None else self.with_texts(texts)
         with PATCH_LOCK:
-            return self._call(image, candidates, boxes, labels, explain_class, contrast)
+            return cam._call(image, candidates, boxes, labels, explain_class, contrast)
 
     def _call(self, image, candidates, boxes, labels, explain_class, contrast) -> DetCAMResult:
         if explain_class is not None:
@@ -210,7 +241,8 @@ class DetCAM:
                     self.model, candidates.bboxes * torch.as_tensor(scale).float()))
             out = explain(self.model, inputs, data_samples, self.spec, candidates)
         cams = to_original_image(out.maps, out.data_sample.metainfo)
-        return DetCAMResult(out.detections, cams, image, out.zero_gradient_layers)
+        return DetCAMResult(out.detections, cams, image, out.zero_gradient_layers, out.tokens,
+                            out.token_attributions)
 
     def _other_class(self, image: np.ndarray, label: int, contrast: bool) -> DetCAMResult:
         reported = self.detect(image)

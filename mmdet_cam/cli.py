@@ -19,7 +19,7 @@ from mmengine.utils import ProgressBar
 from .engine.named_boxes import parse_box_specs, read_boxes_file
 from .errors import BadImageError, BadInputError, DetCAMError, InputNotFoundError
 from .methods import MethodKind, box_specific_alternative, method_names
-from .outputs import ResultWriter
+from .outputs import ResultWriter, top_words
 from .report import write_report
 from .settings import FUSE_MODES, CAMSettings, OutputSettings
 
@@ -43,6 +43,9 @@ EXAMPLES = """examples:
   %(prog)s yolox_s_8xb8-300e_coco yolox_s.pth images/ --classes person car --renormalize --save-npy
   # a video, explaining the right edge of each box
   %(prog)s yolox_s_8xb8-300e_coco yolox_s.pth clip.mp4 --target bbox --bbox-coord x2
+  # Grounding DINO with your prompt: maps, and each detection's attribution per word
+  %(prog)s grounding_dino_swin-t_finetune_16xb2_1x_coco gdino.pth img.jpg --texts 'cat . dog' \\
+      --language-model /path/to/bert-base-uncased
   # which layers are there (with output shapes for the image)?
   %(prog)s yolox_s_8xb8-300e_coco none img.jpg --list-layers
 """
@@ -100,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--topk', type=int, help='explain at most the K highest-scoring boxes')
     parser.add_argument('--classes', nargs='+', metavar='CLASS',
                         help='keep only these classes (names or ids), e.g. --classes person 2')
+    parser.add_argument('--texts', nargs='+', metavar='TEXT',
+                        help="the prompt of a text-prompted detector (Grounding DINO, GLIP): "
+                        "'cat . dog', or entity names as separate words (default: the config's "
+                        'class names); JSON and the console then also give each detection\'s '
+                        'attribution per token of the prompt')
+    parser.add_argument('--language-model', metavar='DIR',
+                        help="a text-prompted detector's language model from a local folder "
+                        "(e.g. a copy of bert-base-uncased) instead of the config's hub name")
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0 (default: cpu)')
     parser.add_argument('--out-dir', default='outputs/cam',
                         help='where files are written (default: outputs/cam); other files in it '
@@ -151,7 +162,8 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     from .api import DetCAM
-    from .model.detector import build_detector
+    from .model.detector import build_detector, resolve_config
+    from .model.prompts import use_language_model
     output = OutputSettings.of(alpha=args.alpha, renormalize=args.renormalize,
                                per_box=args.per_box, save_npy=args.save_npy,
                                save_all=args.save_all, html=args.html)
@@ -169,9 +181,15 @@ def run(args) -> int:
     if not all(methods) or len(set(methods)) < len(methods):
         raise BadInputError(f'--method takes method names separated by commas, each once; '
                             f'got {args.method!r}')
+    texts = args.texts[0] if args.texts and len(args.texts) == 1 else args.texts
     options = dict(score_thr=args.score_thr, topk=args.topk, classes=args.classes,
-                   target=target, fuse=args.fuse, batch_size=args.batch_size)
-    model = build_detector(args.config, checkpoint, args.device, args.cfg_options,
+                   target=target, fuse=args.fuse, batch_size=args.batch_size, texts=texts)
+    config = resolve_config(args.config)
+    if args.language_model:
+        if not Path(args.language_model).is_dir():
+            raise InputNotFoundError(f'language model folder not found: {args.language_model}')
+        use_language_model(config, args.language_model)
+    model = build_detector(config, checkpoint, args.device, args.cfg_options,
                            args.trust_checkpoint, warn_untrained=False)  # a note says it below
     cam = DetCAM(model, target_layers=args.target_layers,
                  method=method_config(methods[0], args.method_options), **options)
@@ -182,9 +200,10 @@ def run(args) -> int:
     panels = []  # (DetCAM, ResultWriter) per way each image is explained
     for k, (name, method, way) in enumerate(explanation_ways(cam, methods, args, options)):
         panels.append((way, ResultWriter(
-            out_dir, cam.model.dataset_meta,
+            out_dir, dict(cam.model.dataset_meta, classes=cam.class_names),
             dict(method=method, method_options=args.method_options or {},
                  explain_class=args.explain_class, target=args.target, fuse=args.fuse,
+                 **({'texts': texts} if texts else {}),
                  target_layers=[] if way.kind is MethodKind.BLACK_BOX else way.layer_names),
             output, panel=name, panel_index=k)))
     start, failed, detections, most = time.time(), [], 0, 0
@@ -333,12 +352,25 @@ def explain_image(panels, source: str, show: bool, what: dict) -> int:
     for cam, writer in panels:
         result = cam(source, **what)
         picture = writer.write_image(result, Path(source).stem, source)
+        if result.token_attributions is not None:
+            print_top_words(result, writer, source)
         if show:
             try:
                 mmcv.imshow(picture, writer.file_stem(Path(source).stem), wait_time=0)
             except cv2.error:
                 raise DetCAMError('--show needs a display; the files were written') from None
     return len(result)
+
+
+def print_top_words(result, writer, source: str) -> None:
+    """Per detection of a text-prompted detector: the words of the prompt that raised its
+    value most (``+``) and their attributions."""
+    print(f'\n{Path(source).name}: the prompt\'s words that raised each detection most')
+    for k, (label, score) in enumerate(zip(result.detections.labels.tolist(),
+                                           result.detections.scores.tolist())):
+        words = ', '.join(f'{word} {value:+.3g}' for word, value in
+                          top_words(result.tokens, result.token_attributions[k]))
+        print(f'  {k} {writer.class_name(label)} {score:.2f}: {words}')
 
 
 def explain_video(panels, source: str, what: dict) -> int:

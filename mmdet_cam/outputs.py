@@ -83,7 +83,9 @@ class ResultWriter:
         if self.save_npy:
             np.save(self.out_dir / f'{stem}_cams.npy', result.cams)
         summary = dict(image=source, image_size=list(result.image.shape[:2]), **self.settings,
-                       **self.panel_fields(group), detections=self.describe(result),
+                       **self.panel_fields(group),
+                       **({'tokens': result.tokens} if result.tokens else {}),
+                       detections=self.describe(result),
                        **(extra or {}),
                        **(dict(palette=self.palette) if self.palette else {}))
         (self.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
@@ -151,12 +153,24 @@ class ResultWriter:
                 **({key: round(value, 4) for key, value in
                     result.detections.faithfulness[k].items()}
                    if 'faithfulness' in result.detections else {}),
+                **({'token_attributions': [round(float(v), 6)
+                                           for v in result.token_attributions[k]]}
+                   if result.token_attributions is not None else {}),
                 zero_gradient_layers=result.zero_gradient_layers[k]))
         return rows
 
     def imwrite(self, name: str, image: np.ndarray) -> None:
         if not mmcv.imwrite(image, str(self.out_dir / name)):
             raise DetCAMError(f'cannot write {self.out_dir / name}')
+
+
+def top_words(tokens: List[str], attributions: np.ndarray, count: int = 3) -> List[tuple]:
+    """The ``count`` tokens with the largest attribution, ``(token, attribution)``, largest
+    first; the tokenizer's special tokens (``[CLS]``, ``[SEP]``, ``[PAD]``) left out."""
+    order = np.argsort(-np.asarray(attributions), kind='stable')
+    words = [(tokens[i], float(attributions[i])) for i in order
+             if not re.fullmatch(r'\[[A-Z]+\]', tokens[i])]
+    return words[:count]
 
 
 def panel_slug(name: str) -> str:

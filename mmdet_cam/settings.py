@@ -64,6 +64,9 @@ class CAMSettings(_Settings):
         batch_size: detections whose gradients are kept in memory at once. Defaults to 16.
         local_replay: back-propagate each detection through the part of the box head it
             depends on instead of the whole head (same maps). Defaults to True.
+        texts: the prompt of a text-prompted detector (Grounding DINO, GLIP): entities
+            separated by ``' . '`` (``'cat . dog'``) or a list of entity names. Defaults to None:
+            the model's class names, as mmdet's test configs prompt it.
     """
     method: Any = DEFAULT_METHOD
     target_layers: Any = None
@@ -76,6 +79,7 @@ class CAMSettings(_Settings):
     reshape_transform: Union[str, Callable] = 'auto'
     batch_size: int = 16
     local_replay: bool = True
+    texts: Optional[Union[str, Sequence[str]]] = None
 
     def __post_init__(self):
         if self.fuse not in FUSE_MODES:

@@ -69,8 +69,8 @@ else
 fi
 
 # 5. mmdet-cam itself (editable) with mmdet, mmengine, grad-cam and the test extras.
-say "installing mmdet-cam (editable) with its test extras${pinned:+ (versions from $constraints)}"
-pip install --quiet "${pinned[@]}" -e "$repo[tests]"
+say "installing mmdet-cam (editable) with its test and multimodal extras${pinned:+ (versions from $constraints)}"
+pip install --quiet "${pinned[@]}" -e "$repo[tests,multimodal]"
 
 say "checking the stack"
 "$py" - <<'PY'

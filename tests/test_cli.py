@@ -165,7 +165,7 @@ def test_help_documents_every_option_with_examples():
                    '--target-layers', '--fuse', '--target', '--score-thr', '--topk',
                    '--classes', '--device', '--out-dir', '--renormalize', '--per-box',
                    '--save-npy', '--save-all', '--list-layers', '--cfg-options', '--alpha',
-                   '--show', '--per-layer', '--html', 'examples:'):
+                   '--show', '--per-layer', '--html', '--texts', 'examples:'):
         assert option in out.stdout
 
 

@@ -16,6 +16,7 @@
 import contextlib
 import importlib
 import sys
+import types
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -31,14 +32,16 @@ from ..patching import swapped
 def differentiable_inference(model: Optional[nn.Module] = None) -> Iterator[None]:
     """Keep mmdet's inference differentiable while active: :class:`GraphKeepingFunctions`,
     :func:`_graph_keeping_swaps` and, for ``model``'s predicting detector,
-    :func:`post_processing_keeps_graph` and :func:`masks_without_gradients`. The engine and the
-    library-path adapter both enter it, so both see the same detector."""
+    :func:`post_processing_keeps_graph`, :func:`masks_without_gradients` and
+    :func:`without_activation_checkpoints`. The engine and the library-path adapter both enter
+    it, so both see the same detector."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(_graph_keeping_swaps())
         if model is not None:
             detector = predicting_detector(model)
             stack.enter_context(post_processing_keeps_graph(detector))
             stack.enter_context(masks_without_gradients(detector))
+            stack.enter_context(without_activation_checkpoints(detector))
         stack.enter_context(GraphKeepingFunctions())
         yield
 
@@ -200,6 +203,25 @@ def post_processing_keeps_graph(model: nn.Module) -> Iterator[None]:
         for head in heads:
             stack.enter_context(
                 swapped(head, 'predict_by_feat', keeping_graph(head.predict_by_feat)))
+        yield
+
+
+@contextlib.contextmanager
+def without_activation_checkpoints(model: nn.Module) -> Iterator[None]:
+    """While active, layers wrapped by fairscale's ``checkpoint_wrapper`` (Grounding DINO's and
+    some Deformable DETR encoders, ``num_cp``) run their own ``forward``.
+
+    The wrapper re-runs a layer's forward during the backward instead of keeping its
+    activations, through an autograd function that refuses ``torch.autograd.grad`` (which the
+    engine calls once per box). Same values; only memory is traded for the graph.
+    """
+    wrapped = [module for module in model.modules()
+               if getattr(vars(module).get('forward'), 'func', None) is not None
+               and getattr(vars(module)['forward'].func, '__name__', '') == '_checkpointed_forward']
+    with contextlib.ExitStack() as stack:
+        for module in wrapped:
+            stack.enter_context(swapped(module, 'forward',
+                                        types.MethodType(type(module).forward, module)))
         yield
 
 
@@ -404,6 +426,47 @@ class FinalHeadOutputs:
 
     def _hook(self, module, inputs, output):
         self.tensors += tensors_in(output)
+
+
+class TokenEmbeddings(_OutputRecorder):
+    """The token embeddings of a text-prompted detector's prompt, as a gradient leaf.
+
+    A forward hook on the language model's word-embedding table records its output (``[1, T,
+    C]``: one embedding per token of the prompt, padding and separators included) as a fresh
+    leaf that the rest of the model reads, and the token ids it embedded. The gradient of a
+    detection's value with respect to that leaf, times the leaf, summed over ``C``, is that
+    token's attribution (gradient x input, at the language model's input). For detectors
+    without a language model nothing is recorded (``embeddings`` stays None).
+    """
+
+    def __init__(self, model: nn.Module):
+        language_model = getattr(model, 'language_model', None)
+        super().__init__(None if language_model is None else _word_embeddings(language_model))
+        self.tokenizer = getattr(language_model, 'tokenizer', None)
+        self.embeddings: Optional[Tensor] = None
+        self.ids: Optional[Tensor] = None
+
+    def _hook(self, module, inputs, output):
+        self.ids = inputs[0].detach()
+        self.embeddings = output.detach().requires_grad_()
+        return self.embeddings
+
+    @property
+    def tokens(self) -> List[str]:
+        """The recorded prompt's tokens as the tokenizer spells them (first prompt of the
+        batch)."""
+        if self.ids is None:
+            return []
+        return list(self.tokenizer.convert_ids_to_tokens(self.ids[0].tolist()))
+
+
+def _word_embeddings(language_model: nn.Module) -> Optional[nn.Module]:
+    """The embedding table that turns a prompt's token ids into vectors (BERT's
+    ``embeddings.word_embeddings``), or the language model's first ``nn.Embedding``."""
+    tables = [(name, m) for name, m in language_model.named_modules()
+              if isinstance(m, nn.Embedding)]
+    named = [m for name, m in tables if name.endswith('word_embeddings')]
+    return (named or [m for _, m in tables] or [None])[0]
 
 
 def tensors_in(value) -> List[Tensor]:

@@ -39,6 +39,7 @@ from .capture import (
     FeatureShapes,
     FinalHeadOutputs,
     LayerCapture,
+    TokenEmbeddings,
     differentiable_inference,
     frozen_parameters,
     grads_for,
@@ -94,6 +95,10 @@ class BoxCAMs:
     maps: np.ndarray  # float32 (N, H_in, W_in)
     data_sample: object = None
     zero_gradient_layers: List[List[str]] = field(default_factory=list)
+    # text-prompted detectors with a gradient method: the prompt's tokens and, per detection,
+    # one attribution per token (gradient x embedding at the language model's input)
+    tokens: Optional[List[str]] = None
+    token_attributions: Optional[np.ndarray] = None  # float32 (N, T)
 
 
 def explain(model: nn.Module,
@@ -147,7 +152,8 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
     with frozen_parameters(model), differentiable_inference(model), torch.enable_grad(), \
             LayerCapture(spec.layers, layer_names) as capture, \
             FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(detector) as head, \
-            FinalHeadOutputs(detector) as final, recording_rois(detector) as rois:
+            FinalHeadOutputs(detector) as final, recording_rois(detector) as rois, \
+            TokenEmbeddings(detector) as tokens:
         data_sample = model.predict(inputs, data_samples)[0]
         pred = data_sample.pred_instances
         if candidates is None:
@@ -159,7 +165,8 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
         detections = _detached(detections)
         height, width = inputs.shape[-2:]
         if not len(detections):
-            return BoxCAMs(detections, np.zeros((0, height, width), np.float32), data_sample)
+            return BoxCAMs(detections, np.zeros((0, height, width), np.float32), data_sample,
+                           tokens=tokens.tokens or None)
         if not capture.activations:
             raise UnsupportedModelError(
                 f'the target layers {list(layer_names)} were not called in the forward pass')
@@ -175,10 +182,10 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
         scale = np.tile(np.asarray(data_sample.metainfo.get('scale_factor', (1, 1))[:2]), 2)
         boxes = [BoxTarget(tuple(box * scale), int(label)) for box, label in
                  zip(detections.bboxes.cpu().numpy(), detections.labels.tolist())]
-        replay = (_replay(detector, head, rois, capture)
-                  if spec.settings.local_replay and own_levels else None)
-        layer_maps = _LayerMaps(spec, capture, shapes.shapes, inputs, boxes, head.tensors,
-                                replay)
+        replay = (_replay(detector, head, rois, capture) if spec.settings.local_replay
+                  and own_levels and tokens.embeddings is None else None)
+        backward = _Backward(capture.activations, head.tensors, replay, tokens.embeddings)
+        layer_maps = _LayerMaps(spec, capture, shapes.shapes, inputs, boxes, backward)
         maps, zero_layers, own = [], [], []
         step = spec.settings.batch_size
         for start in range(0, len(detections) if own_levels or not perturbs else 0, step):
@@ -197,17 +204,50 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
         detections.levels = torch.as_tensor(layer_maps.level_index(np.concatenate(own)))
     _warn_zero_gradients(zero_layers, detections, layer_names)
     _warn_non_finite(layer_maps.non_finite, detections)
-    return BoxCAMs(detections, maps, data_sample, zero_layers)
+    attributions = backward.token_attributions
+    return BoxCAMs(detections, maps, data_sample, zero_layers, tokens.tokens or None,
+                   np.stack([attributions[i] for i in range(len(detections))])
+                   if own_levels and attributions else None)
+
+
+class _Backward:
+    """Each box's gradients at the target layers' outputs, from the forward's graph: through
+    a replay of the part of the box head it depends on (``replay``), or a backward that stops
+    at the head's outputs first (``head_outputs``, see :func:`grads_for`). With ``tokens``
+    (a text-prompted detector's token embeddings, a gradient leaf) the same backward also
+    gives each box's token attributions: gradient x embedding, summed over the embedding."""
+
+    def __init__(self, activations: List[Tensor], head_outputs=(), replay=None,
+                 tokens: Optional[Tensor] = None):
+        self.activations, self.head_outputs, self.replay = activations, head_outputs, replay
+        self.tokens = tokens
+        self.token_attributions: dict = {}  # box index -> float32 [T]
+
+    def __call__(self, values: Tensor, boxes: range) -> List[List[Tensor]]:
+        """Per box of ``boxes``, one gradient per activation (zeros where it has none)."""
+        if self.replay is not None:
+            return self.replay.activation_grads(values, boxes, self.activations)
+        leaves = self.activations + ([] if self.tokens is None else [self.tokens])
+        grads = []
+        for i in boxes:
+            box_grads = grads_for(values[i], leaves, self.head_outputs)
+            if self.tokens is not None:
+                token_grad = torch.nan_to_num(box_grads.pop(), nan=0.0, posinf=0.0,
+                                              neginf=0.0)
+                self.token_attributions[i] = (
+                    (token_grad * self.tokens)[0].sum(-1).detach().cpu().numpy()
+                    .astype(np.float32))
+            grads.append(box_grads)
+        return grads
 
 
 class _LayerMaps:
     """Turns captured activations plus per-box gradients into per-output, input-sized maps."""
 
     def __init__(self, spec: ExplainSpec, capture: LayerCapture, feature_shapes, inputs: Tensor,
-                 boxes: Sequence[BoxTarget], head_outputs=(), replay=None):
+                 boxes: Sequence[BoxTarget], backward: '_Backward'):
         self.capture, self.reshape, self.shapes = capture, spec.reshape, feature_shapes
-        self.replay = replay
-        self.head_outputs, self.boxes = head_outputs, list(boxes)
+        self.backward, self.boxes = backward, list(boxes)
         self.method, self.inputs = spec.method, inputs
         self.eigen_smooth = spec.settings.eigen_smooth
         self.size = (inputs.shape[-1], inputs.shape[-2])  # (width, height)
@@ -232,11 +272,7 @@ class _LayerMaps:
         if not self.own_levels:  # activation-only method, no gradients needed
             return (np.repeat(_fuse(self._shared, fuse), len(boxes), axis=0),
                     [[]] * len(boxes), None)
-        if self.replay is not None:
-            grads = self.replay.activation_grads(values, boxes, self.capture.activations)
-        else:
-            grads = [grads_for(values[i], self.capture.activations, self.head_outputs)
-                     for i in boxes]
+        grads = self.backward(values, boxes)
         per_box = [self._finite(i, g) for i, g in zip(boxes, grads)]
         # per box, per output: [1, C, H, W] (the reshape transform's pieces of each activation)
         pieces = [[piece.cpu() for g in box_grads for piece in self.reshape(g, self.shapes)]
