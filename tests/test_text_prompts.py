@@ -18,6 +18,7 @@ from mmdet_cam.errors import BadInputError
 from mmdet_cam.model.prompts import use_language_model
 
 from conftest import REPO, make_scene, small_config
+from tiny_language_model import write_tiny_bert
 
 GROUNDING_DINO = 'grounding_dino/grounding_dino_r50_scratch_8xb2_1x_coco.py'
 CONFIGS = [
@@ -29,24 +30,12 @@ CONFIGS = [
     pytest.param('glip/glip_atss_swin-t_a_fpn_dyhead_pretrain_obj365.py', marks=pytest.mark.slow),
 ]
 PROMPT = 'circle . square . triangle'
-WORDS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', '.', ',', 'circle', 'square', 'triangle',
-         'a', 'red', 'shape', 'person', 'car', 'dog']
-
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # no hub lookups for the local language model
 
 
 @pytest.fixture(scope='session')
 def tiny_bert(tmp_path_factory):
-    """A one-layer BERT of bert-base's width with a 16-word vocabulary, as a local folder
-    that mmdet's ``BertModel`` loads by its ``name`` (``lang_model_name`` in the configs)."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-    folder = tmp_path_factory.mktemp('tiny_bert')
-    (folder / 'vocab.txt').write_text('\n'.join(WORDS) + '\n')
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(WORDS), hidden_size=768, num_hidden_layers=1,
-                         num_attention_heads=12, intermediate_size=256)).save_pretrained(folder)
-    BertTokenizer(str(folder / 'vocab.txt')).save_pretrained(folder)
-    return folder
+    return write_tiny_bert(tmp_path_factory.mktemp('tiny_bert'))
 
 
 @pytest.fixture(scope='session')
@@ -163,6 +152,23 @@ def test_the_prompt_is_per_explainer_or_per_call_and_defaults_to_the_class_names
     assert set(result.detections.labels.tolist()) <= {0, 1}
     assert cam.class_names == list(model.dataset_meta['classes'])  # the call changed nothing
     assert DetCAM(model, texts='dog . car', classes=['car']).class_ids == [1]
+
+
+def test_the_text_side_questions_take_the_prompts_entities(text_models):
+    """"Why 'triangle' and not what it reported?" and "what did the model think of this box
+    as a circle?": the entity names work where class names do, with token attributions."""
+    model = text_models(GROUNDING_DINO)
+    scene = make_scene()
+    cam = DetCAM(model, method='hirescam', score_thr=0, topk=2, texts=PROMPT)
+    other = cam(scene, explain_class='triangle')
+    assert other.detections.labels.tolist() == [2, 2]
+    assert 'reported_labels' in other.detections
+    assert other.token_attributions.shape == (2, len(other.tokens))
+    versus = cam(scene, explain_class='triangle', contrast=True)
+    assert versus.detections.versus_labels.tolist() == [2, 2]
+    named = cam(scene, boxes=[[40, 30, 140, 110]], labels=['circle'])
+    assert named.detections.labels.tolist() == [0] and float(named.detections.ious[0]) > 0
+    assert np.isfinite(named.cams).all() and named.cams.max() > 0
 
 
 def test_a_prompt_where_none_is_taken_or_an_empty_one_is_a_one_line_error(models, text_models):

@@ -435,29 +435,30 @@ class TokenEmbeddings(_OutputRecorder):
     C]``: one embedding per token of the prompt, padding and separators included) as a fresh
     leaf that the rest of the model reads, and the token ids it embedded. The gradient of a
     detection's value with respect to that leaf, times the leaf, summed over ``C``, is that
-    token's attribution (gradient x input, at the language model's input). For detectors
-    without a language model nothing is recorded (``embeddings`` stays None).
+    token's attribution (gradient x input, at the language model's input). A prompt too long
+    for one pass (mmdet's chunked prompts, e.g. LVIS's 1203 classes) is embedded once per
+    chunk: one leaf per chunk, their tokens one after the other. For detectors without a
+    language model nothing is recorded (``embeddings`` stays empty).
     """
 
     def __init__(self, model: nn.Module):
         language_model = getattr(model, 'language_model', None)
         super().__init__(None if language_model is None else _word_embeddings(language_model))
         self.tokenizer = getattr(language_model, 'tokenizer', None)
-        self.embeddings: Optional[Tensor] = None
-        self.ids: Optional[Tensor] = None
+        self.embeddings: List[Tensor] = []  # one [1, T_i, C] leaf per pass of the prompt
+        self.ids: List[Tensor] = []
 
     def _hook(self, module, inputs, output):
-        self.ids = inputs[0].detach()
-        self.embeddings = output.detach().requires_grad_()
-        return self.embeddings
+        self.ids.append(inputs[0].detach())
+        self.embeddings.append(output.detach().requires_grad_())
+        return self.embeddings[-1]
 
     @property
     def tokens(self) -> List[str]:
         """The recorded prompt's tokens as the tokenizer spells them (first prompt of the
-        batch)."""
-        if self.ids is None:
-            return []
-        return list(self.tokenizer.convert_ids_to_tokens(self.ids[0].tolist()))
+        batch; every chunk's, in order)."""
+        return [token for ids in self.ids
+                for token in self.tokenizer.convert_ids_to_tokens(ids[0].tolist())]
 
 
 def _word_embeddings(language_model: nn.Module) -> Optional[nn.Module]:

@@ -5,7 +5,7 @@ lifts the per-image cap and switches off mask branches that only draw masks, so 
 import contextlib
 import copy
 import importlib
-from typing import Iterator
+from typing import Iterator, Optional
 
 from torch import nn
 
@@ -14,9 +14,12 @@ from ..patching import swapped
 
 
 @contextlib.contextmanager
-def every_candidate(model: nn.Module, cap: int = 100000) -> Iterator[None]:
+def every_candidate(model: nn.Module, cap: int = 100000,
+                    classes: Optional[int] = None) -> Iterator[None]:
     """While active, the final head of ``model`` reports all of its candidates (boxes,
-    scores and labels; no masks, see :func:`_masks_off`)."""
+    scores and labels; no masks, see :func:`_masks_off`). ``classes``: how many classes the
+    head scores when that is not its ``num_classes`` (a text-prompted detector: the prompt's
+    entities)."""
     detector = predicting_detector(model)
     head = getattr(detector, 'roi_head', None) or getattr(detector, 'bbox_head', None)
     original = getattr(head, 'test_cfg', None)
@@ -25,7 +28,7 @@ def every_candidate(model: nn.Module, cap: int = 100000) -> Iterator[None]:
             yield
             return
         opened = copy.deepcopy(original)
-        _open(opened, _candidate_count(detector, head, cap))
+        _open(opened, _candidate_count(detector, head, cap, classes))
         with swapped(head, 'test_cfg', opened), _nms_that_keeps_all():
             yield
 
@@ -89,7 +92,8 @@ class _RescaledBoxesOnly(nn.Module):
         return results_list
 
 
-def _candidate_count(detector: nn.Module, head: nn.Module, cap: int) -> int:
+def _candidate_count(detector: nn.Module, head: nn.Module, cap: int,
+                     classes: Optional[int] = None) -> int:
     """``cap``, or for DETR-style heads, which take the top ``max_per_img`` of their
     (query, class) scores, how many there are: every pair for sigmoid classifiers, one per
     query for softmax ones."""
@@ -97,7 +101,7 @@ def _candidate_count(detector: nn.Module, head: nn.Module, cap: int) -> int:
     if not isinstance(queries, int):
         return cap
     sigmoid = getattr(getattr(head, 'loss_cls', None), 'use_sigmoid', False)
-    return min(cap, queries * head.num_classes if sigmoid else queries)
+    return min(cap, queries * (classes or head.num_classes) if sigmoid else queries)
 
 
 def _open(cfg: dict, cap: int) -> None:

@@ -183,7 +183,7 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
         boxes = [BoxTarget(tuple(box * scale), int(label)) for box, label in
                  zip(detections.bboxes.cpu().numpy(), detections.labels.tolist())]
         replay = (_replay(detector, head, rois, capture) if spec.settings.local_replay
-                  and own_levels and tokens.embeddings is None else None)
+                  and own_levels and not tokens.embeddings else None)
         backward = _Backward(capture.activations, head.tensors, replay, tokens.embeddings)
         layer_maps = _LayerMaps(spec, capture, shapes.shapes, inputs, boxes, backward)
         maps, zero_layers, own = [], [], []
@@ -215,29 +215,29 @@ class _Backward:
     a replay of the part of the box head it depends on (``replay``), or a backward that stops
     at the head's outputs first (``head_outputs``, see :func:`grads_for`). With ``tokens``
     (a text-prompted detector's token embeddings, a gradient leaf) the same backward also
-    gives each box's token attributions: gradient x embedding, summed over the embedding."""
+    gives each box's token attributions: gradient x embedding, summed over the embedding
+    (``tokens``: one leaf per pass of the prompt through the language model)."""
 
     def __init__(self, activations: List[Tensor], head_outputs=(), replay=None,
-                 tokens: Optional[Tensor] = None):
+                 tokens: Sequence[Tensor] = ()):
         self.activations, self.head_outputs, self.replay = activations, head_outputs, replay
-        self.tokens = tokens
+        self.tokens = list(tokens)
         self.token_attributions: dict = {}  # box index -> float32 [T]
 
     def __call__(self, values: Tensor, boxes: range) -> List[List[Tensor]]:
         """Per box of ``boxes``, one gradient per activation (zeros where it has none)."""
         if self.replay is not None:
             return self.replay.activation_grads(values, boxes, self.activations)
-        leaves = self.activations + ([] if self.tokens is None else [self.tokens])
+        count = len(self.activations)
         grads = []
         for i in boxes:
-            box_grads = grads_for(values[i], leaves, self.head_outputs)
-            if self.tokens is not None:
-                token_grad = torch.nan_to_num(box_grads.pop(), nan=0.0, posinf=0.0,
-                                              neginf=0.0)
-                self.token_attributions[i] = (
-                    (token_grad * self.tokens)[0].sum(-1).detach().cpu().numpy()
-                    .astype(np.float32))
-            grads.append(box_grads)
+            box_grads = grads_for(values[i], self.activations + self.tokens, self.head_outputs)
+            if self.tokens:
+                self.token_attributions[i] = np.concatenate([
+                    (torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0) * leaf)[0]
+                    .sum(-1).detach().cpu().numpy().astype(np.float32)
+                    for grad, leaf in zip(box_grads[count:], self.tokens)])
+            grads.append(box_grads[:count])
         return grads
 
 

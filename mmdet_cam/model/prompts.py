@@ -105,6 +105,11 @@ def use_language_model(cfg, folder: str) -> int:
     return replace(cfg._cfg_dict if hasattr(cfg, '_cfg_dict') else cfg)
 
 
+def prompt_classes(model: nn.Module, prompt: Optional[Prompt]) -> Optional[int]:
+    """How many classes ``model`` scores under ``prompt`` (its entities); None without one."""
+    return None if prompt is None else len(entities(model, prompt))
+
+
 class PromptedPipeline:
     """A test pipeline that puts ``prompt`` next to every image it prepares, as mmdet's
     ``inference_detector`` does (``text``, ``custom_entities``)."""
