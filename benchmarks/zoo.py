@@ -10,6 +10,11 @@ Results are appended to a JSON-lines file as they come, and a re-run resumes whe
     python benchmarks/zoo.py --quick                  # one config per folder, a few minutes each
     nohup python benchmarks/zoo.py > zoo.log 2>&1 &   # all configs, then docs/zoo.md
     python benchmarks/zoo.py --rerun crash            # again for the configs that crashed
+    python benchmarks/zoo.py --from-table docs/zoo.md --configs grounding glip \
+        --rerun skipped --table docs/zoo.md           # some configs again, the table updated
+
+Text-prompted detectors (Grounding DINO, MM-Grounding-DINO, GLIP) get a tiny BERT written to
+work_dirs/zoo/tiny_bert (``--language-model DIR``: yours) and their class names as prompt.
     python benchmarks/zoo.py --quick --method drise --method-options num_masks=32 \
         --results work_dirs/zoo_drise/results.jsonl   # the black-box method, same configs
 
@@ -46,6 +51,7 @@ REPO = Path(__file__).parents[1]
 STATUSES = ('works', 'refused', 'mmdet fails', 'crash', 'skipped')
 IMAGE = REPO / 'demo' / 'images' / 'shapes_1.jpg'
 METHOD = 'gradcam'  # set by --method before the per-config processes are forked
+LANGUAGE_MODEL = ''  # set by main (--language-model, or the tiny BERT) before the forks
 
 
 def shipped_configs():
@@ -113,7 +119,9 @@ def skip_reason(cfg):
     if not issubclass(cls, BaseDetector):
         return f'not an image detector: {model_type} ({cls.__mro__[1].__name__})'
     text = json.dumps(cfg.model, default=str)
-    if any(key in text for key in ('lang_model_name', 'text_model', 'bert-base')):
+    has_language_model = bool((cfg.model.get('language_model') or {}).get('name'))
+    if not has_language_model and any(key in text for key in ('lang_model_name', 'text_model',
+                                                               'bert-base')):
         return ('needs a language model from the Hugging Face hub (text prompts), '
                 'not available offline')
     pipeline = json.dumps(cfg.get('test_pipeline') or cfg.get('test_dataloader'), default=str)
@@ -190,6 +198,9 @@ def run_one(root: str, name: str, size: int, conn) -> None:
     reason = skip_reason(cfg)
     if reason:
         return send('skipped', reason)
+    if (cfg.model.get('language_model') or {}).get('name'):
+        from mmdet_cam.model.prompts import use_language_model
+        use_language_model(cfg, LANGUAGE_MODEL)  # the prompt: the config's class names
     try:
         try:
             result, note = explain(copy.deepcopy(cfg), size)
@@ -330,6 +341,13 @@ def mmdet_version() -> str:
     return mmdet.__version__
 
 
+def tiny_language_model() -> Path:
+    """The tests' tiny BERT (tests/tiny_language_model.py), written once to work_dirs/zoo."""
+    sys.path.insert(0, str(REPO / 'tests'))
+    from tiny_language_model import write_tiny_bert
+    return write_tiny_bert(REPO / 'work_dirs' / 'zoo' / 'tiny_bert')
+
+
 def load_results(path: Path) -> dict:
     results = {}
     if path.is_file():
@@ -337,6 +355,23 @@ def load_results(path: Path) -> dict:
             if line.strip():
                 row = json.loads(line)
                 results[row['config']] = row
+    return results
+
+
+def load_table(path: Path) -> dict:
+    """Results as a table written by :func:`write_table` gives them (to update some rows)."""
+    results = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in re.split(r'(?<!\\)\|', line)[1:-1]]
+        if len(cells) != 5 or not cells[0].startswith('`'):
+            continue
+        config, family, status, reason, seconds = cells
+        row = dict(config=config.strip('`'), family=family, status=status,
+                   reason=reason.replace('\\|', '|'), seconds=float(seconds))
+        same = re.fullmatch(r'same model and test pipeline as `(.+)`', reason)
+        if same:
+            row['same_as'] = same.group(1)
+        results[row['config']] = row
     return results
 
 
@@ -358,22 +393,32 @@ def main(argv=None) -> int:
     parser.add_argument('--method-options', nargs='+', action=DictAction, default={},
                         metavar='KEY=VALUE', help='options of the method, e.g. num_masks=32')
     parser.add_argument('--table', help='markdown table to write (default: docs/zoo.md for '
-                        'a full run, work_dirs/zoo/zoo_quick.md for --quick)')
+                        'a full run, work_dirs/zoo/zoo_quick.md for --quick or --configs)')
+    parser.add_argument('--from-table', metavar='PATH',
+                        help='take the results of configs not in --results from this table '
+                        '(e.g. docs/zoo.md): update some rows without running all')
+    parser.add_argument('--language-model', metavar='DIR',
+                        help='the language model of text-prompted detectors (default: a tiny '
+                        'BERT written to work_dirs/zoo/tiny_bert)')
     args = parser.parse_args(argv)
 
     warnings.simplefilter('ignore')
-    global METHOD
+    global METHOD, LANGUAGE_MODEL
     METHOD = dict(type=args.method, **args.method_options) if args.method_options else \
         args.method
+    LANGUAGE_MODEL = args.language_model or str(tiny_language_model())
     import mmdet.models  # noqa: F401  (imported once here, inherited by every forked process)
     root, configs = shipped_configs()
     if args.quick:
         configs = quick_selection(configs)
+    listed = configs  # the table lists every one of these that has a result
     if args.configs:
         configs = [c for c in configs if any(re.search(p, c) for p in args.configs)]
     results_path = Path(args.results)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results = load_results(results_path)
+    if args.from_table:
+        results = {**load_table(Path(args.from_table)), **results}
     signatures_path = results_path.with_name('signatures.json')
     signatures = json.loads(signatures_path.read_text()) if signatures_path.is_file() else {}
 
@@ -420,7 +465,7 @@ def main(argv=None) -> int:
 
     table = Path(args.table or ('work_dirs/zoo/zoo_quick.md' if args.quick or args.configs
                                 else REPO / 'docs' / 'zoo.md'))
-    write_table(results, configs, table, args.size)
+    write_table(results, listed, table, args.size)
     counts = Counter(results[c]['status'] for c in configs if c in results)
     print('\n' + ', '.join(f'{counts[s]} {s}' for s in STATUSES) + f' -> {table}')
     return 0

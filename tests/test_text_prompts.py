@@ -181,7 +181,8 @@ def test_a_prompt_where_none_is_taken_or_an_empty_one_is_a_one_line_error(models
 
 
 @pytest.mark.slow
-def test_cli_writes_tokens_and_attributions_and_prints_the_top_words(tiny_bert, tmp_path):
+def test_cli_writes_tokens_and_attributions_and_the_report_shades_the_prompt(tiny_bert, tmp_path,
+                                                                             browser):
     import cv2
     image = tmp_path / 'scene.jpg'
     cv2.imwrite(str(image), make_scene())
@@ -191,7 +192,7 @@ def test_cli_writes_tokens_and_attributions_and_prints_the_top_words(tiny_bert, 
         [sys.executable, str(REPO / 'tools' / 'demo_gradcam.py'),
          str(tmp_path / 'grounding_dino.py'), 'none', str(image), '--texts', PROMPT,
          '--topk', '2', '--score-thr', '0',
-         '--method', 'hirescam', '--out-dir', str(tmp_path / 'out'),
+         '--method', 'hirescam', '--out-dir', str(tmp_path / 'out'), '--html',
          '--language-model', str(tiny_bert)],
         capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE='1'))
     assert out.returncode == 0, out.stderr
@@ -202,3 +203,22 @@ def test_cli_writes_tokens_and_attributions_and_prints_the_top_words(tiny_bert, 
         assert len(row['token_attributions']) == len(summary['tokens'])
     lines = [line for line in out.stdout.splitlines() if line.startswith('  0 ')]
     assert lines and any(word in lines[0] for word in ('circle', 'square', 'triangle', '.'))
+
+    # the report: the prompt under the image, each token shaded by the selected box's
+    # attribution (green raised its value, red lowered it), nothing shaded for all boxes
+    page = browser.new_page()
+    page.goto((tmp_path / 'out' / 'scene.html').as_uri())
+    tokens = page.locator('[data-token]')
+    assert tokens.count() == len(summary['tokens'])
+    for k, row in enumerate(summary['detections']):
+        page.locator(f'tr[data-row="{k}"]').hover()
+        shown = [float(tokens.nth(t).get_attribute('data-attribution'))
+                 for t in range(tokens.count())]
+        np.testing.assert_allclose(shown, row['token_attributions'], rtol=1e-6)
+        strongest = int(np.argmax(np.abs(shown)))
+        colour = tokens.nth(strongest).evaluate('el => getComputedStyle(el).backgroundColor')
+        red, green = [int(v) for v in colour[colour.index('(') + 1:].split(',')[:2]]
+        assert (green > red) == (shown[strongest] > 0), colour
+    page.locator('[data-role=fused]').check()
+    assert tokens.nth(0).get_attribute('data-attribution') == ''
+    page.close()
