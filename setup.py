@@ -36,6 +36,9 @@ setup(
         # text-prompted detectors (Grounding DINO, GLIP): mmdet 3.3 predates transformers 5,
         # and its Grounding DINO layers import fairscale
         'multimodal': ['transformers>=4.40,<5', 'huggingface_hub<1.0', 'fairscale'],
+        # what benchmarks/zoo.py needs beyond that for the configs that use it (mmpretrain 1.2
+        # is left out: beside transformers 4.57 it breaks `import mmdet.models`)
+        'zoo': ['scikit-image'],
     },
     entry_points={'console_scripts': ['mmdet-cam=mmdet_cam.cli:main']},
     classifiers=[

@@ -235,6 +235,9 @@ def run_one(root: str, name: str, size: int, conn) -> None:
     if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).all():
         return send('skipped', 'the untrained model\'s detections all have empty boxes, whose '
                     'RoI features carry no gradient: needs trained weights', len(result))
+    if bool((result.detections.scores >= 1 - 1e-6).all()):
+        return send('skipped', 'the untrained model\'s scores all saturate at 1.0, where the '
+                    'sigmoid has no gradient: needs trained weights', len(result))
     return send('crash', f'{len(result)} detections, {nonzero} non-zero maps, '
                 f'{distinct} distinct (need at least 2)', len(result))
 
@@ -435,11 +438,14 @@ def main(argv=None) -> int:
         pending.append(name)
     signatures_path.write_text(json.dumps(signatures, indent=0))
 
+    done = []
+
     def record(row):
         results[row['config']] = row
+        done.append(row['config'])
         with results_path.open('a') as f:
             f.write(json.dumps(row) + '\n')
-        print(f'[{len(results)}/{len(configs)}] {row["status"]:<11} {row["seconds"]:>6} s  '
+        print(f'[{len(done)}/{len(todo)}] {row["status"]:<11} {row["seconds"]:>6} s  '
               f'{row["config"]}  {row["reason"][:120]}', flush=True)
 
     from concurrent.futures import ThreadPoolExecutor, as_completed
