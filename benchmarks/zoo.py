@@ -303,8 +303,11 @@ def write_table(results: dict, configs, path: Path, size: int) -> None:
         'RPNs cut to 100 proposals, explained with `DetCAM` and the method '
         f'{method_description()} (every neck level) for the top 4 detections with finite '
         'boxes, non-empty ones first, on '
-        '`demo/images/shapes_1.jpg`. Written by `python benchmarks/zoo.py` on a 2-core CPU '
-        'machine, each config in its own process with a time limit.',
+        '`demo/images/shapes_1.jpg`. Text-prompted detectors (Grounding DINO, '
+        'MM-Grounding-DINO, GLIP) load a tiny untrained BERT (`tests/tiny_language_model.py`) '
+        'instead of their hub language model and take their class names as prompt. Written '
+        'by `python benchmarks/zoo.py` on a 2-core CPU machine, each config in its own process '
+        'with a time limit.',
         '',
         f'**{len(rows)} configs**: ' + ', '.join(f'{counts[s]} {s}' for s in STATUSES) + '. '
         f'Of the {own} configs whose own mmdet inference works here and that are image '
