@@ -234,8 +234,7 @@ class DetCAM:
             inputs, data_samples = preprocess(self.model, self.pipeline, image)
         with contextlib.ExitStack() as stack:
             if every:
-                stack.enter_context(every_candidate(
-                    self.model, classes=len(self.class_names) if self.prompt else None))
+                stack.enter_context(every_candidate(self.model))
             if as_proposals:
                 scale = np.tile(data_samples[0].metainfo.get('scale_factor', (1, 1))[:2], 2)
                 stack.enter_context(added_proposals(

@@ -17,7 +17,6 @@ from torch import Tensor, nn
 from ..boxes import tracked_score
 from ..model.detector import preprocess
 from ..model.layers import predicting_detector
-from ..model.prompts import Prompt, prompt_classes
 from .every_candidate import every_candidate
 from .geometry import resized_image_size
 
@@ -28,7 +27,6 @@ class CandidateScorer:
 
     def __init__(self, model: nn.Module, pipeline, batch_size: int = 8):
         self.model, self.pipeline, self.batch_size = model, pipeline, batch_size
-        self.classes = prompt_classes(model, getattr(pipeline, 'prompt', None))
         self.channels_last: Optional[bool] = None  # known after the first batch
 
     def __call__(self, images: Sequence[np.ndarray]) -> List[InstanceData]:
@@ -40,7 +38,7 @@ class CandidateScorer:
 
     def candidates(self, inputs: Tensor, samples: list) -> List[InstanceData]:
         """Raw candidates for a batch of network inputs and their data samples."""
-        with torch.no_grad(), every_candidate(self.model, classes=self.classes):
+        with torch.no_grad(), every_candidate(self.model):
             if self.channels_last is None:
                 self.channels_last = self._same_in_channels_last(inputs[:1], samples[:1])
             if self.channels_last:
@@ -96,12 +94,10 @@ class RawCandidatesModel(nn.Module):
     def __init__(self, detector: nn.Module, data_sample):
         super().__init__()
         self.detector, self.data_sample = detector, data_sample
-        text = data_sample.get('text') if hasattr(data_sample, 'get') else None
-        self.classes = prompt_classes(detector, None if text is None else Prompt(text))
 
     def forward(self, inputs: Tensor, copies: Optional[int] = None) -> List[InstanceData]:
         samples = [copy.deepcopy(self.data_sample) for _ in range(copies or len(inputs))]
-        with torch.no_grad(), every_candidate(self.detector, classes=self.classes):
+        with torch.no_grad(), every_candidate(self.detector):
             return [s.pred_instances.cpu() for s in self.detector.predict(inputs, samples)]
 
     def with_layer_output(self, inputs: Tensor, layer: nn.Module, replace: Callable,

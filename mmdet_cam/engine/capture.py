@@ -216,8 +216,8 @@ def without_activation_checkpoints(model: nn.Module) -> Iterator[None]:
     engine calls once per box). Same values; only memory is traded for the graph.
     """
     wrapped = [module for module in model.modules()
-               if getattr(vars(module).get('forward'), 'func', None) is not None
-               and getattr(vars(module)['forward'].func, '__name__', '') == '_checkpointed_forward']
+               if getattr(getattr(vars(module).get('forward'), 'func', None), '__name__', '')
+               == '_checkpointed_forward']
     with contextlib.ExitStack() as stack:
         for module in wrapped:
             stack.enter_context(swapped(module, 'forward',

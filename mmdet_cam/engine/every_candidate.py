@@ -5,7 +5,8 @@ lifts the per-image cap and switches off mask branches that only draw masks, so 
 import contextlib
 import copy
 import importlib
-from typing import Iterator, Optional
+import inspect
+from typing import Iterator
 
 from torch import nn
 
@@ -14,12 +15,9 @@ from ..patching import swapped
 
 
 @contextlib.contextmanager
-def every_candidate(model: nn.Module, cap: int = 100000,
-                    classes: Optional[int] = None) -> Iterator[None]:
+def every_candidate(model: nn.Module, cap: int = 100000) -> Iterator[None]:
     """While active, the final head of ``model`` reports all of its candidates (boxes,
-    scores and labels; no masks, see :func:`_masks_off`). ``classes``: how many classes the
-    head scores when that is not its ``num_classes`` (a text-prompted detector: the prompt's
-    entities)."""
+    scores and labels; no masks, see :func:`_masks_off`)."""
     detector = predicting_detector(model)
     head = getattr(detector, 'roi_head', None) or getattr(detector, 'bbox_head', None)
     original = getattr(head, 'test_cfg', None)
@@ -28,9 +26,34 @@ def every_candidate(model: nn.Module, cap: int = 100000,
             yield
             return
         opened = copy.deepcopy(original)
-        _open(opened, _candidate_count(detector, head, cap, classes))
-        with swapped(head, 'test_cfg', opened), _nms_that_keeps_all():
+        _open(opened, _candidate_count(detector, head, cap))
+        with swapped(head, 'test_cfg', opened), _nms_that_keeps_all(), \
+                _prompt_sized(head, opened, detector, cap):
             yield
+
+
+@contextlib.contextmanager
+def _prompt_sized(head: nn.Module, opened: dict, detector: nn.Module,
+                  cap: int) -> Iterator[None]:
+    """A text-prompted DETR-style head (Grounding DINO) scores each query for the prompt's
+    entities, not for its ``num_classes`` (the most tokens a prompt may have): its candidate
+    count is set, on every call, from the entities the call's ``batch_token_positive_maps``
+    hold (a larger top-k fails)."""
+    queries = getattr(detector, 'num_queries', None)
+    if 'batch_token_positive_maps' not in inspect.signature(
+            getattr(head, 'predict_by_feat', lambda: None)).parameters or \
+            not isinstance(queries, int):
+        yield
+        return
+    predict_by_feat = head.predict_by_feat
+
+    def sized(*args, batch_token_positive_maps=None, **kwargs):
+        if batch_token_positive_maps and batch_token_positive_maps[0] is not None:
+            opened['max_per_img'] = min(cap, queries * len(batch_token_positive_maps[0]))
+        return predict_by_feat(*args, batch_token_positive_maps=batch_token_positive_maps,
+                               **kwargs)
+    with swapped(head, 'predict_by_feat', sized):
+        yield
 
 
 @contextlib.contextmanager
@@ -92,8 +115,7 @@ class _RescaledBoxesOnly(nn.Module):
         return results_list
 
 
-def _candidate_count(detector: nn.Module, head: nn.Module, cap: int,
-                     classes: Optional[int] = None) -> int:
+def _candidate_count(detector: nn.Module, head: nn.Module, cap: int) -> int:
     """``cap``, or for DETR-style heads, which take the top ``max_per_img`` of their
     (query, class) scores, how many there are: every pair for sigmoid classifiers, one per
     query for softmax ones."""
@@ -101,7 +123,7 @@ def _candidate_count(detector: nn.Module, head: nn.Module, cap: int,
     if not isinstance(queries, int):
         return cap
     sigmoid = getattr(getattr(head, 'loss_cls', None), 'use_sigmoid', False)
-    return min(cap, queries * (classes or head.num_classes) if sigmoid else queries)
+    return min(cap, queries * head.num_classes if sigmoid else queries)
 
 
 def _open(cfg: dict, cap: int) -> None:

@@ -90,24 +90,17 @@ def use_language_model(cfg, folder: str) -> int:
         raise BadInputError('--language-model: this config has no model.language_model '
                             '(it is not a text-prompted detector)')
 
-    def replace(value):
-        if isinstance(value, dict):
-            return sum(_set(value, key, replace) for key in list(value))
-        if isinstance(value, list):
-            return sum(_set(value, k, replace) for k in range(len(value)))
-        return 0
-
-    def _set(container, key, visit):
-        if container[key] == name:
-            container[key] = str(folder)
-            return 1
-        return visit(container[key])
+    def replace(container) -> int:
+        keys = list(container) if isinstance(container, dict) else range(len(container))
+        count = 0
+        for key in keys:
+            if container[key] == name:
+                container[key] = str(folder)
+                count += 1
+            elif isinstance(container[key], (dict, list)):
+                count += replace(container[key])
+        return count
     return replace(cfg._cfg_dict if hasattr(cfg, '_cfg_dict') else cfg)
-
-
-def prompt_classes(model: nn.Module, prompt: Optional[Prompt]) -> Optional[int]:
-    """How many classes ``model`` scores under ``prompt`` (its entities); None without one."""
-    return None if prompt is None else len(entities(model, prompt))
 
 
 class PromptedPipeline:
