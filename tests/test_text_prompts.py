@@ -14,8 +14,10 @@ from torch.overrides import TorchFunctionMode
 
 from mmdet_cam import DetCAM, build_detector
 from mmdet_cam.boxes import box_iou
+from mmdet_cam.engine import explain as explain_module
 from mmdet_cam.errors import BadInputError
 from mmdet_cam.model.prompts import use_language_model
+from mmdet_cam.patching import swapped
 
 from conftest import REPO, make_scene, small_config
 from tiny_language_model import write_tiny_bert
@@ -168,6 +170,45 @@ def test_the_text_side_questions_take_the_prompts_entities(text_models):
     assert versus.detections.versus_labels.tolist() == [2, 2]
     named = cam(scene, boxes=[[40, 30, 140, 110]], labels=['circle'])
     assert named.detections.labels.tolist() == [0] and float(named.detections.ious[0]) > 0
+    assert np.isfinite(named.cams).all() and named.cams.max() > 0
+
+
+class _TopOfEachEntity(DetCAM):
+    """Explains the top detection of each entity of the prompt."""
+
+    def select(self, pred):
+        index = super().select(pred)
+        labels = pred.labels[index].tolist()
+        return index[[labels.index(label) for label in sorted(set(labels))]]
+
+
+def test_a_prompt_cut_into_chunks_gives_the_maps_of_keeping_every_chunks_graph(text_models,
+                                                                               monkeypatch):
+    """A long prompt runs in chunks (LVIS: 1203 classes in chunks of 40); only the chunks of
+    the explained boxes keep their graph, which must change no map and no attribution, and a
+    box's tokens are those of its own chunk."""
+    model = text_models(GROUNDING_DINO)
+    scene = make_scene()
+    names = ['circle', 'square', 'triangle', 'disc', 'star']
+    with swapped(model, 'test_cfg', dict(model.test_cfg, chunked_size=2)):
+        cam = _TopOfEachEntity(model, method='hirescam', score_thr=0, texts=names)
+        chunked = cam(scene)
+        named = cam(scene, boxes=[[40, 30, 140, 110]], labels=['star'])
+        monkeypatch.setattr(explain_module, 'chunk_count', lambda *args: 1)  # every graph kept
+        reference = cam(scene)
+    labels = chunked.detections.labels.tolist()
+    assert {label // 2 for label in labels} == {0, 1, 2}  # boxes of every chunk
+    assert labels == reference.detections.labels.tolist()
+    assert np.allclose(chunked.cams, reference.cams, atol=1e-6)
+    assert np.allclose(chunked.token_attributions, reference.token_attributions, atol=1e-7)
+    starts = [i for i, token in enumerate(chunked.tokens) if token == '[CLS]'] + \
+        [len(chunked.tokens)]
+    assert len(starts) == 4  # three chunks
+    for label, attributions in zip(labels, chunked.token_attributions):
+        own = slice(starts[label // 2], starts[label // 2 + 1])
+        assert np.abs(attributions[own]).max() > 0
+        assert not np.delete(attributions, np.r_[own]).any()
+    assert named.detections.labels.tolist() == [4]
     assert np.isfinite(named.cams).all() and named.cams.max() > 0
 
 

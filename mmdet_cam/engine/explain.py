@@ -10,6 +10,7 @@ Each detection also gets its *own level*: per target layer, the output (pyramid 
 activations contribute most to its value, ``sum |dS/dA * A|``. For dense and RoI heads that is
 the only level its gradient reaches; ``fuse='own'`` builds every box's map from its own levels.
 """
+import contextlib
 import copy
 import warnings
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from .capture import (
     frozen_parameters,
     grads_for,
 )
+from .prompt_chunks import chunk_count, graph_only_for
 from .replay import DenseReplay, RoIReplay, recording_rois
 
 
@@ -146,6 +148,7 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
              pristine_sample) -> BoxCAMs:
     layer_names, fuse = spec.layer_names, spec.settings.fuse
     detector = predicting_detector(model)
+    chunks = _prompt_chunk_graphs(model, inputs, spec, candidates, pristine_sample)
     neck_or_backbone = getattr(detector, 'neck', None)
     if neck_or_backbone is None:
         neck_or_backbone = getattr(detector, 'backbone', None)
@@ -153,7 +156,7 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
             LayerCapture(spec.layers, layer_names) as capture, \
             FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(detector) as head, \
             FinalHeadOutputs(detector) as final, recording_rois(detector) as rois, \
-            TokenEmbeddings(detector) as tokens:
+            TokenEmbeddings(detector) as tokens, chunks:
         data_sample = model.predict(inputs, data_samples)[0]
         pred = data_sample.pred_instances
         if candidates is None:
@@ -208,6 +211,22 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
     return BoxCAMs(detections, maps, data_sample, zero_layers, tokens.tokens or None,
                    np.stack([attributions[i] for i in range(len(detections))])
                    if own_levels and attributions else None)
+
+
+def _prompt_chunk_graphs(model, inputs, spec: ExplainSpec, candidates, pristine_sample):
+    """For a prompt cut into chunks, a context that keeps the graph of only the chunks whose
+    labels are explained (see ``prompt_chunks.py``): those of ``candidates.explained_labels``,
+    or of the detections ``spec.select`` picks in a first forward without gradients."""
+    detector = predicting_detector(model)
+    if chunk_count(detector, pristine_sample) <= 1:
+        return contextlib.nullcontext()
+    if candidates is not None:
+        labels = getattr(candidates, 'explained_labels', None)
+    else:
+        with torch.no_grad(), differentiable_inference(model):
+            pred = model.predict(inputs, copy.deepcopy([pristine_sample]))[0].pred_instances
+        labels = pred.labels[spec.select(pred)].tolist()
+    return contextlib.nullcontext() if labels is None else graph_only_for(detector, labels)
 
 
 class _Backward:

@@ -112,6 +112,12 @@ class NamedBoxes:
         self.labels, self.by_iou = list(labels), by_iou
         self.versus = None if versus is None else list(versus)
 
+    @property
+    def explained_labels(self) -> Optional[list]:
+        """The labels whose scores the explained values read (None: any label)."""
+        labels = self.labels + (self.versus or [])
+        return None if None in labels else labels
+
     def __call__(self, pred: InstanceData, head_outputs: List[Tensor]):
         from mmdet.structures.bbox import bbox_overlaps
         if not len(pred):
