@@ -33,12 +33,13 @@ setup(
     # browser tests drive Debian's chromium (apt-get install chromium) with Playwright
     extras_require={
         'tests': ['pytest>=7', 'playwright>=1.40', 'ruff==0.17.6'],
-        # text-prompted detectors (Grounding DINO, GLIP): mmdet 3.3 predates transformers 5,
-        # and its Grounding DINO layers import fairscale
-        'multimodal': ['transformers>=4.40,<5', 'huggingface_hub<1.0', 'fairscale'],
-        # what benchmarks/zoo.py needs beyond that for the configs that use it (mmpretrain 1.2
-        # is left out: beside transformers 4.57 it breaks `import mmdet.models`)
-        'zoo': ['scikit-image'],
+        # text-prompted detectors (Grounding DINO, GLIP); their Grounding DINO layers import
+        # fairscale. transformers < 4.52: GLIP's fusion layers import apply_chunking_to_forward
+        # and mmpretrain 1.2 imports GenerationMixin from transformers.modeling_utils, which
+        # no longer re-exports them from 4.56 and 4.52 on (GLIP then fails to build)
+        'multimodal': ['transformers>=4.40,<4.52', 'huggingface_hub<1.0', 'fairscale'],
+        # what benchmarks/zoo.py needs beyond that for the configs that use it
+        'zoo': ['scikit-image', 'mmpretrain>=1.2,<1.3', 'timm'],
     },
     entry_points={'console_scripts': ['mmdet-cam=mmdet_cam.cli:main']},
     classifiers=[

@@ -1,4 +1,5 @@
 """DetCAM on real mmdet detectors (shipped configs, ``init_weights()``, 320 px, CPU)."""
+import contextlib
 import warnings
 
 import numpy as np
@@ -202,6 +203,23 @@ def test_the_model_is_left_as_it_was(models, scene):
     assert torch.Tensor.__deepcopy__.__module__ == 'torch._tensor'
     assert torch.Tensor.detach.__name__ == 'detach'
     assert 'predict_by_feat' not in vars(model.bbox_head)
+
+
+def test_activation_checkpointing_is_off_while_explaining_and_changes_no_map(models, scene):
+    """ResNet's ``with_cp`` (as Swin's, and GLIP's ``use_checkpoint``) runs its blocks through
+    torch.utils.checkpoint, which refuses torch.autograd.grad: the flag is off for the call."""
+    from mmdet_cam.patching import swapped
+    model = models(RETINANET)
+    cam = DetCAM(model, target_layers=['backbone.layer3'], score_thr=0, topk=2)
+    plain = cam(scene)
+    blocks = [m for m in model.backbone.modules() if hasattr(m, 'with_cp')]
+    assert blocks
+    with contextlib.ExitStack() as stack:
+        for block in blocks:
+            stack.enter_context(swapped(block, 'with_cp', True))
+        checkpointed = cam(scene)
+        assert all(block.with_cp for block in blocks)  # put back after the call
+    np.testing.assert_allclose(checkpointed.cams, plain.cams, atol=1e-6)
 
 
 @pytest.mark.parametrize('config', [RETINANET, 'fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py',

@@ -209,19 +209,25 @@ def post_processing_keeps_graph(model: nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def without_activation_checkpoints(model: nn.Module) -> Iterator[None]:
     """While active, layers wrapped by fairscale's ``checkpoint_wrapper`` (Grounding DINO's and
-    some Deformable DETR encoders, ``num_cp``) run their own ``forward``.
+    some Deformable DETR encoders, ``num_cp``) run their own ``forward``, and modules that
+    checkpoint through ``torch.utils.checkpoint`` when their ``with_cp`` (ResNet, Swin blocks)
+    or ``use_checkpoint`` (GLIP's fusion layers) flag is set run without it.
 
-    The wrapper re-runs a layer's forward during the backward instead of keeping its
+    A checkpoint re-runs a layer's forward during the backward instead of keeping its
     activations, through an autograd function that refuses ``torch.autograd.grad`` (which the
     engine calls once per box). Same values; only memory is traded for the graph.
     """
     wrapped = [module for module in model.modules()
                if getattr(getattr(vars(module).get('forward'), 'func', None), '__name__', '')
                == '_checkpointed_forward']
+    flagged = [(module, flag) for module in model.modules()
+               for flag in ('with_cp', 'use_checkpoint') if vars(module).get(flag) is True]
     with contextlib.ExitStack() as stack:
         for module in wrapped:
             stack.enter_context(swapped(module, 'forward',
                                         types.MethodType(type(module).forward, module)))
+        for module, flag in flagged:
+            stack.enter_context(swapped(module, flag, False))
         yield
 
 
