@@ -18,7 +18,7 @@ from mmengine.utils import ProgressBar
 
 from .engine.named_boxes import parse_box_specs, read_boxes_file
 from .errors import BadImageError, BadInputError, DetCAMError, InputNotFoundError
-from .methods import MethodKind, box_specific_alternative, method_names
+from .methods import box_specific_alternative, method_names
 from .outputs import ResultWriter, top_words
 from .report import write_report
 from .settings import FUSE_MODES, CAMSettings, OutputSettings
@@ -204,7 +204,7 @@ def run(args) -> int:
             dict(method=method, method_options=args.method_options or {},
                  explain_class=args.explain_class, target=args.target, fuse=args.fuse,
                  **({'texts': texts} if texts else {}),
-                 target_layers=[] if way.kind is MethodKind.BLACK_BOX else way.layer_names),
+                 target_layers=way.layer_names if way.kind.uses_layers else []),
             output, panel=name, panel_index=k)))
     start, failed, detections, most = time.time(), [], 0, 0
     images = [s for s in sources if not is_video(s)]
@@ -261,7 +261,7 @@ def explanation_ways(cam, methods: List[str], args, options: dict) -> List[Tuple
         whole = cam if method == methods[0] else DetCAM(
             cam.model, target_layers=args.target_layers,
             method=method_config(method, args.method_options), **options)
-        if not args.per_layer or whole.kind is MethodKind.BLACK_BOX:
+        if not args.per_layer or not whole.kind.uses_layers:
             ways.append((method, method, whole))
             continue
         for layer in whole.layer_names:

@@ -34,6 +34,7 @@ from ..methods.perturbation import Reruns
 from ..model.detector import mmdet_failure
 from ..model.layers import predicting_detector
 from ..settings import CAMSettings
+from .attention import AttentionCapture
 from .candidates import RawCandidatesModel, TrackedDetection
 from .capture import (
     DenseHeadOutputs,
@@ -152,11 +153,17 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
     neck_or_backbone = getattr(detector, 'neck', None)
     if neck_or_backbone is None:
         neck_or_backbone = getattr(detector, 'backbone', None)
+    reads_attention = spec.kind is MethodKind.ATTENTION
+    # relevancy needs the graph from the features on (the attention is after them), no layers
+    layers, names = (([neck_or_backbone], ['neck']) if reads_attention
+                     else (spec.layers, layer_names))
     with frozen_parameters(model), differentiable_inference(model), torch.enable_grad(), \
-            LayerCapture(spec.layers, layer_names) as capture, \
+            LayerCapture(layers, names) as capture, \
             FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(detector) as head, \
             FinalHeadOutputs(detector) as final, recording_rois(detector) as rois, \
-            TokenEmbeddings(detector) as tokens, chunks:
+            TokenEmbeddings(detector) as tokens, chunks, \
+            (AttentionCapture(detector) if reads_attention else contextlib.nullcontext()) \
+            as attention:
         data_sample = model.predict(inputs, data_samples)[0]
         pred = data_sample.pred_instances
         if candidates is None:
@@ -170,6 +177,9 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
         if not len(detections):
             return BoxCAMs(detections, np.zeros((0, height, width), np.float32), data_sample,
                            tokens=tokens.tokens or None)
+        if attention is not None:
+            return BoxCAMs(detections, _relevancy_maps(spec.method, attention.records, values,
+                                                       shapes.shapes, inputs), data_sample)
         if not capture.activations:
             raise UnsupportedModelError(
                 f'the target layers {list(layer_names)} were not called in the forward pass')
@@ -211,6 +221,28 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
     return BoxCAMs(detections, maps, data_sample, zero_layers, tokens.tokens or None,
                    np.stack([attributions[i] for i in range(len(detections))])
                    if own_levels and attributions else None)
+
+
+def _relevancy_maps(method, records, values: Tensor, feature_shapes, inputs: Tensor) -> np.ndarray:
+    """Per box, ``method``'s relevancy map on the network input from the box's gradients at
+    the captured attention probabilities (``attention.AttentionCapture``)."""
+    if not records:
+        raise UnsupportedModelError('no attention over image tokens was recorded in the forward')
+    if not values.requires_grad:
+        raise UnsupportedModelError('the detections carry no gradient to the attention')
+    shapes = torch.as_tensor(feature_shapes)
+    tokens = int((shapes[:, 0] * shapes[:, 1]).sum())
+    in_graph = [i for i, record in enumerate(records) if record.probs.requires_grad]
+    maps = []
+    for value in values:
+        found = torch.autograd.grad(value, [records[i].probs for i in in_graph],
+                                    retain_graph=True, allow_unused=True)
+        grads = [None] * len(records)
+        for i, grad in zip(in_graph, found):
+            grads[i] = grad
+        relevancy = method.token_map(records, grads, tokens)
+        maps.append(method.image_map(relevancy, shapes, tuple(inputs.shape[-2:])))
+    return np.stack(maps)
 
 
 def _prompt_chunk_graphs(model, inputs, spec: ExplainSpec, candidates, pristine_sample):

@@ -39,7 +39,7 @@ from ..errors import UnknownNameError
 from ..registry import CAM_METHODS, lookup, normalize_name
 
 # register the methods of this package
-from . import drise, gcame, odam, perturbation, ssgradcam  # noqa: F401
+from . import drise, gcame, odam, perturbation, relevancy, ssgradcam  # noqa: F401
 from .kinds import MethodKind, method_kind  # noqa: F401
 
 for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),

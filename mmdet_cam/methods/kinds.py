@@ -17,11 +17,19 @@ class MethodKind(str, Enum):
     * ``PERTURBATION``: channel weights from re-runs of the detector with the target layer's
       channels perturbed, scored per detection (ScoreCAM, AblationCAM).
     * ``BLACK_BOX``: the detector on perturbed copies of the image, no layers (D-RISE).
+    * ``ATTENTION``: each detection's gradients at a transformer's attention probabilities,
+      captured in the same forward (relevancy); no target layers.
     """
     GRADIENT = 'gradient'
     ACTIVATION = 'activation'
     PERTURBATION = 'perturbation'
     BLACK_BOX = 'black-box'
+    ATTENTION = 'attention'
+
+    @property
+    def uses_layers(self) -> bool:
+        """Whether the method reads target layers (black-box and attention ones do not)."""
+        return self not in (MethodKind.BLACK_BOX, MethodKind.ATTENTION)
 
 
 def method_kind(method) -> MethodKind:

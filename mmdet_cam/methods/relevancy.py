@@ -1,0 +1,166 @@
+"""``relevancy``: what a DETR-style detector's query looked at, from its attention.
+
+Dense attention (DETR) follows Chefer, Gur and Wolf, "Generic Attention-model Explainability for
+Interpreting Bi-Modal and Encoder-Decoder Transformers" (ICCV 2021; rules as in their code,
+hila-chefer/Transformer-MM-Explainability, ``DETR/modules/ExplanationGenerator.py``,
+``generate_ours`` without LRP): each attention map becomes ``mean over heads of (A * dS/dA)+``
+(their rule 5); encoder layers update the image-token relevancy ``R_ii += A R_ii``, decoder
+self-attention ``R_qq += A R_qq`` and ``R_qi += A R_qi``, decoder cross-attention
+``R_qi += norm(R_qq)^T A norm(R_ii)`` (rule 10, with their residual normalisation, eqs. 8-9);
+the box's map is its query's row of ``R_qi`` over the image tokens.
+
+Deformable attention (Deformable DETR, DINO, DDQ, Grounding DINO) has no attention matrix: a
+query attends to a few sampled points per level and head. *Our construction* (no published
+method): each point's ``(A * dS/dA)+``, averaged over heads, is splatted bilinearly onto the
+level's grid at the point's location, giving a sparse queries x image-tokens matrix; the
+encoder's deformable self-attention gives an image-tokens x image-tokens one the same way, and
+both enter Chefer's rules unchanged.
+
+Only the box's own row is computed, by products of vectors with these matrices (never the
+tokens x tokens relevancy itself, 17 000^2 at 800 px): ``R_ii`` is the product of ``I + A`` over
+the encoder layers, so a row times ``R_ii`` and ``R_ii``'s row sums (for its normalisation) are
+a few sparse products. The box's query is where its score's gradient enters the last
+cross-attention (the queries' weights there, normalised: one query for DETR-style heads).
+"""
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..engine.attention import AttentionRecord
+from ..registry import CAM_METHODS
+from .kinds import MethodKind
+
+
+@CAM_METHODS.register_module(name='relevancy')
+class Relevancy:
+    """Per-box relevancy of the image tokens, from attention probabilities and their gradients
+    (see the module docstring). The engine captures the attention in the detector's forward
+    (``engine/attention.py``) and calls :meth:`token_map` once per box."""
+
+    kind = MethodKind.ATTENTION
+
+    def token_map(self, records: Sequence[AttentionRecord], grads: Sequence[Tensor],
+                  tokens: int) -> Tensor:
+        """The relevancy ``[tokens]`` of the image tokens (encoder memory order) for one box,
+        given every record and the box's gradient at its ``probs`` (None: no gradient)."""
+        weighted = [(record, _head_mean(record, grad, tokens))
+                    for record, grad in zip(records, grads)]
+        encoder = [matrix for record, matrix in weighted if record.role == 'encoder']
+        decoder = [(record.role, matrix) for record, matrix in weighted
+                   if record.role != 'encoder']
+        crosses = [matrix for role, matrix in decoder if role == 'decoder_cross']
+        if not crosses:
+            return torch.zeros(tokens)
+        queries = crosses[-1].shape[0]
+
+        # R_qq before each cross-attention, in forward order
+        r_qq = torch.eye(queries)
+        before_cross = []
+        for role, matrix in decoder:
+            if role == 'decoder_self':
+                r_qq = r_qq + matrix @ r_qq
+            else:
+                before_cross.append(_residual_normalised(r_qq))
+
+        # the box's query weights, then R_qi's row built backwards through the decoder
+        u = crosses[-1].to_dense().sum(1) if crosses[-1].is_sparse else crosses[-1].sum(1)
+        if float(u.sum()) <= 0:
+            return torch.zeros(tokens)
+        u = u / u.sum()
+        row = torch.zeros(tokens)
+        cross_index = len(crosses)
+        for role, matrix in reversed(decoder):
+            if role == 'decoder_cross':
+                cross_index -= 1
+                weights = before_cross[cross_index] @ u  # (norm(R_qq)^T)'s row: u^T norm(R_qq)^T
+                row = row + _row_times(weights, matrix)
+            else:
+                u = u + _row_times(u, matrix)  # u^T (I + A_self)
+        return _times_normalised_image_relevancy(row, encoder)
+
+    def level_maps(self, relevancy: Tensor, shapes: Tensor) -> List[Tensor]:
+        """``relevancy [tokens]`` as one ``[H, W]`` grid per level."""
+        sizes = [int(h) * int(w) for h, w in shapes.tolist()]
+        return [piece.reshape(int(h), int(w)) for piece, (h, w)
+                in zip(relevancy.split(sizes), shapes.tolist())]
+
+    def image_map(self, relevancy: Tensor, shapes: Tensor, size: Tuple[int, int]) -> np.ndarray:
+        """The map on the network input of ``size`` (height, width): each level's grid resized
+        to it, summed over levels, scaled to [0, 1]."""
+        total = torch.zeros(size)
+        for grid in self.level_maps(relevancy, shapes):
+            total += F.interpolate(grid[None, None].float(), size=size, mode='bilinear',
+                                   align_corners=False)[0, 0]
+        total = total - total.min()
+        peak = float(total.max())
+        return (total / peak if peak > 0 else total).numpy().astype(np.float32)
+
+
+def _head_mean(record: AttentionRecord, grad, tokens: int) -> Tensor:
+    """Chefer's rule 5, ``mean over heads of (A * dS/dA)+``, as a queries x keys matrix
+    (sparse for deformable attention: each point splatted onto its level's grid)."""
+    probs = record.probs.detach()
+    if grad is None:
+        grad = torch.zeros_like(probs)
+    weighted = (probs * grad.detach()).clamp(min=0).float()
+    if not record.deformable:  # batch of 1: heads first
+        return weighted.reshape(-1, *weighted.shape[-2:]).mean(0)  # mean over heads
+    weighted = weighted[0]
+    queries, heads, levels, points = weighted.shape
+    locations = record.locations[0].float()  # [queries, heads, levels, points, 2]
+    shapes = record.shapes.long()
+    heights, widths = shapes[:, 0], shapes[:, 1]
+    starts = torch.cat([shapes.new_zeros(1), (heights * widths).cumsum(0)[:-1]])
+    level = torch.arange(levels)[None, None, :, None].expand(queries, heads, levels, points)
+    # grid_sample's align_corners=False convention, as mmcv's sampling: pixel = loc * size - 0.5
+    x = locations[..., 0] * widths[level] - 0.5
+    y = locations[..., 1] * heights[level] - 0.5
+    x0, y0 = x.floor(), y.floor()
+    query = torch.arange(queries)[:, None, None, None].expand_as(x)
+    rows, cols, values = [], [], []
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            share = (1 - (x - xi).abs()) * (1 - (y - yi).abs())
+            inside = (xi >= 0) & (yi >= 0) & (xi < widths[level]) & (yi < heights[level])
+            keep = inside & (share > 0) & (weighted > 0)
+            rows.append(query[keep])
+            cols.append((starts[level] + yi.long() * widths[level] + xi.long())[keep])
+            values.append((weighted * share)[keep] / heads)
+    return torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]),
+                                   torch.cat(values), (queries, tokens)).coalesce()
+
+
+def _row_times(row: Tensor, matrix: Tensor) -> Tensor:
+    """``row^T matrix`` for a dense or sparse matrix."""
+    if matrix.is_sparse:
+        return torch.sparse.mm(matrix.t(), row[:, None])[:, 0]
+    return row @ matrix
+
+
+def _residual_normalised(relevancy: Tensor) -> Tensor:
+    """Chefer's eqs. 8-9: ``R - I`` with rows scaled to sum 1 (zero rows stay zero), plus I."""
+    eye = torch.eye(relevancy.shape[0])
+    rest = relevancy - eye
+    sums = rest.sum(1, keepdim=True)
+    return torch.where(sums > 0, rest / sums.clamp(min=1e-12), torch.zeros_like(rest)) + eye
+
+
+def _times_normalised_image_relevancy(row: Tensor, encoder: List[Tensor]) -> Tensor:
+    """``row^T norm(R_ii)`` with ``R_ii = (I + A_L) ... (I + A_1)`` over the encoder layers and
+    ``norm`` as :func:`_residual_normalised`, by vector products only:
+    ``x^T norm(R_ii) = (x / d)^T (R_ii - I) + x^T`` with ``d`` the row sums of ``R_ii - I``."""
+    ones = torch.ones_like(row)
+    sums = ones
+    for matrix in encoder:  # R_ii 1, innermost (first) layer first
+        sums = sums + (torch.sparse.mm(matrix, sums[:, None])[:, 0] if matrix.is_sparse
+                       else matrix @ sums)
+    d = sums - ones
+    scaled = torch.where(d > 0, row / d.clamp(min=1e-12), torch.zeros_like(row))
+    product = scaled
+    for matrix in reversed(encoder):  # x^T R_ii, outermost (last) layer first
+        product = product + _row_times(product, matrix)
+    return product - scaled + row
