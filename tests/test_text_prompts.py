@@ -72,6 +72,16 @@ def test_every_box_gets_its_own_map_and_token_attributions(text_models, config):
     assert set(result.detections.labels.tolist()) <= {0, 1, 2}  # the prompt's entities
 
 
+def test_relevancy_reads_the_image_attention_of_a_text_prompted_detector(text_models):
+    """Grounding DINO's deformable encoder and decoder attention over image tokens (its text
+    layers attend to words, not positions, and are left out)."""
+    scene = make_scene()
+    result = DetCAM(text_models(GROUNDING_DINO), method='relevancy', score_thr=0, topk=2,
+                    texts=PROMPT)(scene)
+    assert result.cams.shape == (2,) + scene.shape[:2] and np.isfinite(result.cams).all()
+    assert not np.allclose(result.cams[0], result.cams[1])
+
+
 class _FixedChoices(TorchFunctionMode):
     """While active, ``torch.topk`` (and ``Tensor.topk``) returns the indices it returned in
     the first run, with the values gathered at them: discrete choices held fixed, as autograd
