@@ -78,11 +78,11 @@ def baseline_map(kind: str, shape, box, rng) -> np.ndarray:
 
 
 def evaluate(model, method, samples, scorer, steps, score_thr, road_images, sanity_images,
-             partial: Path, seed=0):
+             partial: Path, seed=0, target_layers=None):
     """One method's summary row and mean curves. Each image's figures are appended to
     ``partial`` as it finishes, and images found there are not computed again."""
     cam = DetCAM(model, method='gradcam' if method in BASELINES else method,
-                 score_thr=score_thr)
+                 score_thr=score_thr, target_layers=target_layers)
     images = {}
     if partial.is_file():
         images = {r['index']: r for r in map(json.loads, partial.read_text().splitlines())}
@@ -200,7 +200,10 @@ def main():
     parser.add_argument('--score-thr', type=float, default=0.3)
     parser.add_argument('--road-images', type=int, default=2)
     parser.add_argument('--sanity-images', type=int, default=8)
-    parser.add_argument('--plot', default=str(REPO / 'docs' / 'faithfulness_curves.png'))
+    parser.add_argument('--target-layers', nargs='+', metavar='NAME',
+                        help="layers the maps are made at (default: DetCAM's for the model)")
+    parser.add_argument('--plot', help='default: docs/faithfulness_curves.png for the shipped '
+                        'demo model, work_dirs/faithfulness/<settings>.png for others')
     args = parser.parse_args()
     if args.quick:
         args.num_images, args.steps, args.road_images, args.sanity_images = 8, 10, 1, 2
@@ -213,7 +216,11 @@ def main():
     methods = list(methods) + [b for b in BASELINES if b not in methods]
     settings = (f'n{len(samples)}_s{args.steps}_t{args.score_thr}_r{args.road_images}'
                 f'_y{args.sanity_images}')
+    if Path(args.config).stem != 'rtmdet_shapes' or args.target_layers:  # the demo's keep theirs
+        settings = '_'.join([Path(args.config).stem, *(args.target_layers or []), settings])
     store = REPO / 'work_dirs' / 'faithfulness' / f'{settings}.jsonl'
+    args.plot = args.plot or str(REPO / 'docs' / 'faithfulness_curves.png'
+                                 if settings[0] == 'n' else store.with_suffix('.png'))
     done = {}
     if store.is_file():
         done = {r['method']: r for r in map(json.loads, store.read_text().splitlines())}
@@ -227,7 +234,8 @@ def main():
         if method not in done:
             partial = store.with_name(f'{settings}.{method}.images.jsonl')
             row, curve = evaluate(model, method, samples, scorer, args.steps, args.score_thr,
-                                  args.road_images, args.sanity_images, partial)
+                                  args.road_images, args.sanity_images, partial,
+                                  target_layers=args.target_layers)
             done[method] = dict(method=method, row=row, curves=curve)
             with store.open('a') as f:
                 f.write(json.dumps(done[method]) + '\n')
