@@ -18,7 +18,9 @@ count the tables give
   r(ours, ours') the same between two of ours
   pointing       share of boxes whose map peaks inside the box, ours and VEM's
 
-then a convergence table on the first image: r(ours, ours') against the number of masks.
+then a convergence table on the first image: r(ours, ours') against the number of masks, and a
+precision table: masks/s in float32 and under bfloat16 autocast (float16 on CUDA), and the
+Pearson r per box between the two at the same seed, next to float32's between two seeds.
 
 VEM is a benchmark extra, not a dependency. Its metadata pins ``matplotlib<3.7``, whose wheels
 are built for numpy 1 and break ``import mmdet`` under numpy 2, so install it without its
@@ -27,6 +29,7 @@ dependencies (only ``pandas`` is needed for the D-RISE module):
     pip install --no-deps vision-explanation-methods pandas
     python benchmarks/drise.py --quick          # 1 image, 300 masks, a few minutes
     python benchmarks/drise.py --tables speed   # throughput only, on an otherwise idle machine
+    python benchmarks/drise.py --tables precision   # bfloat16 (CUDA: float16) against float32
     nohup python benchmarks/drise.py > drise.log 2>&1 &   # 2 images, ~45 min on 2 cores
 """
 import argparse
@@ -90,16 +93,16 @@ def pointing(maps, detections):
                           zip(maps, detections.bboxes.tolist())]))
 
 
-def throughput(ours, vem, image, detections, masks, rounds):
-    """Masks per second of ours and of VEM, median over ``rounds`` alternating runs (so that
-    a change in the machine's load hits both alike)."""
-    rates = {'ours': [], 'vem': []}
+def throughput(runs: dict, image, detections, masks, rounds) -> dict:
+    """Masks per second of each of ``runs`` (name -> function), median over ``rounds`` runs
+    taken in turns (so that a change in the machine's load hits all alike)."""
+    rates = {name: [] for name in runs}
     for seed in range(rounds):
-        for name, fn in (('ours', ours), ('vem', vem)):
+        for name, fn in runs.items():
             start = time.perf_counter()
             fn(image, detections, masks, seed)
             rates[name].append(masks / (time.perf_counter() - start))
-    return float(np.median(rates['ours'])), float(np.median(rates['vem']))
+    return {name: float(np.median(rate)) for name, rate in rates.items()}
 
 
 def main():
@@ -116,8 +119,8 @@ def main():
     parser.add_argument('--upscale', type=int, default=4,
                         help='the speed table also times the first image enlarged this many '
                         'times (a photo-sized input; 1: not)')
-    parser.add_argument('--tables', nargs='+', default=['speed', 'agreement', 'convergence'],
-                        choices=['speed', 'agreement', 'convergence'])
+    tables = ['speed', 'agreement', 'convergence', 'precision']
+    parser.add_argument('--tables', nargs='+', default=tables, choices=tables)
     parser.add_argument('--quick', action='store_true', help='1 image, 300 masks')
     args = parser.parse_args()
     if args.quick:
@@ -129,12 +132,16 @@ def main():
     model = build_detector(str(REPO / 'demo' / 'rtmdet_shapes.py'),
                            str(REPO / 'demo' / 'rtmdet_shapes.pth'))
     base = DetCAM(model, topk=args.topk)
-    scorer = CandidateScorer(model, base.pipeline)
+    reduced = 'float16' if torch.cuda.is_available() else 'bfloat16'
+    scorers = {dtype: CandidateScorer(model, base.pipeline, dtype=DRISE.DTYPES[dtype])
+               for dtype in ('float32', reduced)}
+    scorer = scorers['float32']
     wrapper = CandidatesForVEM(scorer, num_classes_of(model))
 
-    def ours(image, detections, masks, seed, upsample='bilinear'):
-        method = DRISE(num_masks=masks, seed=seed, progress=False, upsample=upsample)
-        masked = MaskedCandidates(scorer, image)
+    def ours(image, detections, masks, seed, upsample='bilinear', dtype='float32'):
+        method = DRISE(num_masks=masks, seed=seed, progress=False, upsample=upsample,
+                       dtype=dtype)
+        masked = MaskedCandidates(scorers[dtype], image)
         maps = method(masked.size, detections.bboxes.numpy(), detections.scores.numpy(),
                       detections.labels.numpy(), masked, wrapper.num_classes)
         return to_original_image(maps, masked.sample.metainfo)
@@ -157,7 +164,9 @@ def main():
             timed.append((f'{name} x{args.upscale} ({large.shape[1]}x{large.shape[0]})', large,
                           base.detect(large)))
         for name, image, detections in timed:
-            mine, theirs = throughput(ours, vem, image, detections, args.timing_masks, 3)
+            rates = throughput({'ours': ours, 'vem': vem}, image, detections,
+                               args.timing_masks, 3)
+            mine, theirs = rates['ours'], rates['vem']
             print(f'| {name} | {len(detections)} | {mine:.1f} | {theirs:.1f} | '
                   f'{mine / theirs:.1f} |', flush=True)
     if 'agreement' in args.tables:
@@ -182,6 +191,21 @@ def main():
             first = ours(image, detections, masks, 0)
             print(f'| {masks} | {pearson(first, ours(image, detections, masks, 1)):.2f} | '
                   f'{pointing(first, detections):.2f} |', flush=True)
+    if 'precision' in args.tables:
+        print(f'\n| image | boxes | float32 masks/s | {reduced} masks/s | speed-up | '
+              f'r({reduced}, float32) | r(float32, float32\') |  ({args.masks} masks; the same '
+              f'seed, another for \'; speed: {args.timing_masks} masks, median of 3 alternating '
+              'runs)')
+        print('|---|---:|---:|---:|---:|---:|---:|')
+        for name, image, detections in samples:
+            rates = throughput({dtype: (lambda *a, dtype=dtype: ours(*a, dtype=dtype))
+                                for dtype in scorers}, image, detections, args.timing_masks, 3)
+            full = ours(image, detections, args.masks, 0)
+            low = ours(image, detections, args.masks, 0, dtype=reduced)
+            other = ours(image, detections, args.masks, 1)
+            print(f'| {name} | {len(detections)} | {rates["float32"]:.1f} | '
+                  f'{rates[reduced]:.1f} | {rates[reduced] / rates["float32"]:.2f}x | '
+                  f'{pearson(low, full):.3f} | {pearson(other, full):.2f} |', flush=True)
 
 
 if __name__ == '__main__':

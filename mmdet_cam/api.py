@@ -278,7 +278,8 @@ class DetCAM:
     def _black_box(self, image: np.ndarray) -> DetCAMResult:
         """Maps of a method that perturbs the image (D-RISE) for the kept detections."""
         detections = self.detect(image)
-        scorer = CandidateScorer(self.model, self.pipeline, getattr(self.method, 'batch_size', 8))
+        scorer = CandidateScorer(self.model, self.pipeline, getattr(self.method, 'batch_size', 8),
+                                 getattr(self.method, 'dtype', None))
         masked = MaskedCandidates(scorer, image)
         maps = self.method(masked.size, detections.bboxes.numpy(), detections.scores.numpy(),
                            detections.labels.numpy(), masked, num_classes_of(self.model))

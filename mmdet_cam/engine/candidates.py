@@ -6,6 +6,7 @@ with :class:`TrackedDetection` as the target that follows each detection among t
 All run under :func:`~mmdet_cam.engine.every_candidate.every_candidate`; the tracked score of
 a detection among the candidates is ``mmdet_cam.boxes.tracked_score``.
 """
+import contextlib
 import copy
 from typing import Callable, List, Optional, Sequence
 
@@ -23,10 +24,14 @@ from .geometry import resized_image_size
 
 class CandidateScorer:
     """Raw candidates of ``model`` for lists of BGR images (``pipeline``: the model's test
-    pipeline, e.g. ``DetCAM.pipeline``), in original-image pixels."""
+    pipeline, e.g. ``DetCAM.pipeline``), in original-image pixels. With ``dtype``
+    (``torch.bfloat16``, ``torch.float16``) the detector runs under autocast at that precision
+    (candidates come back in float32)."""
 
-    def __init__(self, model: nn.Module, pipeline, batch_size: int = 8):
+    def __init__(self, model: nn.Module, pipeline, batch_size: int = 8,
+                 dtype: Optional[torch.dtype] = None):
         self.model, self.pipeline, self.batch_size = model, pipeline, batch_size
+        self.dtype = None if dtype == torch.float32 else dtype
         self.channels_last: Optional[bool] = None  # known after the first batch
 
     def __call__(self, images: Sequence[np.ndarray]) -> List[InstanceData]:
@@ -38,12 +43,15 @@ class CandidateScorer:
 
     def candidates(self, inputs: Tensor, samples: list) -> List[InstanceData]:
         """Raw candidates for a batch of network inputs and their data samples."""
-        with torch.no_grad(), every_candidate(self.model):
+        precision = (torch.autocast(inputs.device.type, dtype=self.dtype) if self.dtype
+                     else contextlib.nullcontext())
+        with torch.no_grad(), every_candidate(self.model), precision:
             if self.channels_last is None:
                 self.channels_last = self._same_in_channels_last(inputs[:1], samples[:1])
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            return [s.pred_instances.cpu() for s in self.model.predict(inputs, samples)]
+            return [_float32(s.pred_instances.cpu())
+                    for s in self.model.predict(inputs, samples)]
 
     def _same_in_channels_last(self, inputs: Tensor, samples: list) -> bool:
         """Whether the model gives the same candidates for a channels-last input. Most do, to
@@ -58,6 +66,13 @@ class CandidateScorer:
             return False
         return len(fast) == len(plain) and torch.allclose(
             fast.scores.sort().values, plain.scores.sort().values, rtol=1e-4, atol=1e-7)
+
+
+def _float32(instances: InstanceData) -> InstanceData:
+    for key, value in instances.items():
+        if isinstance(value, Tensor) and value.is_floating_point():
+            instances[key] = value.float()
+    return instances
 
 
 class MaskedCandidates:
