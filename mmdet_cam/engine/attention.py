@@ -19,7 +19,7 @@ text cross-attention) is not recorded: its keys are not image positions.
 import contextlib
 import importlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
@@ -45,6 +45,7 @@ class AttentionRecord:
     probs: Tensor
     locations: Optional[Tensor] = None
     shapes: Optional[Tensor] = None
+    splat: Optional[tuple] = field(default=None, repr=False)  # relevancy's, once per image
 
     @property
     def deformable(self) -> bool:

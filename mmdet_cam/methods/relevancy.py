@@ -108,30 +108,44 @@ def _head_mean(record: AttentionRecord, grad, tokens: int) -> Tensor:
     weighted = (probs * grad.detach()).clamp(min=0).float()
     if not record.deformable:  # batch of 1: heads first
         return weighted.reshape(-1, *weighted.shape[-2:]).mean(0)  # mean over heads
-    weighted = weighted[0]
-    queries, heads, levels, points = weighted.shape
+    source, rows, cols, share = _splat(record, tokens)
+    heads = weighted.shape[2]
+    values = weighted.reshape(-1)[source] * share / heads
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values,
+                                   (weighted.shape[1], tokens)).coalesce()
+
+
+def _splat(record: AttentionRecord, tokens: int):
+    """Where each sampling point of a deformable record lands: per (point, corner) pair the
+    point's index into the flattened probabilities, its query, the image token of the corner
+    and the bilinear share (grid_sample's align_corners=False convention, as mmcv samples:
+    pixel = location x size - 0.5; corners outside the grid dropped, as its zero padding
+    does). The same for every box of an image, so computed once per record."""
+    if record.splat is not None:
+        return record.splat
     locations = record.locations[0].float()  # [queries, heads, levels, points, 2]
+    queries, heads, levels, points, _ = locations.shape
     shapes = record.shapes.long()
     heights, widths = shapes[:, 0], shapes[:, 1]
     starts = torch.cat([shapes.new_zeros(1), (heights * widths).cumsum(0)[:-1]])
     level = torch.arange(levels)[None, None, :, None].expand(queries, heads, levels, points)
-    # grid_sample's align_corners=False convention, as mmcv's sampling: pixel = loc * size - 0.5
     x = locations[..., 0] * widths[level] - 0.5
     y = locations[..., 1] * heights[level] - 0.5
     x0, y0 = x.floor(), y.floor()
     query = torch.arange(queries)[:, None, None, None].expand_as(x)
-    rows, cols, values = [], [], []
+    point = torch.arange(x.numel()).reshape(x.shape)
+    pieces = []
     for dx in (0, 1):
         for dy in (0, 1):
             xi, yi = x0 + dx, y0 + dy
             share = (1 - (x - xi).abs()) * (1 - (y - yi).abs())
-            inside = (xi >= 0) & (yi >= 0) & (xi < widths[level]) & (yi < heights[level])
-            keep = inside & (share > 0) & (weighted > 0)
-            rows.append(query[keep])
-            cols.append((starts[level] + yi.long() * widths[level] + xi.long())[keep])
-            values.append((weighted * share)[keep] / heads)
-    return torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]),
-                                   torch.cat(values), (queries, tokens)).coalesce()
+            keep = (xi >= 0) & (yi >= 0) & (xi < widths[level]) & (yi < heights[level]) & \
+                (share > 0)
+            pieces.append((point[keep], query[keep],
+                           (starts[level] + yi.long() * widths[level] + xi.long())[keep],
+                           share[keep]))
+    record.splat = tuple(torch.cat(parts) for parts in zip(*pieces))
+    return record.splat
 
 
 def _row_times(row: Tensor, matrix: Tensor) -> Tensor:
