@@ -252,6 +252,18 @@ def test_named_boxes_are_explained_and_reported_with_their_match(tmp_path):
     assert all(0 < r['iou_with_named'] <= 1 and r['peak_in_box'] for r in rows)
 
 
+def test_relevancy_on_the_dino_demo_writes_maps_and_json_without_layers(tmp_path):
+    repo = Path(__file__).parents[1]
+    run(repo / 'demo' / 'dino_shapes.py', repo / 'demo' / 'dino_shapes.pth',
+        repo / 'demo' / 'images' / 'shapes_1.jpg', '--method', 'relevancy', '--score-thr', 0.2,
+        '--per-box', '--out-dir', tmp_path)
+    summary = json.loads((tmp_path / 'shapes_1.json').read_text())
+    assert summary['method'] == 'relevancy' and summary['target_layers'] == []
+    rows = summary['detections']
+    assert len(rows) >= 3 and len(list(tmp_path.glob('shapes_1_box*.jpg'))) == len(rows)
+    assert np.mean([r['peak_in_box'] for r in rows]) >= 0.75
+
+
 def test_boxes_file_in_coco_format_explains_each_images_objects(tmp_path):
     from mmdet_cam.shapes import write_split
     write_split(tmp_path, 'val', 3, seed=7)

@@ -178,8 +178,8 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
             return BoxCAMs(detections, np.zeros((0, height, width), np.float32), data_sample,
                            tokens=tokens.tokens or None)
         if attention is not None:
-            return BoxCAMs(detections, _relevancy_maps(spec.method, attention.records, values,
-                                                       shapes.shapes, inputs), data_sample)
+            maps = _relevancy_maps(spec.method, attention.records, values, shapes.shapes, inputs)
+            return BoxCAMs(detections, maps, data_sample, [[] for _ in range(len(detections))])
         if not capture.activations:
             raise UnsupportedModelError(
                 f'the target layers {list(layer_names)} were not called in the forward pass')

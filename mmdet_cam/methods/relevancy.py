@@ -112,7 +112,7 @@ def _head_mean(record: AttentionRecord, grad, tokens: int) -> Tensor:
     heads = weighted.shape[2]
     values = weighted.reshape(-1)[source] * share / heads
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), values,
-                                   (weighted.shape[1], tokens)).coalesce()
+                                   (weighted.shape[1], tokens), check_invariants=False).coalesce()
 
 
 def _splat(record: AttentionRecord, tokens: int):
