@@ -136,14 +136,17 @@ def main():
     scorers = {dtype: CandidateScorer(model, base.pipeline, dtype=DRISE.DTYPES[dtype])
                for dtype in ('float32', reduced)}
     scorer = scorers['float32']
-    wrapper = CandidatesForVEM(scorer, num_classes_of(model))
+    num_classes = num_classes_of(model)
+    # VEM is needed for the tables that compare with it only
+    wrapper = (CandidatesForVEM(scorer, num_classes)
+               if {'speed', 'agreement'} & set(args.tables) else None)
 
     def ours(image, detections, masks, seed, upsample='bilinear', dtype='float32'):
         method = DRISE(num_masks=masks, seed=seed, progress=False, upsample=upsample,
                        dtype=dtype)
         masked = MaskedCandidates(scorers[dtype], image)
         maps = method(masked.size, detections.bboxes.numpy(), detections.scores.numpy(),
-                      detections.labels.numpy(), masked, wrapper.num_classes)
+                      detections.labels.numpy(), masked, num_classes)
         return to_original_image(maps, masked.sample.metainfo)
 
     def vem(image, detections, masks, seed):
