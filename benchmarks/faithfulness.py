@@ -216,11 +216,12 @@ def main():
     methods = list(methods) + [b for b in BASELINES if b not in methods]
     settings = (f'n{len(samples)}_s{args.steps}_t{args.score_thr}_r{args.road_images}'
                 f'_y{args.sanity_images}')
-    if Path(args.config).stem != 'rtmdet_shapes' or args.target_layers:  # the demo's keep theirs
+    shipped_demo = Path(args.config).stem == 'rtmdet_shapes' and not args.target_layers
+    if not shipped_demo:  # other models and layers keep their own rows and plot
         settings = '_'.join([Path(args.config).stem, *(args.target_layers or []), settings])
     store = REPO / 'work_dirs' / 'faithfulness' / f'{settings}.jsonl'
-    args.plot = args.plot or str(REPO / 'docs' / 'faithfulness_curves.png'
-                                 if settings[0] == 'n' else store.with_suffix('.png'))
+    args.plot = args.plot or str(REPO / 'docs' / 'faithfulness_curves.png' if shipped_demo
+                                 else store.with_suffix('.png'))
     done = {}
     if store.is_file():
         done = {r['method']: r for r in map(json.loads, store.read_text().splitlines())}
