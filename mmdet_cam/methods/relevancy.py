@@ -66,7 +66,7 @@ class Relevancy:
                 before_cross.append(_residual_normalised(r_qq))
 
         # the box's query weights, then R_qi's row built backwards through the decoder
-        u = crosses[-1].to_dense().sum(1) if crosses[-1].is_sparse else crosses[-1].sum(1)
+        u = _times(crosses[-1], torch.ones(tokens))  # per query: its gradient-weighted mass
         if float(u.sum()) <= 0:
             return torch.zeros(tokens)
         u = u / u.sum()
@@ -148,11 +148,14 @@ def _splat(record: AttentionRecord, tokens: int):
     return record.splat
 
 
+def _times(matrix: Tensor, column: Tensor) -> Tensor:
+    """``matrix column`` for a dense or sparse (COO) matrix."""
+    return (matrix @ column[:, None])[:, 0]
+
+
 def _row_times(row: Tensor, matrix: Tensor) -> Tensor:
-    """``row^T matrix`` for a dense or sparse matrix."""
-    if matrix.is_sparse:
-        return torch.sparse.mm(matrix.t(), row[:, None])[:, 0]
-    return row @ matrix
+    """``row^T matrix`` for a dense or sparse (COO) matrix."""
+    return _times(matrix.t(), row)
 
 
 def _residual_normalised(relevancy: Tensor) -> Tensor:
@@ -170,8 +173,7 @@ def _times_normalised_image_relevancy(row: Tensor, encoder: List[Tensor]) -> Ten
     ones = torch.ones_like(row)
     sums = ones
     for matrix in encoder:  # R_ii 1, innermost (first) layer first
-        sums = sums + (torch.sparse.mm(matrix, sums[:, None])[:, 0] if matrix.is_sparse
-                       else matrix @ sums)
+        sums = sums + _times(matrix, sums)
     d = sums - ones
     scaled = torch.where(d > 0, row / d.clamp(min=1e-12), torch.zeros_like(row))
     product = scaled
