@@ -140,6 +140,11 @@ class DetCAM:
                                 method, _build_target(settings.target), self.select,
                                 build_reshape_transform(settings.reshape_transform), settings)
         self.kind = self.spec.kind
+        self.explains_masks = getattr(self.spec.target, 'reads_masks', False)
+        if self.explains_masks and self.kind in (MethodKind.PERTURBATION, MethodKind.BLACK_BOX):
+            raise BadInputError(f'{settings.method} re-runs the detector and follows each '
+                                'detection by its box; the mask target needs a method that '
+                                'back-propagates (e.g. odam, hirescam, gradcam)')
         self.config = config
         self.base_pipeline = build_test_pipeline(config)
         self._prompted(settings.texts)
@@ -211,6 +216,10 @@ class DetCAM:
             return cam._call(image, candidates, boxes, labels, explain_class, contrast)
 
     def _call(self, image, candidates, boxes, labels, explain_class, contrast) -> DetCAMResult:
+        if self.explains_masks and (explain_class is not None or boxes is not None
+                                    or candidates is not None):
+            raise BadInputError('the mask target explains the reported detections\' masks: '
+                                'not with named boxes or another class')
         if explain_class is not None:
             return self._other_class(image, self._class_ids([explain_class])[0], contrast)
         if contrast:

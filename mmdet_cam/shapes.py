@@ -1,8 +1,9 @@
 """A synthetic detection dataset: squares, circles and triangles on textured backgrounds.
 
 Deterministic from a seed. Each image holds 1-6 shapes of varied size, colour and position,
-some touching or overlapping, with COCO-format boxes and masks (RLE). It is what the shipped
-demo detector was trained on, and what tests and benchmarks draw fresh images from.
+some touching or overlapping, with COCO-format boxes and masks (the visible outline as polygons;
+RLE for the few shapes with another shape inside them, which polygons cannot hold). It is what
+the shipped demo detectors were trained on, and what tests and benchmarks draw fresh images from.
 
     python tools/make_shapes_dataset.py data/shapes --train 800 --val 200
 """
@@ -47,8 +48,9 @@ def _polygon(label: int, cx: float, cy: float, size: float, angle: float) -> np.
 
 def make_image(rng: np.random.Generator, height: int = 240, width: int = 320
                ) -> Tuple[np.ndarray, List[Dict]]:
-    """One BGR image and its objects: ``dict(label, bbox=[x1, y1, x2, y2], mask)`` (the
-    visible pixels of each shape)."""
+    """One BGR image and its objects: ``dict(label, bbox=[x1, y1, x2, y2], mask, segmentation)``:
+    the visible pixels of each shape as a boolean mask and as COCO polygons
+    (``[[x1, y1, x2, y2, ...], ...]``, one per visible piece, original-image pixels)."""
     image = _background(rng, height, width)
     objects = []
     for _ in range(int(rng.integers(1, 7))):
@@ -89,10 +91,24 @@ def _visible(objects: List[Dict], height: int, width: int) -> List[Dict]:
         full = cv2.contourArea(obj['polygon'].astype(np.float32))
         if len(xs) < 0.4 * max(full, 1):
             continue
-        kept.append(dict(label=obj['label'], mask=owner == index,
+        mask = owner == index
+        kept.append(dict(label=obj['label'], mask=mask, **_outline(mask),
                          bbox=[float(xs.min()), float(ys.min()), float(xs.max() + 1),
                                float(ys.max() + 1)]))
     return kept
+
+
+def _outline(mask: np.ndarray) -> dict:
+    """The mask's outer contours as COCO polygons, and whether it has holes (a shape painted
+    inside it), which polygons cannot express.
+
+    Contours are traced at twice the resolution, so that they run around the pixels instead of
+    through the centres of the edge pixels: COCO's rasterisation gives back the mask exactly."""
+    doubled = cv2.resize(mask.astype(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    contours, hierarchy = cv2.findContours(doubled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    outer = [c for c, h in zip(contours, hierarchy[0]) if h[3] < 0]
+    return dict(segmentation=[((c.reshape(-1) + 0.5) / 2).tolist() for c in outer if len(c) >= 3],
+                has_holes=len(outer) < len(contours))
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -117,7 +133,7 @@ def write_split(out_dir: Path, split: str, count: int, seed: int) -> Path:
             annotations.append(dict(
                 id=len(annotations) + 1, image_id=image_id, category_id=obj['label'] + 1,
                 bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1), iscrowd=0,
-                segmentation=_rle(obj['mask'])))
+                segmentation=_rle(obj['mask']) if obj['has_holes'] else obj['segmentation']))
     categories = [dict(id=i + 1, name=name) for i, name in enumerate(CLASSES)]
     path = out_dir / f'{split}.json'
     path.write_text(json.dumps(dict(images=images, annotations=annotations,

@@ -46,12 +46,29 @@ def test_shapes_are_deterministic_and_their_boxes_fit_the_painted_pixels():
         assert obj['label'] in range(len(CLASSES))
 
 
+def test_shape_polygons_rasterise_back_to_their_masks():
+    from pycocotools import mask as mask_utils
+    rng = np.random.default_rng(11)
+    polygons = 0
+    for _ in range(20):
+        _, objects = make_image(rng)
+        for obj in objects:
+            if obj['has_holes']:
+                continue
+            assert all(len(p) >= 6 and len(p) % 2 == 0 for p in obj['segmentation'])
+            rle = mask_utils.merge(mask_utils.frPyObjects(obj['segmentation'], 240, 320))
+            assert (mask_utils.decode(rle).astype(bool) == obj['mask']).all()
+            polygons += 1
+    assert polygons >= 40
+
+
 def test_written_split_is_valid_coco(tmp_path):
     from pycocotools.coco import COCO
     path = write_split(tmp_path, 'val', 6, seed=3)
     coco = COCO(str(path))
     assert len(coco.getImgIds()) == 6 and len(coco.getCatIds()) == len(CLASSES)
     for ann in coco.loadAnns(coco.getAnnIds()):
+        assert isinstance(ann['segmentation'], list) or 'counts' in ann['segmentation']
         mask = coco.annToMask(ann)
         x, y, w, h = ann['bbox']
         ys, xs = np.nonzero(mask)

@@ -29,18 +29,20 @@ from ..patching import swapped
 
 
 @contextlib.contextmanager
-def differentiable_inference(model: Optional[nn.Module] = None) -> Iterator[None]:
+def differentiable_inference(model: Optional[nn.Module] = None,
+                             masks: bool = False) -> Iterator[None]:
     """Keep mmdet's inference differentiable while active: :class:`GraphKeepingFunctions`,
     :func:`_graph_keeping_swaps` and, for ``model``'s predicting detector,
-    :func:`post_processing_keeps_graph`, :func:`masks_without_gradients` and
-    :func:`without_activation_checkpoints`. The engine and the library-path adapter both enter
-    it, so both see the same detector."""
+    :func:`post_processing_keeps_graph`, :func:`masks_without_gradients` (unless ``masks``:
+    when the masks are what is explained) and :func:`without_activation_checkpoints`. The
+    engine and the library-path adapter both enter it, so both see the same detector."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(_graph_keeping_swaps())
         if model is not None:
             detector = predicting_detector(model)
             stack.enter_context(post_processing_keeps_graph(detector))
-            stack.enter_context(masks_without_gradients(detector))
+            if not masks:
+                stack.enter_context(masks_without_gradients(detector))
             stack.enter_context(without_activation_checkpoints(detector))
         stack.enter_context(GraphKeepingFunctions())
         yield

@@ -63,10 +63,10 @@ def _masks_off(detector: nn.Module) -> Iterator[None]:
     original image's size: Mask R-CNN ran out of memory) and nothing that reads every
     candidate needs masks. Heads that rescore detections from their masks (Mask Scoring
     R-CNN's ``mask_iou_head``) and detectors whose boxes come from their masks (SOLO: no box
-    head) keep theirs."""
-    from mmdet.models.detectors.single_stage_instance_seg import (
-        SingleStageInstanceSegmentor,  # here: importing mmdet.models costs seconds
-    )
+    head) keep theirs. RTMDet-Ins draws its masks inside its box head, after NMS: it runs
+    the box-only post-processing of mmdet's dense heads instead."""
+    from mmdet.models.dense_heads import RTMDetInsHead  # here: importing mmdet.models costs seconds
+    from mmdet.models.detectors.single_stage_instance_seg import SingleStageInstanceSegmentor
     roi_head = getattr(detector, 'roi_head', None)
     with contextlib.ExitStack() as stack:
         if (getattr(roi_head, 'mask_head', None) is not None
@@ -76,7 +76,21 @@ def _masks_off(detector: nn.Module) -> Iterator[None]:
         if isinstance(detector, SingleStageInstanceSegmentor) and detector.with_bbox:
             # CondInst, BoxInst, YOLACT
             stack.enter_context(swapped(detector, 'mask_head', _RescaledBoxesOnly()))
+        head = getattr(detector, 'bbox_head', None)
+        if isinstance(head, RTMDetInsHead):
+            stack.enter_context(swapped(head, '_bbox_mask_post_process', _boxes_only(head)))
         yield
+
+
+def _boxes_only(head: nn.Module):
+    """RTMDet-Ins's post-processing without its masks: mmdet's dense-head one (rescale, score
+    factors, minimum size, NMS, cap), which its own repeats before drawing masks."""
+    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+
+    def post_process(results, mask_feat, cfg, rescale=False, with_nms=True, img_meta=None):
+        return BaseDenseHead._bbox_post_process(head, results, cfg, rescale=rescale,
+                                                with_nms=with_nms, img_meta=img_meta)
+    return post_process
 
 
 @contextlib.contextmanager

@@ -46,6 +46,7 @@ from .capture import (
     frozen_parameters,
     grads_for,
 )
+from .mask_logits import MASK_FIELDS, instance_mask_logits
 from .prompt_chunks import chunk_count, graph_only_for
 from .replay import DenseReplay, RoIReplay, recording_rois
 
@@ -157,13 +158,15 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
     # relevancy needs the graph from the features on (the attention is after them), no layers
     layers, names = (([neck_or_backbone], ['neck']) if reads_attention
                      else (spec.layers, layer_names))
-    with frozen_parameters(model), differentiable_inference(model), torch.enable_grad(), \
-            LayerCapture(layers, names) as capture, \
+    reads_masks = getattr(spec.target, 'reads_masks', False)
+    with frozen_parameters(model), differentiable_inference(model, masks=reads_masks), \
+            torch.enable_grad(), LayerCapture(layers, names) as capture, \
             FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(detector) as head, \
             FinalHeadOutputs(detector) as final, recording_rois(detector) as rois, \
             TokenEmbeddings(detector) as tokens, chunks, \
             (AttentionCapture(detector) if reads_attention else contextlib.nullcontext()) \
-            as attention:
+            as attention, \
+            (instance_mask_logits(detector) if reads_masks else contextlib.nullcontext()):
         data_sample = model.predict(inputs, data_samples)[0]
         pred = data_sample.pred_instances
         if candidates is None:
@@ -172,7 +175,7 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
             detections = pred[keep]
         else:
             values, detections = candidates(pred, final.tensors)
-        detections = _detached(detections)
+        detections = _detached(detections, drop=MASK_FIELDS)
         height, width = inputs.shape[-2:]
         if not len(detections):
             return BoxCAMs(detections, np.zeros((0, height, width), np.float32), data_sample,
@@ -195,9 +198,12 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
         scale = np.tile(np.asarray(data_sample.metainfo.get('scale_factor', (1, 1))[:2]), 2)
         boxes = [BoxTarget(tuple(box * scale), int(label)) for box, label in
                  zip(detections.bboxes.cpu().numpy(), detections.labels.tolist())]
+        # a mask's value also depends on what the box head's outputs and RoIs do not carry
+        # (the mask branch): its gradients come from the plain backward
         replay = (_replay(detector, head, rois, capture) if spec.settings.local_replay
-                  and own_levels and not tokens.embeddings else None)
-        backward = _Backward(capture.activations, head.tensors, replay, tokens.embeddings)
+                  and own_levels and not tokens.embeddings and not reads_masks else None)
+        backward = _Backward(capture.activations, () if reads_masks else head.tensors, replay,
+                             tokens.embeddings)
         layer_maps = _LayerMaps(spec, capture, shapes.shapes, inputs, boxes, backward)
         maps, zero_layers, own = [], [], []
         step = spec.settings.batch_size
@@ -476,10 +482,11 @@ def _chunks(rows: np.ndarray, size: int, budget: int = 2 ** 22) -> List[np.ndarr
     return [rows[start:start + step] for start in range(0, len(rows), step)]
 
 
-def _detached(pred: InstanceData) -> InstanceData:
+def _detached(pred: InstanceData, drop=()) -> InstanceData:
     out = InstanceData(metainfo=pred.metainfo)
     for key, value in pred.items():
-        out[key] = value.detach() if isinstance(value, Tensor) else value
+        if key not in drop:
+            out[key] = value.detach() if isinstance(value, Tensor) else value
     return out
 
 

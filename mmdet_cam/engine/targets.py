@@ -9,12 +9,15 @@ own. Built-ins, by registry name:
   score is the class probability this is exactly the class logit; it does not saturate near 1.
 * ``bbox``: one coordinate of the reported box (``coord`` = ``x1``, ``y1``, ``x2`` or ``y2``,
   original-image pixels), to explain where the box edge was put.
+* ``mask``: for instance segmentors, the sum of the detection's own mask logits over the
+  pixels of its predicted mask, at the mask head's resolution (Seg-Grad-CAM's "all pixels of
+  the object", per instance); ``region='box'``: over its box instead (see ``mask_logits.py``).
 """
 import torch
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..errors import UnknownNameError
+from ..errors import UnknownNameError, UnsupportedModelError
 from ..registry import CAM_TARGETS
 
 
@@ -51,3 +54,46 @@ class BoxCoordinateTarget:
 
     def __call__(self, pred_instances: InstanceData) -> Tensor:
         return pred_instances.bboxes[:, self.index]
+
+
+@CAM_TARGETS.register_module(name='mask')
+class MaskTarget:
+    """The detection's own mask logits summed over its predicted mask (``region='mask'``) or
+    its box (``region='box'``), at the mask head's resolution. A detection whose mask is empty
+    there is explained by its highest logit."""
+
+    REGIONS = ('mask', 'box')
+    reads_masks = True  # the engine records the mask heads' logits (mask_logits.py)
+
+    def __init__(self, region: str = 'mask'):
+        if region not in self.REGIONS:
+            raise UnknownNameError(
+                f'unknown mask region {region!r}; valid: {", ".join(self.REGIONS)}')
+        self.region = region
+
+    def __call__(self, pred_instances: InstanceData) -> Tensor:
+        if not len(pred_instances):
+            return pred_instances.scores.new_zeros((0,))
+        if 'mask_logits' not in pred_instances:
+            raise UnsupportedModelError('the detector reported no per-instance mask maps')
+        logits = pred_instances.mask_logits
+        if self.region == 'box':
+            pixels = _in_boxes(pred_instances.mask_boxes, logits.shape[-2:])
+        else:
+            pixels = logits.detach() > pred_instances.mask_thresholds[:, None, None]
+        empty = ~pixels.flatten(1).any(1)
+        if empty.any():  # its highest logit
+            top = logits.detach().flatten(1).argmax(1)
+            flat = pixels.flatten(1).clone()
+            flat[empty, top[empty]] = True
+            pixels = flat.view_as(pixels)
+        return (logits * pixels).flatten(1).sum(1)
+
+
+def _in_boxes(boxes: Tensor, size) -> Tensor:
+    """``[N, h, w]`` boolean: the pixels whose centres lie in each box."""
+    height, width = size
+    ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype)[None, :, None] + 0.5
+    xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype)[None, None, :] + 0.5
+    x1, y1, x2, y2 = (boxes[:, i, None, None] for i in range(4))
+    return (xs >= x1) & (xs <= x2) & (ys >= y1) & (ys <= y2)

@@ -1,0 +1,257 @@
+"""Each detection's own mask as differentiable logits at its mask head's resolution.
+
+mmdet's instance heads make one map per final detection (logits or probabilities at the head's
+own resolution: a 28x28 RoI grid, a stride-4 or stride-8 map of the input), then resize, paste
+and threshold it into the boolean ``masks`` they report, without a gradient. While
+:func:`instance_mask_logits` is active, the mask heads of a detector also attach that map to
+their results, in the detections' order (so every selection of detections keeps them):
+
+* ``mask_logits`` ``[N, h, w]``: the map as logits (probability maps are turned into logits);
+* ``mask_boxes`` ``[N, 4]``: the detection's box in that map's pixels;
+* ``mask_thresholds`` ``[N]``: the logit above which a pixel is in the reported mask.
+
+Where the map is made differs per head family, so each has a small adapter below: RoI mask heads
+(``FCNMaskHead`` and its subclasses: Mask R-CNN, cascades, HTC, MS R-CNN, PointRend, SCNet,
+QueryInst), RTMDet-Ins, CondInst / BoxInst, SOLO / SOLOv2, YOLACT and MaskFormer / Mask2Former.
+"""
+import contextlib
+import math
+from typing import Iterator, List, Optional
+
+import torch
+from mmengine.structures import InstanceData
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+from ..errors import UnsupportedModelError
+from .capture import DetachKeepsGraph
+from ..patching import swapped
+
+MASK_FIELDS = ('mask_logits', 'mask_boxes', 'mask_thresholds')
+
+
+@contextlib.contextmanager
+def instance_mask_logits(detector: nn.Module) -> Iterator[None]:
+    """While active, the results of ``detector``'s mask heads carry :data:`MASK_FIELDS`.
+    Raises ``UnsupportedModelError`` for a detector without a mask head mmdet-cam knows."""
+    with contextlib.ExitStack() as stack:
+        adapted = [adapter(module, stack) for module in detector.modules()
+                   for kind, adapter in _ADAPTERS if _is(module, kind)]
+        if not adapted:
+            raise UnsupportedModelError(
+                f'{type(detector).__name__} has no instance mask head mmdet-cam knows: '
+                '--target mask explains the masks of instance segmentors')
+        roi_head = getattr(detector, 'roi_head', None)
+        if getattr(roi_head, 'predict_mask', None) is not None:
+            stack.enter_context(swapped(roi_head, 'predict_mask',
+                                        _mask_branch_in_graph(roi_head.predict_mask)))
+        yield
+
+
+def _mask_branch_in_graph(predict_mask):
+    """A two-stage detector's mask branch, kept in the graph: the cascades' ``detach()`` of
+    each stage's masks before averaging keeps it (:class:`DetachKeepsGraph`), and the boxes
+    enter as constants (RoIAlign gives its RoIs no gradient anyway; PointRend writes into its
+    RoIs in place, which autograd refuses for the boxes' views)."""
+    def predict(*args, **kwargs):
+        for value in list(args) + list(kwargs.values()):
+            if isinstance(value, list) and value and isinstance(value[0], InstanceData):
+                for results in value:
+                    results.bboxes = results.bboxes.detach()
+        with DetachKeepsGraph():
+            return predict_mask(*args, **kwargs)
+    return predict
+
+
+def _is(module: nn.Module, kind: str) -> bool:
+    return any(cls.__name__ == kind for cls in type(module).__mro__)
+
+
+def attach(results: InstanceData, logits: Tensor, boxes: Tensor, threshold: float) -> None:
+    """Set :data:`MASK_FIELDS` on ``results`` (``logits``: ``[N, h, w]``, ``boxes``: ``[N, 4]``
+    in the logits' pixels)."""
+    results.mask_logits = logits
+    results.mask_boxes = boxes.detach().float().reshape(-1, 4)
+    results.mask_thresholds = logits.new_full((len(logits),), float(threshold)).detach()
+
+
+def _logit(probability: float) -> float:
+    probability = min(max(float(probability), 1e-6), 1 - 1e-6)
+    return math.log(probability / (1 - probability))
+
+
+def _as_logits(probabilities: Tensor) -> Tensor:
+    return torch.logit(probabilities, eps=1e-6)
+
+
+def _whole_map_boxes(logits: Tensor) -> Tensor:
+    height, width = logits.shape[-2:]
+    return logits.new_tensor([0, 0, width, height]).expand(len(logits), 4)
+
+
+def _fcn_mask_head(head: nn.Module, stack: contextlib.ExitStack) -> None:
+    """RoI mask heads: ``predict_by_feat`` gets each RoI's ``[C, h, w]`` logits (the mean
+    probability of the stages with ``activate_map``); the detection's class channel is its map,
+    which covers exactly its box."""
+    predict_by_feat = head.predict_by_feat
+
+    def recording(mask_preds, results_list, batch_img_metas, rcnn_test_cfg, rescale=False,
+                  activate_map=False):
+        labels = [results.labels for results in results_list]
+        results_list = predict_by_feat(mask_preds, results_list, batch_img_metas, rcnn_test_cfg,
+                                       rescale=rescale, activate_map=activate_map)
+        for preds, own_labels, results in zip(mask_preds, labels, results_list):
+            if not len(results):
+                continue
+            maps = (preds[torch.arange(len(preds)), own_labels] if preds.shape[1] > 1
+                    else preds[:, 0])
+            maps = _as_logits(maps) if activate_map else maps
+            attach(results, maps, _whole_map_boxes(maps), _logit(rcnn_test_cfg.mask_thr_binary))
+        return results_list
+
+    stack.enter_context(swapped(head, 'predict_by_feat', recording))
+
+
+class _FirstInterpolation(TorchFunctionMode):
+    """Records the input of the first ``F.interpolate`` call while active: the heads below
+    resize their per-detection maps first thing after making them."""
+
+    def __init__(self):
+        super().__init__()
+        self.input: Optional[Tensor] = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.interpolate and self.input is None:
+            self.input = args[0] if args else kwargs['input']
+        return func(*args, **(kwargs or {}))
+
+
+def _rtmdet_ins_head(head: nn.Module, stack: contextlib.ExitStack) -> None:
+    """RTMDet-Ins draws its masks in its box head after NMS: ``[N, h, w]`` logits of the
+    padded input at the first level's stride, resized from there."""
+    post_process = head._bbox_mask_post_process
+    stride = head.prior_generator.strides[0][0]
+
+    def recording(results, mask_feat, cfg, rescale=False, with_nms=True, img_meta=None):
+        with _FirstInterpolation() as first:
+            results = post_process(results, mask_feat, cfg, rescale=rescale, with_nms=with_nms,
+                                   img_meta=img_meta)
+        if first.input is None:  # no detections
+            return results
+        height, width = img_meta['img_shape'][:2]
+        logits = first.input[0][:, :math.ceil(height / stride), :math.ceil(width / stride)]
+        scale = _input_scale(results.bboxes, img_meta, rescale)
+        attach(results, logits, results.bboxes * scale / stride, _logit(cfg.mask_thr_binary))
+        return results
+
+    stack.enter_context(swapped(head, '_bbox_mask_post_process', recording))
+
+
+def _input_scale(bboxes: Tensor, img_meta: dict, rescaled: bool) -> Tensor:
+    """Factor from ``bboxes``' pixels to the network input's."""
+    if not rescaled:
+        return bboxes.new_ones(4)
+    return bboxes.new_tensor(img_meta['scale_factor'][:2]).repeat(2)
+
+
+def _maps_in_call_head(probabilities: bool):
+    """CondInst / BoxInst (logits) and YOLACT's protonet (probabilities of prototypes x
+    coefficients, zero outside the box): ``predict_by_feat`` hands each image's detections'
+    maps (of the padded input, at the mask stride) and their boxes (input pixels) to
+    ``_predict_by_feat_single``, which resizes and thresholds them."""
+    def adapter(head: nn.Module, stack: contextlib.ExitStack) -> None:
+        single = head._predict_by_feat_single
+        recorded: List[tuple] = []
+
+        def recording(mask_preds, bboxes, img_meta, rescale, cfg=None):
+            input_height, input_width = img_meta['batch_input_shape'][:2]
+            scale = mask_preds.shape[-1] / input_width
+            height, width = img_meta['img_shape'][:2]
+            maps = mask_preds[:, :math.ceil(height * scale), :math.ceil(width * scale)]
+            recorded.append((_as_logits(maps) if probabilities else maps,
+                             bboxes.detach().clone() * scale, (cfg or head.test_cfg).mask_thr))
+            return single(mask_preds, bboxes, img_meta, rescale, cfg)
+
+        predict_by_feat = head.predict_by_feat
+
+        def attaching(*args, **kwargs):
+            recorded.clear()
+            results_list = predict_by_feat(*args, **kwargs)
+            filled = [results for results in results_list if len(results)]
+            for results, (logits, boxes, threshold) in zip(filled, recorded):
+                attach(results, logits, boxes, _logit(threshold))
+            return results_list
+
+        stack.enter_context(swapped(head, '_predict_by_feat_single', recording))
+        stack.enter_context(swapped(head, 'predict_by_feat', attaching))
+    return adapter
+
+
+def _solo_head(head: nn.Module, stack: contextlib.ExitStack) -> None:
+    """SOLO / SOLOv2: ``_predict_by_feat_single`` makes the kept detections' mask
+    probabilities at stride 4 of the padded input and resizes them first thing; SOLO reports
+    no boxes, so a detection's box is that of its thresholded map."""
+    single = head._predict_by_feat_single
+
+    def recording(*args, **kwargs):
+        with _FirstInterpolation() as first:
+            results = single(*args, **kwargs)
+        if first.input is not None and len(results):
+            logits = _as_logits(first.input[0])
+            threshold = _logit(head.test_cfg.mask_thr)
+            attach(results, logits, _boxes_of(logits > threshold), threshold)
+        return results
+
+    stack.enter_context(swapped(head, '_predict_by_feat_single', recording))
+
+
+def _maskformer_fusion_head(head: nn.Module, stack: contextlib.ExitStack) -> None:
+    """MaskFormer / Mask2Former: ``instance_postprocess`` picks the top (query, class) pairs
+    and thresholds their queries' logits (resized to the image already) at 0; the boxes are
+    their masks'."""
+    postprocess = head.instance_postprocess
+
+    def recording(mask_cls, mask_pred):
+        with _Thresholded() as thresholded:
+            results = postprocess(mask_cls, mask_pred)
+        if thresholded.input is not None and len(results):
+            attach(results, thresholded.input, results.bboxes, 0.0)
+        return results
+
+    stack.enter_context(swapped(head, 'instance_postprocess', recording))
+
+
+class _Thresholded(TorchFunctionMode):
+    """Records the last 3-D tensor in the graph compared with ``>`` while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.input: Optional[Tensor] = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if (getattr(func, '__name__', '') in ('gt', '__gt__') and isinstance(args[0], Tensor)
+                and args[0].dim() == 3 and args[0].requires_grad):
+            self.input = args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def _boxes_of(masks: Tensor) -> Tensor:
+    """``[N, 4]`` boxes of boolean ``[N, h, w]`` masks (the whole map for an empty one)."""
+    boxes = []
+    for mask in masks:
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        boxes.append([0, 0, mask.shape[1], mask.shape[0]] if not len(xs) else
+                     [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1])
+    return masks.new_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+
+# (class name anywhere in the module's MRO, adapter); subclasses first where both would match
+_ADAPTERS = (
+    ('FCNMaskHead', _fcn_mask_head),
+    ('RTMDetInsHead', _rtmdet_ins_head),
+    ('CondInstMaskHead', _maps_in_call_head(probabilities=False)),
+    ('SOLOHead', _solo_head),
+    ('YOLACTProtonet', _maps_in_call_head(probabilities=True)),
+    ('MaskFormerFusionHead', _maskformer_fusion_head),
+)
