@@ -4,7 +4,8 @@
 # RTMDet-Ins's kernel and prototype branches.
 #
 #   python tools/make_shapes_dataset.py data/shapes          # data (seconds)
-#   python tools/train.py demo/rtmdet-ins_shapes.py --work-dir work_dirs/rtmdet-ins_shapes [--resume]
+#   python tools/train.py demo/rtmdet-ins_shapes.py --work-dir work_dirs/rtmdet-ins_shapes \
+#       [--resume]
 #   python tools/publish_checkpoint.py work_dirs/rtmdet-ins_shapes/epoch_12.pth \
 #       demo/rtmdet-ins_shapes.pth
 _base_ = './rtmdet_shapes.py'

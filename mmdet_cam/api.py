@@ -18,6 +18,7 @@ from .engine.candidates import CandidateScorer, MaskedCandidates
 from .engine.every_candidate import every_candidate
 from .engine.explain import ExplainSpec, explain
 from .engine.geometry import to_original_image
+from .engine.mask_logits import check_mask_head
 from .engine.named_boxes import NamedBoxes
 from .engine.proposals import added_proposals
 from .engine.reshape import build_reshape_transform
@@ -32,7 +33,7 @@ from .model.detector import (
     preprocess,
     read_image,
 )
-from .model.layers import layer_name, resolve_layers
+from .model.layers import layer_name, predicting_detector, resolve_layers
 from .model.prompts import PromptedPipeline, build_prompt, entities
 from .patching import PATCH_LOCK
 from .registry import CAM_TARGETS, lookup
@@ -145,6 +146,8 @@ class DetCAM:
             raise BadInputError(f'{settings.method} re-runs the detector and follows each '
                                 'detection by its box; the mask target needs a method that '
                                 'back-propagates (e.g. odam, hirescam, gradcam)')
+        if self.explains_masks:
+            check_mask_head(predicting_detector(self.model))
         self.config = config
         self.base_pipeline = build_test_pipeline(config)
         self._prompted(settings.texts)

@@ -79,11 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--fuse', choices=FUSE_MODES, default=CAM.fuse,
                         help="how maps of several layers / pyramid levels combine; 'own': "
                         f"only each box's own level (default: {CAM.fuse})")
-    parser.add_argument('--target', choices=['score', 'logit', 'bbox'], default=CAM.target,
-                        help='what is explained: the score, its log-odds, or a box coordinate '
+    parser.add_argument('--target', choices=['score', 'logit', 'bbox', 'mask'],
+                        default=CAM.target,
+                        help='what is explained: the score, its log-odds, a box coordinate, or '
+                        "(instance segmentors) the detection's own mask logits over its mask "
                         f'(default: {CAM.target})')
     parser.add_argument('--bbox-coord', choices=['x1', 'y1', 'x2', 'y2'], default='x1',
                         help='box coordinate explained with --target bbox (default: x1)')
+    parser.add_argument('--mask-region', choices=['mask', 'box'], default='mask',
+                        help='pixels whose mask logits --target mask sums: the predicted '
+                        'mask, or the whole box (default: mask)')
     parser.add_argument('--boxes', nargs='+', metavar='X1,Y1,X2,Y2[:CLASS]',
                         help='explain what the model thought at these boxes (e.g. objects it '
                         'missed), whatever it scored there: the best matching raw candidate of '
@@ -175,8 +180,8 @@ def run(args) -> int:
     if checkpoint and '://' not in checkpoint and not Path(checkpoint).is_file():
         raise InputNotFoundError(f'checkpoint not found: {checkpoint}')
     out_dir = ensure_writable(args.out_dir)
-    target = (dict(type='bbox', coord=args.bbox_coord) if args.target == 'bbox'
-              else args.target)
+    target = {'bbox': dict(type='bbox', coord=args.bbox_coord),
+              'mask': dict(type='mask', region=args.mask_region)}.get(args.target, args.target)
     methods = [name.strip() for name in args.method.split(',')]
     if not all(methods) or len(set(methods)) < len(methods):
         raise BadInputError(f'--method takes method names separated by commas, each once; '
@@ -203,6 +208,7 @@ def run(args) -> int:
             out_dir, dict(cam.model.dataset_meta, classes=cam.class_names),
             dict(method=method, method_options=args.method_options or {},
                  explain_class=args.explain_class, target=args.target, fuse=args.fuse,
+                 **({'mask_region': args.mask_region} if args.target == 'mask' else {}),
                  **({'texts': texts} if texts else {}),
                  target_layers=way.layer_names if way.kind.uses_layers else []),
             output, panel=name, panel_index=k)))

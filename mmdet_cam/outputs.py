@@ -10,7 +10,13 @@ import numpy as np
 from mmdet.visualization.palette import get_palette
 
 from .errors import DetCAMError
-from .metrics import energy_in_box, peak_location, pointing_hit
+from .metrics import (
+    energy_in_box,
+    energy_in_mask,
+    peak_location,
+    pointing_hit,
+    pointing_hit_mask,
+)
 from .report import frame_stem
 from .settings import OutputSettings
 from .visualization import BoxDrawer, fuse_boxes, heatmap, overlay, renormalize_in_boxes
@@ -137,6 +143,8 @@ class ResultWriter:
                 score=round(float(result.detections.scores[k]), 4),
                 peak=list(peak_location(cam)), peak_in_box=pointing_hit(cam, box),
                 energy_in_box=round(energy_in_box(cam, box), 4),
+                **(_mask_fields(cam, result.detections.masks[k])
+                   if 'masks' in result.detections else {}),
                 **({'level': int(result.detections.levels[k])}
                    if 'levels' in result.detections else {}),
                 **({'named_bbox': [round(v, 2) for v in
@@ -162,6 +170,14 @@ class ResultWriter:
     def imwrite(self, name: str, image: np.ndarray) -> None:
         if not mmcv.imwrite(image, str(self.out_dir / name)):
             raise DetCAMError(f'cannot write {self.out_dir / name}')
+
+
+def _mask_fields(cam: np.ndarray, mask) -> dict:
+    """An instance segmentor's detection: its mask's area, and the map's peak and share of
+    energy on it."""
+    mask = np.asarray(mask, dtype=bool)
+    return dict(mask_area=int(mask.sum()), peak_in_mask=pointing_hit_mask(cam, mask),
+                energy_in_mask=round(energy_in_mask(cam, mask), 4))
 
 
 def top_words(tokens: List[str], attributions: np.ndarray, count: int = 3) -> List[tuple]:

@@ -25,8 +25,8 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UnsupportedModelError
-from .capture import DetachKeepsGraph
 from ..patching import swapped
+from .capture import DetachKeepsGraph
 
 MASK_FIELDS = ('mask_logits', 'mask_boxes', 'mask_thresholds')
 
@@ -35,13 +35,12 @@ MASK_FIELDS = ('mask_logits', 'mask_boxes', 'mask_thresholds')
 def instance_mask_logits(detector: nn.Module) -> Iterator[None]:
     """While active, the results of ``detector``'s mask heads carry :data:`MASK_FIELDS`.
     Raises ``UnsupportedModelError`` for a detector without a mask head mmdet-cam knows."""
+    check_mask_head(detector)
     with contextlib.ExitStack() as stack:
-        adapted = [adapter(module, stack) for module in detector.modules()
-                   for kind, adapter in _ADAPTERS if _is(module, kind)]
-        if not adapted:
-            raise UnsupportedModelError(
-                f'{type(detector).__name__} has no instance mask head mmdet-cam knows: '
-                '--target mask explains the masks of instance segmentors')
+        for module in detector.modules():
+            for kind, adapter in _ADAPTERS:
+                if _is(module, kind):
+                    adapter(module, stack)
         roi_head = getattr(detector, 'roi_head', None)
         if getattr(roi_head, 'predict_mask', None) is not None:
             stack.enter_context(swapped(roi_head, 'predict_mask',
@@ -62,6 +61,14 @@ def _mask_branch_in_graph(predict_mask):
         with DetachKeepsGraph():
             return predict_mask(*args, **kwargs)
     return predict
+
+
+def check_mask_head(detector: nn.Module) -> None:
+    """Raise ``UnsupportedModelError`` unless ``detector`` has a mask head adapted here."""
+    if not any(_is(module, kind) for module in detector.modules() for kind, _ in _ADAPTERS):
+        raise UnsupportedModelError(
+            f'{type(detector).__name__} has no instance mask head mmdet-cam knows: the mask '
+            'target explains the masks of instance segmentors')
 
 
 def _is(module: nn.Module, kind: str) -> bool:

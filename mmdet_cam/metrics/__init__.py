@@ -12,11 +12,19 @@ from .faithfulness import (
     tracked_score,
     tracker,
 )
-from .localization import box_area_share, energy_in_box, peak_location, pointing_hit
+from .localization import (
+    box_area_share,
+    energy_in_box,
+    energy_in_mask,
+    peak_location,
+    pointing_hit,
+    pointing_hit_mask,
+)
 from .sanity import SanityResult, parameter_randomisation
 from .triage import triage
 
-__all__ = ['box_area_share', 'box_mask', 'energy_in_box', 'peak_location', 'pointing_hit',
+__all__ = ['box_area_share', 'box_mask', 'energy_in_box', 'energy_in_mask', 'peak_location',
+           'pointing_hit', 'pointing_hit_mask',
            'auc', 'detection_faithfulness', 'object_discrimination', 'perturbation_curve',
            'road_combined', 'road_curve', 'tracked_score', 'tracker',
            'SanityResult', 'parameter_randomisation', 'triage']

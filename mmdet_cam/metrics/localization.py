@@ -19,14 +19,24 @@ def peak_location(cam: np.ndarray) -> Tuple[int, int]:
 
 def pointing_hit(cam: np.ndarray, box: Sequence[float]) -> bool:
     """Pointing game: does the map's peak fall inside ``box``?"""
-    x, y = peak_location(cam)
-    return bool(box_mask(cam.shape, box)[y, x])
+    return pointing_hit_mask(cam, box_mask(cam.shape, box))
 
 
 def energy_in_box(cam: np.ndarray, box: Sequence[float]) -> float:
     """Energy pointing game: share of the map's total mass inside ``box`` (0 for an empty map)."""
+    return energy_in_mask(cam, box_mask(cam.shape, box))
+
+
+def pointing_hit_mask(cam: np.ndarray, mask: np.ndarray) -> bool:
+    """Pointing game against a boolean mask of the map's size (an instance's pixels)."""
+    x, y = peak_location(cam)
+    return bool(mask[y, x])
+
+
+def energy_in_mask(cam: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the map's total mass on the pixels of a boolean ``mask`` (0 for an empty map)."""
     total = float(cam.sum())
-    return float(cam[box_mask(cam.shape, box)].sum()) / total if total > 0 else 0.0
+    return float(cam[mask].sum()) / total if total > 0 else 0.0
 
 
 def box_area_share(shape: Tuple[int, int], box: Sequence[float]) -> float:

@@ -5,9 +5,11 @@ Takes maps, boxes and images (BGR, as mmcv reads them); never calls the model.
 import contextlib
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 from mmdet.structures import DetDataSample
 from mmdet.visualization import DetLocalVisualizer
+from mmdet.visualization.palette import get_palette
 from mmengine.dist import utils as dist_utils
 from mmengine.structures import InstanceData
 from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -68,13 +70,28 @@ class BoxDrawer:
 
     def draw(self, image: np.ndarray, detections: InstanceData,
              keep: Optional[Sequence[int]] = None) -> np.ndarray:
-        """``image`` (BGR) with the detections (or those at ``keep``) drawn on it."""
+        """``image`` (BGR) with the detections (or those at ``keep``) drawn on it; an instance
+        segmentor's masks as outlines in their class colour (mmdet fills them, which would
+        hide the map)."""
         if keep is not None:
             detections = detections[list(keep)]
+        boxes = InstanceData(**{key: detections.get(key) for key in ('bboxes', 'labels', 'scores')
+                                if key in detections})
         with _drawing_on_every_rank():
             self.visualizer.add_datasample(
                 'cam', np.ascontiguousarray(image[..., ::-1]),
-                DetDataSample(pred_instances=detections), draw_gt=False, show=False,
+                DetDataSample(pred_instances=boxes), draw_gt=False, show=False,
                 pred_score_thr=0)
-            drawn = self.visualizer.get_image()
-        return np.ascontiguousarray(drawn[..., ::-1])
+            drawn = np.ascontiguousarray(self.visualizer.get_image()[..., ::-1])
+        if 'masks' in detections and len(detections):
+            self._outline(drawn, np.asarray(detections.masks, dtype=np.uint8),
+                          detections.labels.tolist())
+        return drawn
+
+    def _outline(self, image: np.ndarray, masks: np.ndarray, labels: Sequence[int]) -> None:
+        palette = get_palette(self.visualizer.dataset_meta.get('palette') or 'random',
+                              max(labels) + 1)
+        for mask, label in zip(masks, labels):
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(image, contours, -1, tuple(int(c) for c in palette[label][::-1]),
+                             2, cv2.LINE_AA)
