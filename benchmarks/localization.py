@@ -5,9 +5,13 @@ same class (IoU >= 0.5) scores:
   pointing  the map's peak lies inside the GT box (pointing game),
   energy    share of the map's mass inside the GT box (energy pointing game),
   chance    the GT box's share of the image (what a uniform map gets for energy).
+With ``--target mask`` (an instance segmentor, e.g. the instance demo) the maps explain each
+detection's mask, and the same figures are also given against the ground-truth *masks*.
 
     python benchmarks/localization.py                       # shipped demo model, data/shapes
     python benchmarks/localization.py --num-images 50 --methods gradcam hirescam
+    python benchmarks/localization.py --config demo/rtmdet-ins_shapes.py \
+        --checkpoint demo/rtmdet-ins_shapes.pth --target mask --layers neck
 """
 import argparse
 import json
@@ -22,46 +26,71 @@ from mmdet.structures.bbox import bbox_overlaps
 
 from mmdet_cam import DetCAM, build_detector
 from mmdet_cam.methods import method_names
-from mmdet_cam.metrics import box_area_share, energy_in_box, pointing_hit
+from mmdet_cam.metrics import (
+    box_area_share,
+    energy_in_box,
+    energy_in_mask,
+    pointing_hit,
+    pointing_hit_mask,
+)
 
 REPO = Path(__file__).parents[1]
+PERTURBING = ('scorecam', 'ablationcam', 'drise')  # follow boxes: no mask target
 
 
 def load_split(data_root: Path, split: str):
+    """``[(image path, [(label, box, mask)])]``; ``mask``: a function that decodes the object's
+    COCO segmentation (polygons or RLE) into a boolean array."""
+    from pycocotools import mask as mask_utils
     coco = json.loads((data_root / f'{split}.json').read_text())
-    boxes = defaultdict(list)
+    sizes = {image['id']: (image['height'], image['width']) for image in coco['images']}
+    objects = defaultdict(list)
     for ann in coco['annotations']:
         x, y, w, h = ann['bbox']
-        boxes[ann['image_id']].append((ann['category_id'] - 1, [x, y, x + w, y + h]))
-    return [(data_root / image['file_name'], boxes[image['id']]) for image in coco['images']]
+        height, width = sizes[ann['image_id']]
+
+        def mask(segmentation=ann['segmentation'], height=height, width=width):
+            if isinstance(segmentation, list):  # polygons
+                segmentation = mask_utils.merge(
+                    mask_utils.frPyObjects(segmentation, height, width))
+            return mask_utils.decode(segmentation).astype(bool)
+        objects[ann['image_id']].append((ann['category_id'] - 1, [x, y, x + w, y + h], mask))
+    return [(data_root / image['file_name'], objects[image['id']])
+            for image in coco['images']]
 
 
 def match(detections, gt):
     """Index of the matched GT box per detection (same class, best IoU >= 0.5), or -1."""
     if not gt or len(detections) == 0:
         return [-1] * len(detections)
-    gt_labels = torch.tensor([label for label, _ in gt])
-    gt_boxes = torch.tensor([box for _, box in gt], dtype=torch.float32)
+    gt_labels = torch.tensor([obj[0] for obj in gt])
+    gt_boxes = torch.tensor([obj[1] for obj in gt], dtype=torch.float32)
     ious = bbox_overlaps(detections.bboxes, gt_boxes)
     ious[detections.labels[:, None] != gt_labels[None, :]] = 0
     best, index = ious.max(dim=1)
     return [int(i) if b >= 0.5 else -1 for b, i in zip(best, index)]
 
 
-def evaluate(cam, samples):
-    hits, energies, chances, unmatched = [], [], [], 0
+def evaluate(cam, samples, masks: bool = False):
+    """Means over matched detections (``masks``: also against the GT masks)."""
+    rows, unmatched = defaultdict(list), 0
     for path, gt in samples:
         result = cam(str(path))
         for k, g in enumerate(match(result.detections, gt)):
             if g < 0:
                 unmatched += 1
                 continue
-            box = gt[g][1]
-            hits.append(pointing_hit(result.cams[k], box))
-            energies.append(energy_in_box(result.cams[k], box))
-            chances.append(box_area_share(result.cams[k].shape, box))
-    return dict(matched=len(hits), unmatched=unmatched, pointing=np.mean(hits),
-                energy=np.mean(energies), chance=np.mean(chances))
+            cam_k, (_, box, mask) = result.cams[k], gt[g]
+            rows['pointing'].append(pointing_hit(cam_k, box))
+            rows['energy'].append(energy_in_box(cam_k, box))
+            rows['chance'].append(box_area_share(cam_k.shape, box))
+            if masks:
+                mask = mask()
+                rows['pointing_mask'].append(pointing_hit_mask(cam_k, mask))
+                rows['energy_mask'].append(energy_in_mask(cam_k, mask))
+                rows['chance_mask'].append(mask.mean())
+    return dict(matched=len(rows['pointing']), unmatched=unmatched,
+                **{key: np.mean(values) for key, values in rows.items()})
 
 
 def demo_arguments(description: str) -> argparse.ArgumentParser:
@@ -84,24 +113,35 @@ def main():
     parser.add_argument('--layers', nargs='+', default=['neck', 'backbone'],
                         help='target-layer choices, one per table block (default: neck backbone)')
     parser.add_argument('--score-thr', type=float, default=0.3)
+    parser.add_argument('--target', choices=['score', 'mask'], default='score',
+                        help="what the maps explain; 'mask': each detection's mask (instance "
+                        'segmentors), scored against the GT masks too')
     args = parser.parse_args()
+    masks = args.target == 'mask'
 
     samples = load_split(Path(args.data_root), args.split)[:args.num_images]
     model = build_detector(args.config, args.checkpoint)
-    methods = args.methods or [m for m in method_names() if m not in ('kpca_cam', 'fem')]
-    print(f'{len(samples)} {args.split} images, score_thr {args.score_thr}\n')
-    print('| layers | method | matched | pointing | energy | chance | s/image |')
-    print('|---|---|---:|---:|---:|---:|---:|')
+    methods = args.methods or [m for m in method_names() if m not in ('kpca_cam', 'fem')
+                               and not (masks and m in PERTURBING)]
+    print(f'{len(samples)} {args.split} images, score_thr {args.score_thr}, '
+          f'target {args.target}\n')
+    mask_columns = ' pointing (mask) | energy (mask) | chance (mask) |' if masks else ''
+    print(f'| layers | method | matched | pointing | energy | chance |{mask_columns} s/image |')
+    print('|---|---|---:|---:|---:|---:|' + '---:|' * (4 if masks else 1))
     for layers in args.layers:
         for method in methods:
-            cam = DetCAM(model, target_layers=layers, method=method, score_thr=args.score_thr)
+            cam = DetCAM(model, target_layers=layers, method=method, score_thr=args.score_thr,
+                         target=args.target)
             start = time.time()
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
-                row = evaluate(cam, samples)
+                row = evaluate(cam, samples, masks)
             seconds = (time.time() - start) / len(samples)
-            print(f"| {layers} | {method} | {row['matched']} | {row['pointing']:.3f} | "
-                  f"{row['energy']:.3f} | {row['chance']:.3f} | {seconds:.2f} |", flush=True)
+            figures = ['pointing', 'energy', 'chance'] + (
+                ['pointing_mask', 'energy_mask', 'chance_mask'] if masks else [])
+            print(f"| {layers} | {method} | {row['matched']} | "
+                  + ' | '.join(f'{row[key]:.3f}' for key in figures)
+                  + f' | {seconds:.2f} |', flush=True)
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import cv2
 import mmcv
 import numpy as np
 from mmdet.visualization.palette import get_palette
@@ -173,11 +174,16 @@ class ResultWriter:
 
 
 def _mask_fields(cam: np.ndarray, mask) -> dict:
-    """An instance segmentor's detection: its mask's area, and the map's peak and share of
-    energy on it."""
+    """An instance segmentor's detection: its mask's area, the map's peak and share of energy
+    on it, and its outline (COCO-style polygons ``[[x1, y1, x2, y2, ...], ...]``, simplified
+    to a pixel; the report draws it)."""
     mask = np.asarray(mask, dtype=bool)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    outline = [cv2.approxPolyDP(c, 1.0, True).reshape(-1).tolist() for c in contours]
     return dict(mask_area=int(mask.sum()), peak_in_mask=pointing_hit_mask(cam, mask),
-                energy_in_mask=round(energy_in_mask(cam, mask), 4))
+                energy_in_mask=round(energy_in_mask(cam, mask), 4),
+                mask_outline=[points for points in outline if len(points) >= 6])
 
 
 def top_words(tokens: List[str], attributions: np.ndarray, count: int = 3) -> List[tuple]:

@@ -255,3 +255,40 @@ def test_several_methods_are_side_by_side_panels_with_one_selection(browser, met
     assert cells[7] == f"{detections[1][k]['energy_in_box']:.2f}"  # odam's
     assert not errors, errors
     page.close()
+
+
+@pytest.fixture(scope='module')
+def mask_report(tmp_path_factory):
+    """The instance demo's masks explained (``--target mask``) with --html."""
+    out = tmp_path_factory.mktemp('mask_report')
+    run = subprocess.run([sys.executable, TOOL, str(REPO / 'demo' / 'rtmdet-ins_shapes.py'),
+                          str(REPO / 'demo' / 'rtmdet-ins_shapes.pth'),
+                          str(REPO / 'demo' / 'images' / 'shapes_1.jpg'), '--target', 'mask',
+                          '--out-dir', str(out), '--html'], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+def test_the_selected_instances_mask_is_outlined(browser, mask_report):
+    summary = json.loads((mask_report / 'shapes_1.json').read_text())
+    rows = summary['detections']
+    height, width = summary['image_size']
+    page = browser.new_page(viewport={'width': 1280, 'height': 900})
+    page.goto((mask_report / 'shapes_1.html').as_uri())
+    outline = page.locator('[data-role=outline]')
+    assert outline.locator('polygon').count() == 0  # nothing selected
+    stage = page.locator('[data-role=stage]').bounding_box()
+    for k in (0, len(rows) - 1):
+        page.locator(f'tr[data-row="{k}"]').hover()
+        polygons = outline.locator('polygon')
+        assert polygons.count() == len(rows[k]['mask_outline']) >= 1
+        drawn = polygons.first.bounding_box()  # in page pixels: back to image pixels
+        x1 = (drawn['x'] - stage['x']) * width / stage['width']
+        y1 = (drawn['y'] - stage['y']) * height / stage['height']
+        x2 = x1 + drawn['width'] * width / stage['width']
+        y2 = y1 + drawn['height'] * height / stage['height']
+        box = rows[k]['bbox']  # the mask lies about in its box (RTMDet-Ins does not crop it
+        # to the box), and fills most of it
+        assert box[0] - 6 <= x1 and box[1] - 6 <= y1 and x2 <= box[2] + 6 and y2 <= box[3] + 6
+        assert (x2 - x1) * (y2 - y1) >= 0.5 * (box[2] - box[0]) * (box[3] - box[1])
+    page.close()

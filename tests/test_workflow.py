@@ -200,3 +200,23 @@ def test_triage_tags_detections_and_explains_missed_objects(val_root, tmp_path, 
     summary = json.loads((cam_dir / 'triage.json').read_text())
     listed = summary['false_positives'] + summary['missed']
     assert sorted((e['index'], e['tag']) for e in listed) == sorted(errors)
+
+
+def test_test_loop_explains_masks_and_scores_them_against_gt_masks(val_root, tmp_path):
+    """The instance demo in mmdet's test loop with ``target='mask'``: COCO bbox and segm mAP,
+    and the maps' localisation against the ground-truth boxes and masks."""
+    options = [f'{key}={value}' for key, value in val_split_options(val_root).items()]
+    command = [sys.executable, str(REPO / 'tools' / 'test_cam.py'),
+               str(REPO / 'configs' / 'rtmdet-ins_shapes_cam.py'),
+               str(REPO / 'demo' / 'rtmdet-ins_shapes.pth'), '--work-dir', str(tmp_path),
+               '--cfg-options', *options]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / 'test_metrics.json').read_text())
+    assert metrics['coco/segm_mAP_50'] >= 0.8 and metrics['cam/matched'] >= 10
+    # a mask is a fraction of its box; the maps are on the objects far above chance
+    assert metrics['cam/chance_mask'] < metrics['cam/chance']
+    assert metrics['cam/pointing_mask'] >= 0.7 > 5 * metrics['cam/chance_mask']
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / 'cam').rglob('*.json')]
+    rows = [row for summary in summaries for row in summary['detections']]
+    assert rows and all('energy_in_mask' in row for row in rows)

@@ -4,7 +4,9 @@
                       dict(type='CAMFaithfulnessMetric')]  # needs faithfulness_steps > 0
 
 ``CAMLocalizationMetric``: pointing game and energy pointing game of per-detection maps
-against the ground-truth boxes. ``CAMFaithfulnessMetric``: deletion / insertion AUCs.
+against the ground-truth boxes, and against the ground-truth masks when the test pipeline
+loads them (``LoadAnnotations(with_mask=True)``). ``CAMFaithfulnessMetric``: deletion /
+insertion AUCs.
 
 It scores the maps that ``DetCAMHook`` attached to the data samples (images the hook did not
 explain are skipped). A detection counts when a ground-truth box of its class overlaps it with
@@ -22,14 +24,22 @@ from mmdet.structures.bbox import bbox_overlaps
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
-from ..metrics import box_area_share, energy_in_box, pointing_hit
+from ..metrics import (
+    box_area_share,
+    energy_in_box,
+    energy_in_mask,
+    pointing_hit,
+    pointing_hit_mask,
+)
 
 
 @METRICS.register_module()
 class CAMLocalizationMetric(BaseMetric):
     """Means over matched detections of: ``pointing`` (map peak inside the GT box),
     ``energy`` (share of the map inside it) and ``chance`` (the box's share of the image, what a
-    uniform map scores), plus the number of ``matched`` and ``unmatched`` detections."""
+    uniform map scores), plus the number of ``matched`` and ``unmatched`` detections; with GT
+    masks also ``pointing_mask``, ``energy_mask`` and ``chance_mask``, the same against the
+    matched object's mask."""
 
     default_prefix = 'cam'
 
@@ -50,8 +60,12 @@ class CAMLocalizationMetric(BaseMetric):
                     continue
                 box = gt['bboxes'][g].tolist()
                 cam = sample['cams'][k]
-                rows.append((pointing_hit(cam, box), energy_in_box(cam, box),
-                             box_area_share(cam.shape, box)))
+                row = (pointing_hit(cam, box), energy_in_box(cam, box),
+                       box_area_share(cam.shape, box))
+                if gt.get('masks') is not None:
+                    mask = gt['masks'][[g]].to_ndarray()[0].astype(bool)
+                    row += (pointing_hit_mask(cam, mask), energy_in_mask(cam, mask), mask.mean())
+                rows.append(row)
             self.results.append(rows)  # one entry per image, as collect_results expects
 
     def _match(self, detections: dict, gt: dict) -> list:
@@ -72,9 +86,11 @@ class CAMLocalizationMetric(BaseMetric):
         if len(matched) == 0:
             return dict(pointing=0.0, energy=0.0, chance=0.0, matched=0,
                         unmatched=len(rows))
-        pointing, energy, chance = matched.mean(axis=0)
-        return dict(pointing=float(pointing), energy=float(energy), chance=float(chance),
-                    matched=len(matched), unmatched=len(rows) - len(matched))
+        names = ['pointing', 'energy', 'chance']
+        if matched.shape[1] > 3:
+            names += ['pointing_mask', 'energy_mask', 'chance_mask']
+        return dict(zip(names, map(float, matched.mean(axis=0))), matched=len(matched),
+                    unmatched=len(rows) - len(matched))
 
 
 @METRICS.register_module()

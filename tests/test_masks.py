@@ -1,0 +1,206 @@
+"""The mask target: each instance's own mask logits, for every family of mmdet's instance
+heads, and masks in the outputs."""
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mmdet_cam import DetCAM, build_detector
+from mmdet_cam.engine.candidates import CandidateScorer
+from mmdet_cam.engine.capture import differentiable_inference, frozen_parameters
+from mmdet_cam.engine.mask_logits import instance_mask_logits
+from mmdet_cam.errors import BadInputError, UnsupportedModelError
+from mmdet_cam.metrics import pointing_hit_mask
+from mmdet_cam.model.detector import preprocess
+from mmdet_cam.shapes import make_image
+
+from conftest import DEMO_IMAGE, make_scene, small_config
+
+REPO = Path(__file__).parents[1]
+INSTANCE_DEMO = (str(REPO / 'demo' / 'rtmdet-ins_shapes.py'),
+                 str(REPO / 'demo' / 'rtmdet-ins_shapes.pth'))
+SIZE = 256
+# one config per family of instance heads (RoI, dynamic kernels, prototypes, queries)
+FAMILIES = [
+    'mask-rcnn_r50_fpn_1x_coco',
+    'cascade-mask-rcnn_r50_fpn_1x_coco',  # stage masks averaged (and detached by mmdet)
+    'ms-rcnn_r50-caffe_fpn_1x_coco',
+    'point-rend_r50-caffe_fpn_ms-1x_coco',  # refined masks; slow
+    'rtmdet-ins_tiny_8xb32-300e_coco',
+    'condinst_r50_fpn_ms-poly-90k_coco_instance',
+    'yolact_r50_1xb8-55e_coco',
+    'mask2former_r50_8xb2-lsj-50e_coco',
+]
+SLOW = ('cascade-mask-rcnn', 'ms-rcnn', 'point-rend', 'mask2former')
+
+
+@pytest.fixture(scope='module')
+def instance_demo():
+    return build_detector(*INSTANCE_DEMO)
+
+
+def _small_model(name):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return build_detector(small_config(name, SIZE))
+
+
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n.startswith(SLOW)
+                                  else n for n in FAMILIES])
+def test_every_family_gives_each_instance_its_own_mask_map(name):
+    model = _small_model(name)
+    image = make_scene()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        masks = DetCAM(model, target='mask', score_thr=0, topk=3)(image)
+        scores = DetCAM(model, score_thr=0, topk=3)(image)
+    assert len(masks) == 3 and masks.cams.shape == (3,) + image.shape[:2]
+    assert np.isfinite(masks.cams).all() and masks.cams.min() >= 0 and masks.cams.max() <= 1
+    # an untrained box can be too small to hold a pixel of YOLACT's cropped prototypes (then
+    # its map is zero, with a warning); the others have maps, and they differ
+    lit = np.flatnonzero(masks.cams.reshape(3, -1).max(1) > 0)
+    assert len(lit) >= 2 and not np.allclose(masks.cams[lit[0]], masks.cams[lit[1]])
+    # the same detections; their masks are another value than their scores
+    torch.testing.assert_close(masks.detections.bboxes, scores.detections.bboxes)
+    assert not np.allclose(masks.cams, scores.cams, atol=1e-3)
+
+
+def _recorded(model, image):
+    """The detections of ``image`` with the mask heads' maps attached."""
+    inputs, samples = preprocess(model, DetCAM(model).pipeline, image)
+    inputs = inputs.float().requires_grad_()
+    with frozen_parameters(model), differentiable_inference(model, masks=True), \
+            torch.enable_grad(), instance_mask_logits(model):
+        return model.predict(inputs, samples)[0].pred_instances
+
+
+def _carried_to_image(pred, k, shape):
+    """Detection ``k``'s thresholded map, carried onto the image by its box in both spaces."""
+    (u1, v1, u2, v2), (x1, y1, x2, y2) = pred.mask_boxes[k].tolist(), pred.bboxes[k].tolist()
+    sx, sy = (x2 - x1) / (u2 - u1), (y2 - y1) / (v2 - v1)
+    warp = np.float32([[sx, 0, x1 - u1 * sx], [0, sy, y1 - v1 * sy]])
+    logits = pred.mask_logits[k].detach().numpy()
+    return cv2.warpAffine(logits, warp, shape[::-1], flags=cv2.INTER_LINEAR,
+                          borderValue=-1e4) > float(pred.mask_thresholds[k])
+
+
+@pytest.mark.parametrize('which', ['instance demo', 'mask-rcnn_r50_fpn_1x_coco'])
+def test_recorded_maps_are_the_reported_masks_in_their_order(which, instance_demo):
+    """The map recorded for detection k, thresholded and carried onto the image, is detection
+    k's reported mask and no other's (RTMDet-Ins: stride 8 of the input; RoI: 28x28 in the
+    box)."""
+    if which == 'instance demo':
+        model, image = instance_demo, mmcv_image(DEMO_IMAGE)
+    else:
+        model, image = _small_model(which), make_scene()
+    pred = _recorded(model, image)
+    wide = ((pred.mask_boxes[:, 2:] - pred.mask_boxes[:, :2]).min(1).values > 2).nonzero()
+    pred = pred[wide.flatten()[pred.scores[wide.flatten()].argsort(descending=True)[:5]]]
+    assert len(pred) == 5
+    masks = pred.masks.numpy()
+    iou = np.array([[(_carried_to_image(pred, i, image.shape[:2]) & masks[j]).sum()
+                     / max((_carried_to_image(pred, i, image.shape[:2]) | masks[j]).sum(), 1)
+                     for j in range(5)] for i in range(5)])
+    assert (iou.argmax(1) == np.arange(5)).all() and np.diag(iou).min() >= 0.5, iou.round(2)
+
+
+def mmcv_image(path):
+    import mmcv
+    return mmcv.imread(path)
+
+
+def test_region_box_sums_the_logits_in_the_box(instance_demo):
+    mask = DetCAM(instance_demo, target='mask', score_thr=0.3)(DEMO_IMAGE)
+    box = DetCAM(instance_demo, target=dict(type='mask', region='box'), score_thr=0.3)(DEMO_IMAGE)
+    torch.testing.assert_close(mask.detections.bboxes, box.detections.bboxes)
+    assert len(mask) >= 4 and not np.allclose(mask.cams, box.cams, atol=1e-3)
+
+
+def test_mask_maps_peak_inside_the_ground_truth_mask(instance_demo):
+    """On images the instance demo never saw, the default method's mask map of a detection
+    that found its object peaks on that object's pixels."""
+    cam = DetCAM(instance_demo, target='mask', score_thr=0.3)
+    hits = []
+    rng = np.random.default_rng(9300)
+    for _ in range(25):
+        image, objects = make_image(rng, int(rng.integers(200, 321)), int(rng.integers(200, 321)))
+        result = cam(image)
+        for k in range(len(result)):
+            own = _own_object(result, k, objects)
+            if own is not None:
+                hits.append(pointing_hit_mask(result.cams[k], own['mask']))
+    assert len(hits) >= 60 and np.mean(hits) >= 0.9, f'{np.mean(hits):.2f} of {len(hits)}'
+
+
+def _own_object(result, k, objects):
+    """The object of detection ``k``'s class whose mask its mask overlaps most (IoU >= 0.5)."""
+    mask = result.detections.masks[k].numpy()
+    best, found = 0.5, None
+    for obj in objects:
+        if obj['label'] == int(result.detections.labels[k]):
+            iou = (mask & obj['mask']).sum() / max((mask | obj['mask']).sum(), 1)
+            if iou >= best:
+                best, found = iou, obj
+    return found
+
+
+def test_score_and_mask_answer_different_questions(instance_demo):
+    """Same detections, different values: the maps differ, while both stay on the object."""
+    image, objects = make_image(np.random.default_rng(9301), 240, 320)
+    score = DetCAM(instance_demo, score_thr=0.3)(image)
+    mask = DetCAM(instance_demo, target='mask', score_thr=0.3)(image)
+    assert len(mask) >= 1
+    correlation = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(score.cams, mask.cams)]
+    assert max(correlation) < 0.99, correlation
+
+
+def test_bad_uses_of_the_mask_target_are_refused(instance_demo, demo_model):
+    with pytest.raises(UnsupportedModelError, match='no instance mask head'):
+        DetCAM(demo_model, target='mask')
+    with pytest.raises(BadInputError, match='back-propagates'):
+        DetCAM(instance_demo, target='mask', method='scorecam')
+    with pytest.raises(BadInputError, match='named boxes'):
+        DetCAM(instance_demo, target='mask')(DEMO_IMAGE, boxes=[[10, 10, 60, 60]])
+
+
+def test_every_candidate_draws_no_masks_for_rtmdet_ins(instance_demo):
+    """Reading every raw candidate (perturbation methods, D-RISE, metrics) draws no masks:
+    RTMDet-Ins drew one per candidate inside its box head."""
+    cam = DetCAM(instance_demo)
+    candidates = CandidateScorer(instance_demo, cam.pipeline)([mmcv_image(DEMO_IMAGE)])[0]
+    assert 'masks' not in candidates and len(candidates) > 1000
+
+
+def test_cli_writes_mask_fields(tmp_path):
+    out = tmp_path / 'out'
+    subprocess.run([sys.executable, str(REPO / 'tools' / 'demo_gradcam.py'), *INSTANCE_DEMO,
+                    DEMO_IMAGE, '--target', 'mask', '--per-box', '--out-dir', str(out)],
+                   check=True, capture_output=True, cwd=REPO)
+    summary = json.loads((out / 'shapes_1.json').read_text())
+    assert summary['target'] == 'mask' and summary['mask_region'] == 'mask'
+    rows = summary['detections']
+    assert rows and all(row['mask_area'] > 0 and 0 <= row['energy_in_mask'] <= 1 for row in rows)
+    assert np.mean([row['peak_in_mask'] for row in rows]) >= 0.8
+
+
+def test_masks_are_outlined_not_filled():
+    from mmengine.structures import InstanceData
+
+    from mmdet_cam.visualization import BoxDrawer
+    drawer = BoxDrawer(dict(classes=('a', 'b'), palette=[(255, 0, 0), (0, 255, 0)]))
+    image = np.full((60, 80, 3), 128, np.uint8)
+    mask = np.zeros((1, 60, 80), bool)
+    mask[0, 20:40, 30:60] = True
+    drawn = drawer.draw(image, InstanceData(
+        bboxes=torch.tensor([[25., 15, 65, 45]]), labels=torch.tensor([1]),
+        scores=torch.tensor([0.9]), masks=torch.from_numpy(mask)))
+    assert (drawn[30, 45] == 128).all()  # inside the mask: the image, not a fill
+    blue, green, red = drawn[20, 45].astype(int)  # on its outline (the box is at y = 15)
+    assert green > 200 and blue < 80 and red < 80
