@@ -17,6 +17,8 @@ Text-prompted detectors (Grounding DINO, MM-Grounding-DINO, GLIP) get a tiny BER
 work_dirs/zoo/tiny_bert (``--language-model DIR``: yours) and their class names as prompt.
     python benchmarks/zoo.py --quick --method drise --method-options num_masks=32 \
         --results work_dirs/zoo_drise/results.jsonl   # the black-box method, same configs
+    python benchmarks/zoo.py --target mask --quick --results work_dirs/zoo_mask/results.jsonl \
+        --table docs/zoo_masks.md   # instance segmentors' masks (configs named like them)
 
 Status of a config:
   works        finite maps, and at least two detections with non-zero maps that differ
@@ -51,6 +53,10 @@ REPO = Path(__file__).parents[1]
 STATUSES = ('works', 'refused', 'mmdet fails', 'crash', 'skipped')
 IMAGE = REPO / 'demo' / 'images' / 'shapes_1.jpg'
 METHOD = 'gradcam'  # set by --method before the per-config processes are forked
+TARGET = 'score'  # set by --target likewise
+# with --target mask, the configs whose folder or file name says instance segmentation
+INSTANCE_CONFIGS = (r'mask|htc|point[-_]rend|scnet|condinst|boxinst|solo|yolact|rtmdet-ins|'
+                    r'queryinst|instance|instaboost')
 LANGUAGE_MODEL = ''  # set by main (--language-model, or the tiny BERT) before the forks
 
 
@@ -152,11 +158,11 @@ def explain(cfg, size):
     shrink(cfg, size)
     torch.manual_seed(0)
     model = build_detector(cfg)
-    result = SweepCAM(model, method=METHOD)(str(IMAGE))
+    result = SweepCAM(model, method=METHOD, target=TARGET)(str(IMAGE))
     if METHOD == 'gradcam' and distinct_maps(result) < 2 and len(result) >= 2:
         # GradCAM's ReLU(sum of channel-weighted activations) is zero everywhere when an
         # untrained head's weights make the sum negative: look at the gradients directly
-        hires = SweepCAM(model, method='hirescam')(str(IMAGE))
+        hires = SweepCAM(model, method='hirescam', target=TARGET)(str(IMAGE))
         return hires, 'GradCAM maps zero or equal on the untrained model; HiResCAM maps checked'
     return result, ''
 
@@ -218,6 +224,8 @@ def run_one(root: str, name: str, size: int, conn) -> None:
             return send('skipped', f'needs a download (this host is offline): {one_line(cause)}')
         return send('mmdet fails', one_line(error))
     except DetCAMError as error:
+        if TARGET == 'mask' and 'no instance mask head' in str(error):
+            return send('skipped', 'not an instance segmentor')
         return send('refused', one_line(error))
     except Exception as error:
         return send('crash', crash_reason(error))
@@ -301,7 +309,8 @@ def write_table(results: dict, configs, path: Path, size: int) -> None:
         f'{size} px (a config\'s own size where mmdet fails at that size), score thresholds, '
         'minimum box sizes and corner-pairing distances removed (`keep_all_detections`), '
         'RPNs cut to 100 proposals, explained with `DetCAM` and the method '
-        f'{method_description()} (every neck level) for the top 4 detections with finite '
+        f'{method_description()} (every neck level){target_description()} for the top 4 '
+        'detections with finite '
         'boxes, non-empty ones first, on '
         '`demo/images/shapes_1.jpg`. Text-prompted detectors (Grounding DINO, '
         'MM-Grounding-DINO, GLIP) load a tiny untrained BERT (`tests/tiny_language_model.py`) '
@@ -333,6 +342,13 @@ def write_table(results: dict, configs, path: Path, size: int) -> None:
                      f'{r["seconds"]} |')
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('\n'.join(lines) + '\n')
+
+
+def target_description() -> str:
+    if TARGET == 'mask':
+        return (', target `mask` (each detection\'s own mask logits over its predicted mask; '
+                'configs without an instance mask head are skipped)')
+    return ''
 
 
 def method_description() -> str:
@@ -396,6 +412,8 @@ def main(argv=None) -> int:
     parser.add_argument('--rerun', nargs='+', choices=STATUSES, default=[],
                         help='run configs with these statuses again')
     parser.add_argument('--method', default='gradcam', help='CAM method (default gradcam)')
+    parser.add_argument('--target', choices=['score', 'mask'], default='score',
+                        help="what is explained; 'mask': instance segmentors' masks")
     parser.add_argument('--method-options', nargs='+', action=DictAction, default={},
                         metavar='KEY=VALUE', help='options of the method, e.g. num_masks=32')
     parser.add_argument('--table', help='markdown table to write (default: docs/zoo.md for '
@@ -409,12 +427,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     warnings.simplefilter('ignore')
-    global METHOD, LANGUAGE_MODEL
+    global METHOD, LANGUAGE_MODEL, TARGET
+    TARGET = args.target
     METHOD = dict(type=args.method, **args.method_options) if args.method_options else \
         args.method
     LANGUAGE_MODEL = args.language_model or str(tiny_language_model())
     import mmdet.models  # noqa: F401  (imported once here, inherited by every forked process)
     root, configs = shipped_configs()
+    if TARGET == 'mask':
+        configs = [c for c in configs if any(re.search(INSTANCE_CONFIGS, part)
+                                             for part in (c.split('/')[0], c.split('/')[-1]))]
     if args.quick:
         configs = quick_selection(configs)
     listed = configs  # the table lists every one of these that has a result

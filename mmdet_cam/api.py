@@ -124,7 +124,13 @@ class DetCAM:
                  trust_checkpoint: bool = False,
                  config: Optional[Config] = None,
                  **options):
-        self.settings = settings = CAMSettings.of(settings, **options)
+        settings = CAMSettings.of(settings, **options)
+        target = _build_target(settings.target)
+        self.explains_masks = getattr(target, 'reads_masks', False)
+        if settings.fuse is None:  # see CAMSettings.fuse
+            settings = dataclasses.replace(settings,
+                                           fuse='own' if self.explains_masks else 'mean')
+        self.settings = settings
         if isinstance(model_or_config, nn.Module):
             self.model = model_or_config.eval()
         else:
@@ -138,10 +144,9 @@ class DetCAM:
         layers = resolve_layers(self.model, settings.target_layers)
         method = build_cam_method(settings.method, self.model)
         self.spec = ExplainSpec(layers, [layer_name(self.model, layer) for layer in layers],
-                                method, _build_target(settings.target), self.select,
+                                method, target, self.select,
                                 build_reshape_transform(settings.reshape_transform), settings)
         self.kind = self.spec.kind
-        self.explains_masks = getattr(self.spec.target, 'reads_masks', False)
         if self.explains_masks and self.kind in (MethodKind.PERTURBATION, MethodKind.BLACK_BOX):
             raise BadInputError(f'{settings.method} re-runs the detector and follows each '
                                 'detection by its box; the mask target needs a method that '

@@ -76,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--per-layer', action='store_true',
                         help='explain at each target layer alone instead of fusing them: '
                         'files per layer and side-by-side panels in the --html report')
-    parser.add_argument('--fuse', choices=FUSE_MODES, default=CAM.fuse,
+    parser.add_argument('--fuse', choices=FUSE_MODES, default=None,
                         help="how maps of several layers / pyramid levels combine; 'own': "
-                        f"only each box's own level (default: {CAM.fuse})")
+                        "only each box's own level (default: mean; own for --target mask)")
     parser.add_argument('--target', choices=['score', 'logit', 'bbox', 'mask'],
                         default=CAM.target,
                         help='what is explained: the score, its log-odds, a box coordinate, or '
@@ -207,7 +207,8 @@ def run(args) -> int:
         panels.append((way, ResultWriter(
             out_dir, dict(cam.model.dataset_meta, classes=cam.class_names),
             dict(method=method, method_options=args.method_options or {},
-                 explain_class=args.explain_class, target=args.target, fuse=args.fuse,
+                 explain_class=args.explain_class, target=args.target,
+                 fuse=cam.settings.fuse,
                  **({'mask_region': args.mask_region} if args.target == 'mask' else {}),
                  **({'texts': texts} if texts else {}),
                  target_layers=way.layer_names if way.kind.uses_layers else []),

@@ -1,6 +1,6 @@
-"""The shipped demo detectors (an RTMDet, the default, and a DINO): small, load weights-only,
-find the shapes of images they never saw, and their per-detection maps point at the detected
-objects."""
+"""The shipped demo detectors (an RTMDet, the default, a DINO and an RTMDet-Ins): small, load
+weights-only, find the shapes of images they never saw, and their per-detection maps point at the
+detected objects."""
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +16,12 @@ REPO = Path(__file__).parents[1]
 CONFIG = str(REPO / 'demo' / 'rtmdet_shapes.py')
 CHECKPOINT = str(REPO / 'demo' / 'rtmdet_shapes.pth')
 DINO = (str(REPO / 'demo' / 'dino_shapes.py'), str(REPO / 'demo' / 'dino_shapes.pth'))
-DEMOS = [(CONFIG, CHECKPOINT), DINO]
+INSTANCE = (str(REPO / 'demo' / 'rtmdet-ins_shapes.py'),
+            str(REPO / 'demo' / 'rtmdet-ins_shapes.pth'))
+DEMOS = [(CONFIG, CHECKPOINT), DINO, INSTANCE]
 # DINO's focal-loss scores of true detections are lower: at 0.3 it finds 25 of the 33 fresh
 # objects, at 0.2 31 (with 19 false positives in 12 images)
-SCORE_THR = {CHECKPOINT: 0.3, DINO[1]: 0.2}
+SCORE_THR = {CHECKPOINT: 0.3, DINO[1]: 0.2, INSTANCE[1]: 0.3}
 
 
 @pytest.fixture(scope='module')

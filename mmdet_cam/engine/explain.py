@@ -148,7 +148,7 @@ def _check_mmdet_inference(model: nn.Module, inputs: Tensor, data_samples: list)
 
 def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
              pristine_sample) -> BoxCAMs:
-    layer_names, fuse = spec.layer_names, spec.settings.fuse
+    layer_names, fuse = spec.layer_names, spec.settings.fuse or 'mean'
     detector = predicting_detector(model)
     chunks = _prompt_chunk_graphs(model, inputs, spec, candidates, pristine_sample)
     neck_or_backbone = getattr(detector, 'neck', None)

@@ -95,7 +95,7 @@ class DetCAMHook(Hook):
         out_dir = Path(runner.work_dir) / self.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         settings = dict(method=self.settings.method, target=self.settings.target,
-                        target_layers=self.cam.layer_names, fuse=self.settings.fuse)
+                        target_layers=self.cam.layer_names, fuse=self.cam.settings.fuse)
         self.writer = ResultWriter(out_dir, dataset_meta, settings, self.output)
         if self.faithfulness_steps > 0:
             self.scorer = CandidateScorer(model, self.cam.pipeline)
