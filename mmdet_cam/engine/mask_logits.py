@@ -253,7 +253,7 @@ def _boxes_of(masks: Tensor) -> Tensor:
     return masks.new_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
 
 
-# (class name anywhere in the module's MRO, adapter); subclasses first where both would match
+# (class name anywhere in the module's MRO, adapter); no mmdet head matches two of them
 _ADAPTERS = (
     ('FCNMaskHead', _fcn_mask_head),
     ('RTMDetInsHead', _rtmdet_ins_head),
