@@ -123,7 +123,7 @@ def evaluate_image(cam, method, path, gt, scorer, steps, with_road, rng) -> dict
         saliency = (baseline_map(method, image.shape[:2], detected, rng)
                     if method in BASELINES else result.cams[k])
         box = gt[g][1]
-        others = [b for i, (_, b) in enumerate(gt) if i != g]
+        others = [obj[1] for i, obj in enumerate(gt) if i != g]
         score_fn = tracker(scorer, detected, int(result.detections.labels[k]))
         deletion = perturbation_curve(image, saliency, score_fn, 'deletion', steps)
         insertion = perturbation_curve(image, saliency, score_fn, 'insertion', steps)

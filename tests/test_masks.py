@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import cv2
+import mmcv
 import numpy as np
 import pytest
 import torch
@@ -20,24 +21,24 @@ from mmdet_cam.metrics import pointing_hit_mask
 from mmdet_cam.model.detector import preprocess
 from mmdet_cam.shapes import make_image
 
-from conftest import DEMO_IMAGE, make_scene, small_config
+from conftest import DEMO_IMAGE, make_scene
 
 REPO = Path(__file__).parents[1]
 INSTANCE_DEMO = (str(REPO / 'demo' / 'rtmdet-ins_shapes.py'),
                  str(REPO / 'demo' / 'rtmdet-ins_shapes.pth'))
-SIZE = 256
-# one config per family of instance heads (RoI, dynamic kernels, prototypes, queries)
+MASK_RCNN = 'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'  # also built by test_engine (shared)
+# one config per family of instance heads (RoI, dynamic kernels, prototypes, queries);
+# PointRend (2 minutes an image under autograd) is left to `benchmarks/zoo.py --target mask`
 FAMILIES = [
-    'mask-rcnn_r50_fpn_1x_coco',
-    'cascade-mask-rcnn_r50_fpn_1x_coco',  # stage masks averaged (and detached by mmdet)
-    'ms-rcnn_r50-caffe_fpn_1x_coco',
-    'point-rend_r50-caffe_fpn_ms-1x_coco',  # refined masks; slow
-    'rtmdet-ins_tiny_8xb32-300e_coco',
-    'condinst_r50_fpn_ms-poly-90k_coco_instance',
-    'yolact_r50_1xb8-55e_coco',
-    'mask2former_r50_8xb2-lsj-50e_coco',
+    MASK_RCNN,
+    'cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py',  # stage masks averaged and detached
+    'ms_rcnn/ms-rcnn_r50-caffe_fpn_1x_coco.py',
+    'rtmdet/rtmdet-ins_tiny_8xb32-300e_coco.py',
+    'condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py',
+    'yolact/yolact_r50_1xb8-55e_coco.py',
+    'mask2former/mask2former_r50_8xb2-lsj-50e_coco.py',
 ]
-SLOW = ('cascade-mask-rcnn', 'ms-rcnn', 'point-rend', 'mask2former')
+SLOW = ('cascade', 'ms_rcnn', 'mask2former')
 
 
 @pytest.fixture(scope='module')
@@ -45,17 +46,10 @@ def instance_demo():
     return build_detector(*INSTANCE_DEMO)
 
 
-def _small_model(name):
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return build_detector(small_config(name, SIZE))
-
-
 @pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n.startswith(SLOW)
                                   else n for n in FAMILIES])
-def test_every_family_gives_each_instance_its_own_mask_map(name):
-    model = _small_model(name)
+def test_every_family_gives_each_instance_its_own_mask_map(name, models):
+    model = models(name)
     image = make_scene()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -91,15 +85,15 @@ def _carried_to_image(pred, k, shape):
                           borderValue=-1e4) > float(pred.mask_thresholds[k])
 
 
-@pytest.mark.parametrize('which', ['instance demo', 'mask-rcnn_r50_fpn_1x_coco'])
-def test_recorded_maps_are_the_reported_masks_in_their_order(which, instance_demo):
+@pytest.mark.parametrize('which', ['instance demo', MASK_RCNN])
+def test_recorded_maps_are_the_reported_masks_in_their_order(which, instance_demo, models):
     """The map recorded for detection k, thresholded and carried onto the image, is detection
     k's reported mask and no other's (RTMDet-Ins: stride 8 of the input; RoI: 28x28 in the
     box)."""
     if which == 'instance demo':
-        model, image = instance_demo, mmcv_image(DEMO_IMAGE)
+        model, image = instance_demo, mmcv.imread(DEMO_IMAGE)
     else:
-        model, image = _small_model(which), make_scene()
+        model, image = models(which), make_scene()
     pred = _recorded(model, image)
     wide = ((pred.mask_boxes[:, 2:] - pred.mask_boxes[:, :2]).min(1).values > 2).nonzero()
     pred = pred[wide.flatten()[pred.scores[wide.flatten()].argsort(descending=True)[:5]]]
@@ -109,11 +103,6 @@ def test_recorded_maps_are_the_reported_masks_in_their_order(which, instance_dem
                      / max((_carried_to_image(pred, i, image.shape[:2]) | masks[j]).sum(), 1)
                      for j in range(5)] for i in range(5)])
     assert (iou.argmax(1) == np.arange(5)).all() and np.diag(iou).min() >= 0.5, iou.round(2)
-
-
-def mmcv_image(path):
-    import mmcv
-    return mmcv.imread(path)
 
 
 def test_region_box_sums_the_logits_in_the_box(instance_demo):
@@ -174,7 +163,7 @@ def test_every_candidate_draws_no_masks_for_rtmdet_ins(instance_demo):
     """Reading every raw candidate (perturbation methods, D-RISE, metrics) draws no masks:
     RTMDet-Ins drew one per candidate inside its box head."""
     cam = DetCAM(instance_demo)
-    candidates = CandidateScorer(instance_demo, cam.pipeline)([mmcv_image(DEMO_IMAGE)])[0]
+    candidates = CandidateScorer(instance_demo, cam.pipeline)([mmcv.imread(DEMO_IMAGE)])[0]
     assert 'masks' not in candidates and len(candidates) > 1000
 
 
