@@ -302,7 +302,7 @@ def write_table(results: dict, configs, path: Path, size: int) -> None:
     own = counts['works'] + counts['refused'] + counts['crash']
     share = counts['works'] / own if own else 0.0
     lines = [
-        '# The mmdet config zoo, explained',
+        '# The mmdet config zoo, explained' + (': instance masks' if TARGET == 'mask' else ''),
         '',
         f'Every detector config shipped with mmdet {mmdet_version()} (`mmdet/.mim/configs`), built '
         'with `init_weights()` (untrained, no download), test pipeline shrunk to '
