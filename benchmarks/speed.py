@@ -20,6 +20,7 @@ the same target layers: every level of the neck.
     python benchmarks/speed.py                      # all models, N = 1 10 100, CPU (long)
     python benchmarks/speed.py --models retinanet_r50 --n 10 100 --repeats 1
     python benchmarks/speed.py --models yolox_s --n 10 --device cuda:0
+    python benchmarks/speed.py --models dino_r50_encoder deformable_detr_r50_encoder --n 1 10
 """
 import argparse
 import platform
@@ -40,14 +41,22 @@ from mmdet_cam.shapes import make_image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
 from library_path import DetectorAsCAMModel, MatchedDetectionTarget  # noqa: E402 (tests/)
 
+DETR_NECK = ['neck.convs.0', 'neck.convs.1', 'neck.convs.2', 'neck.extra_convs.0']
+# model -> (config, target layers); `_encoder` rows target the encoder's output memory (mapped
+# back onto the feature grids), whose backward skips the encoder: the layer choice for DETR-style
+# models. The naive loop's cost does not depend on the layer (pytorch_grad_cam back-propagates
+# the whole model every call), so those rows time it at the neck.
 MODELS = {
     'retinanet_r50': ('retinanet/retinanet_r50_fpn_1x_coco.py',
                       [f'neck.fpn_convs.{i}' for i in range(5)]),
     'yolox_s': ('yolox/yolox_s_8xb8-300e_coco.py', [f'neck.out_convs.{i}' for i in range(3)]),
     'faster_rcnn_r50': ('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
                         [f'neck.fpn_convs.{i}' for i in range(4)]),
-    'dino_r50': ('dino/dino-4scale_r50_8xb2-12e_coco.py',
-                 ['neck.convs.0', 'neck.convs.1', 'neck.convs.2', 'neck.extra_convs.0']),
+    'dino_r50': ('dino/dino-4scale_r50_8xb2-12e_coco.py', DETR_NECK),
+    'dino_r50_encoder': ('dino/dino-4scale_r50_8xb2-12e_coco.py', ['encoder']),
+    'deformable_detr_r50': ('deformable_detr/deformable-detr_r50_16xb2-50e_coco.py', DETR_NECK),
+    'deformable_detr_r50_encoder': ('deformable_detr/deformable-detr_r50_16xb2-50e_coco.py',
+                                    ['encoder']),
 }
 
 
@@ -124,7 +133,8 @@ def main():
     image = make_image(np.random.default_rng(0), 480, 640)[0]
     print(f'machine: {platform.processor() or platform.machine()}, '
           f'{torch.get_num_threads()} torch threads, device {args.device}, torch '
-          f'{torch.__version__}; image 480x640; method gradcam; every neck level\n')
+          f'{torch.__version__}; image 480x640; method gradcam; every neck level (_encoder '
+          'rows: the encoder memory)\n')
     print('| model | input | N | engine s | no replay s | naive s | forward s | naive/engine '
           '| no replay/engine | engine/forward | peak RSS MB |')
     print('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
@@ -133,7 +143,8 @@ def main():
         torch.manual_seed(0)
         model = build_detector(benchmark_config(config, max(args.n + [args.memory_n])),
                                device=args.device)
-        layers = [get_layer(model, name) for name in names]
+        layers = [get_layer(model, name) for name in (DETR_NECK if names == ['encoder']
+                                                      else names)]
         probe = DetCAM(model, target_layers=names, score_thr=0, topk=max(args.n))
         inputs, samples = preprocess(model, probe.pipeline, image)
         size = 'x'.join(str(s) for s in inputs.shape[-2:])
