@@ -21,8 +21,8 @@ from .errors import InputNotFoundError
 
 TEMPLATES = Path(__file__).parent / 'templates'
 # detection fields shown as table columns where the run has them
-EXTRA_COLUMNS = (('deletion', 'deletion'), ('insertion', 'insertion'), ('oa', 'OA'),
-                 ('tag', 'tag'))
+EXTRA_COLUMNS = (('energy_in_mask', 'energy in mask'), ('deletion', 'deletion'),
+                 ('insertion', 'insertion'), ('oa', 'OA'), ('tag', 'tag'))
 
 
 def report_entries(out_dir) -> List[dict]:

@@ -277,6 +277,7 @@ def test_the_selected_instances_mask_is_outlined(browser, mask_report):
     page.goto((mask_report / 'shapes_1.html').as_uri())
     outline = page.locator('[data-role=outline]')
     assert outline.locator('polygon').count() == 0  # nothing selected
+    assert 'energy in mask' in page.locator('thead').inner_text()
     stage = page.locator('[data-role=stage]').bounding_box()
     for k in (0, len(rows) - 1):
         page.locator(f'tr[data-row="{k}"]').hover()
