@@ -197,3 +197,25 @@ def test_masks_are_outlined_not_filled():
     assert (drawn[30, 45] == 128).all()  # inside the mask: the image, not a fill
     blue, green, red = drawn[20, 45].astype(int)  # on its outline (the box is at y = 15)
     assert green > 200 and blue < 80 and red < 80
+
+
+def test_mask_tracking_follows_the_mask_not_the_box(instance_demo):
+    """Deletion / insertion for masks score each perturbed image by the best raw candidate's
+    mask IoU with the explained mask x its probability, from unpasted candidate masks."""
+    from mmdet_cam.metrics import mask_tracker
+    result = DetCAM(instance_demo, target='mask', score_thr=0.3)(DEMO_IMAGE)
+    scorer = CandidateScorer(instance_demo, DetCAM(instance_demo).pipeline, masks=True)
+    candidates = scorer([result.image])[0]
+    assert 'masks' not in candidates and candidates.mask_logits.shape[0] == len(candidates)
+    masks = result.detections.masks.numpy()
+    for k in range(len(result)):
+        label = int(result.detections.labels[k])
+        own = mask_tracker(scorer, masks[k], label)([result.image])[0]
+        # its own candidate: IoU of the head's stride-8 mask with the pasted one, x its score
+        assert 0.7 * float(result.detections.scores[k]) <= own <= 1
+        # another object of another class, asked as this class: no candidate of this class
+        # matches its mask as well
+        others = [j for j in range(len(result)) if (masks[j] & masks[k]).sum() == 0
+                  and int(result.detections.labels[j]) != label]
+        for j in others:
+            assert mask_tracker(scorer, masks[j], label)([result.image])[0] < 0.5 * own

@@ -204,8 +204,9 @@ def test_triage_tags_detections_and_explains_missed_objects(val_root, tmp_path, 
 
 def test_test_loop_explains_masks_and_scores_them_against_gt_masks(val_root, tmp_path):
     """The instance demo in mmdet's test loop with ``target='mask'``: COCO bbox and segm mAP,
-    and the maps' localisation against the ground-truth boxes and masks."""
+    the maps' localisation against the ground-truth boxes and masks, and their faithfulness."""
     options = [f'{key}={value}' for key, value in val_split_options(val_root).items()]
+    options.append('custom_hooks.0.faithfulness_steps=2')
     command = [sys.executable, str(REPO / 'tools' / 'test_cam.py'),
                str(REPO / 'configs' / 'rtmdet-ins_shapes_cam.py'),
                str(REPO / 'demo' / 'rtmdet-ins_shapes.pth'), '--work-dir', str(tmp_path),
@@ -217,6 +218,9 @@ def test_test_loop_explains_masks_and_scores_them_against_gt_masks(val_root, tmp
     # a mask is a fraction of its box; the maps are on the objects far above chance
     assert metrics['cam/chance_mask'] < metrics['cam/chance']
     assert metrics['cam/pointing_mask'] >= 0.7 > 5 * metrics['cam/chance_mask']
+    # deletion / insertion follow each mask by mask IoU: removing what the map ranks first
+    # takes the mask away faster than restoring it brings it back
+    assert metrics['cam/explained'] >= 10 and metrics['cam/oa'] > 0.2, metrics
     summaries = [json.loads(p.read_text()) for p in (tmp_path / 'cam').rglob('*.json')]
     rows = [row for summary in summaries for row in summary['detections']]
     assert rows and all('energy_in_mask' in row for row in rows)

@@ -26,11 +26,13 @@ class CandidateScorer:
     """Raw candidates of ``model`` for lists of BGR images (``pipeline``: the model's test
     pipeline, e.g. ``DetCAM.pipeline``), in original-image pixels. With ``dtype``
     (``torch.bfloat16``, ``torch.float16``) the detector runs under autocast at that precision
-    (candidates come back in float32)."""
+    (candidates come back in float32). With ``masks``, each candidate also carries its unpasted
+    mask logits (``mask_logits.MASK_FIELDS``; RTMDet-Ins)."""
 
     def __init__(self, model: nn.Module, pipeline, batch_size: int = 8,
-                 dtype: Optional[torch.dtype] = None):
+                 dtype: Optional[torch.dtype] = None, masks: bool = False):
         self.model, self.pipeline, self.batch_size = model, pipeline, batch_size
+        self.masks = masks
         self.dtype = None if dtype == torch.float32 else dtype
         self.channels_last: Optional[bool] = None  # known after the first batch
 
@@ -45,7 +47,7 @@ class CandidateScorer:
         """Raw candidates for a batch of network inputs and their data samples."""
         precision = (torch.autocast(inputs.device.type, dtype=self.dtype) if self.dtype
                      else contextlib.nullcontext())
-        with torch.no_grad(), every_candidate(self.model), precision:
+        with torch.no_grad(), every_candidate(self.model, masks=self.masks), precision:
             if self.channels_last is None:
                 self.channels_last = self._same_in_channels_last(inputs[:1], samples[:1])
             if self.channels_last:

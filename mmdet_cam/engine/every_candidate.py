@@ -12,16 +12,18 @@ from torch import nn
 
 from ..model.layers import predicting_detector
 from ..patching import swapped
+from .mask_logits import unpasted_candidate_masks
 
 
 @contextlib.contextmanager
-def every_candidate(model: nn.Module, cap: int = 100000) -> Iterator[None]:
+def every_candidate(model: nn.Module, cap: int = 100000, masks: bool = False) -> Iterator[None]:
     """While active, the final head of ``model`` reports all of its candidates (boxes,
-    scores and labels; no masks, see :func:`_masks_off`)."""
+    scores and labels; no masks, see :func:`_masks_off`; with ``masks``, each candidate's
+    unpasted mask logits, see ``mask_logits.unpasted_candidate_masks``)."""
     detector = predicting_detector(model)
     head = getattr(detector, 'roi_head', None) or getattr(detector, 'bbox_head', None)
     original = getattr(head, 'test_cfg', None)
-    with _masks_off(detector):
+    with (unpasted_candidate_masks(detector) if masks else _masks_off(detector)):
         if not isinstance(original, dict):
             yield
             return

@@ -48,6 +48,36 @@ def instance_mask_logits(detector: nn.Module) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def unpasted_candidate_masks(detector: nn.Module, chunk: int = 512) -> Iterator[None]:
+    """While active (with :func:`~mmdet_cam.engine.every_candidate.every_candidate`), every raw
+    candidate of an RTMDet-Ins carries :data:`MASK_FIELDS` (its mask logits at stride 8, made in
+    chunks of ``chunk`` candidates) and no pasted mask: thousands of candidates' masks at the
+    image's size would cost more than the detector. Other heads are refused."""
+    head = getattr(detector, 'bbox_head', None)
+    if not _is(head, 'RTMDetInsHead'):
+        raise UnsupportedModelError(
+            f'masks of every raw candidate (mask faithfulness) are supported for RTMDet-Ins, '
+            f'not for {type(detector).__name__}')
+    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+    stride = head.prior_generator.strides[0][0]
+
+    def post_process(results, mask_feat, cfg, rescale=False, with_nms=True, img_meta=None):
+        results = BaseDenseHead._bbox_post_process(head, results, cfg, rescale=rescale,
+                                                   with_nms=with_nms, img_meta=img_meta)
+        height, width = img_meta['img_shape'][:2]
+        logits = torch.cat([head._mask_predict_by_feat_single(
+            mask_feat, results.kernels[first:first + chunk], results.priors[first:first + chunk])
+            for first in range(0, len(results), chunk)] or [mask_feat.new_zeros((0, 1, 1))])
+        logits = logits[:, :math.ceil(height / stride), :math.ceil(width / stride)]
+        scale = _input_scale(results.bboxes, img_meta, rescale)
+        attach(results, logits, results.bboxes * scale / stride, _logit(cfg.mask_thr_binary))
+        return results
+
+    with swapped(head, '_bbox_mask_post_process', post_process):
+        yield
+
+
 def _mask_branch_in_graph(predict_mask):
     """A two-stage detector's mask branch, kept in the graph: the cascades' ``detach()`` of
     each stage's masks before averaging keeps it (:class:`DetachKeepsGraph`), and the boxes

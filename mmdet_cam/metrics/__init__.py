@@ -5,10 +5,12 @@ from ..boxes import box_mask
 from .faithfulness import (
     auc,
     detection_faithfulness,
+    mask_tracker,
     object_discrimination,
     perturbation_curve,
     road_combined,
     road_curve,
+    tracked_mask_score,
     tracked_score,
     tracker,
 )
@@ -25,6 +27,7 @@ from .triage import triage
 
 __all__ = ['box_area_share', 'box_mask', 'energy_in_box', 'energy_in_mask', 'peak_location',
            'pointing_hit', 'pointing_hit_mask',
-           'auc', 'detection_faithfulness', 'object_discrimination', 'perturbation_curve',
-           'road_combined', 'road_curve', 'tracked_score', 'tracker',
+           'auc', 'detection_faithfulness', 'mask_tracker', 'object_discrimination',
+           'perturbation_curve', 'road_combined', 'road_curve', 'tracked_mask_score',
+           'tracked_score', 'tracker',
            'SanityResult', 'parameter_randomisation', 'triage']

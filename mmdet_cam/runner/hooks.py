@@ -32,7 +32,7 @@ from ..api import DetCAM
 from ..engine.candidates import CandidateScorer
 from ..errors import InputNotFoundError, UnknownNameError
 from ..methods import MethodKind
-from ..metrics import detection_faithfulness, tracker, triage
+from ..metrics import detection_faithfulness, mask_tracker, tracker, triage
 from ..outputs import ResultWriter
 from ..report import write_report
 from ..settings import CAMSettings, OutputSettings
@@ -98,7 +98,7 @@ class DetCAMHook(Hook):
                         target_layers=self.cam.layer_names, fuse=self.cam.settings.fuse)
         self.writer = ResultWriter(out_dir, dataset_meta, settings, self.output)
         if self.faithfulness_steps > 0:
-            self.scorer = CandidateScorer(model, self.cam.pipeline)
+            self.scorer = CandidateScorer(model, self.cam.pipeline, masks=self.cam.explains_masks)
         if self.triage:
             self.ground_truth = ground_truth(runner.test_dataloader.dataset)
             self.errors = []
@@ -173,9 +173,12 @@ class DetCAMHook(Hook):
             path.write_text(json.dumps(summary, indent=2))
 
     def faithfulness(self, result, k: int) -> dict:
-        """Deletion / insertion AUCs and OA of detection ``k``'s map."""
-        score_fn = tracker(self.scorer, result.detections.bboxes[k].tolist(),
-                           int(result.detections.labels[k]))
+        """Deletion / insertion AUCs and OA of detection ``k``'s map (its mask followed by mask
+        IoU when the masks are explained, else its box by box IoU)."""
+        label = int(result.detections.labels[k])
+        score_fn = (mask_tracker(self.scorer, result.detections.masks[k].numpy(), label)
+                    if self.cam.explains_masks else
+                    tracker(self.scorer, result.detections.bboxes[k].tolist(), label))
         return detection_faithfulness(result.image, result.cams[k], score_fn,
                                       self.faithfulness_steps)
 
