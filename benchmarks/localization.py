@@ -25,7 +25,7 @@ import torch
 from mmdet.structures.bbox import bbox_overlaps
 
 from mmdet_cam import DetCAM, build_detector
-from mmdet_cam.methods import method_names
+from mmdet_cam.methods import build_cam_method, method_kind, method_names
 from mmdet_cam.metrics import (
     box_area_share,
     energy_in_box,
@@ -35,7 +35,6 @@ from mmdet_cam.metrics import (
 )
 
 REPO = Path(__file__).parents[1]
-PERTURBING = ('scorecam', 'ablationcam', 'drise')  # follow boxes: no mask target
 
 
 def load_split(data_root: Path, split: str):
@@ -121,8 +120,9 @@ def main():
 
     samples = load_split(Path(args.data_root), args.split)[:args.num_images]
     model = build_detector(args.config, args.checkpoint)
-    methods = args.methods or [m for m in method_names() if m not in ('kpca_cam', 'fem')
-                               and not (masks and m in PERTURBING)]
+    methods = args.methods or [  # re-running methods follow boxes: no mask target
+        m for m in method_names() if m not in ('kpca_cam', 'fem')
+        and not (masks and method_kind(build_cam_method(m, model)).reruns_detector)]
     print(f'{len(samples)} {args.split} images, score_thr {args.score_thr}, '
           f'target {args.target}\n')
     mask_columns = ' pointing (mask) | energy (mask) | chance (mask) |' if masks else ''

@@ -125,12 +125,6 @@ class DetCAM:
                  config: Optional[Config] = None,
                  **options):
         settings = CAMSettings.of(settings, **options)
-        target = _build_target(settings.target)
-        self.explains_masks = getattr(target, 'reads_masks', False)
-        if settings.fuse is None:  # see CAMSettings.fuse
-            settings = dataclasses.replace(settings,
-                                           fuse='own' if self.explains_masks else 'mean')
-        self.settings = settings
         if isinstance(model_or_config, nn.Module):
             self.model = model_or_config.eval()
         else:
@@ -144,10 +138,12 @@ class DetCAM:
         layers = resolve_layers(self.model, settings.target_layers)
         method = build_cam_method(settings.method, self.model)
         self.spec = ExplainSpec(layers, [layer_name(self.model, layer) for layer in layers],
-                                method, target, self.select,
+                                method, _build_target(settings.target), self.select,
                                 build_reshape_transform(settings.reshape_transform), settings)
+        self.settings = self.spec.settings  # with the target's default fusion
         self.kind = self.spec.kind
-        if self.explains_masks and self.kind in (MethodKind.PERTURBATION, MethodKind.BLACK_BOX):
+        self.explains_masks = self.spec.reads_masks
+        if self.explains_masks and self.kind.reruns_detector:
             raise BadInputError(f'{settings.method} re-runs the detector and follows each '
                                 'detection by its box; the mask target needs a method that '
                                 'back-propagates (e.g. odam, hirescam, gradcam)')

@@ -13,7 +13,7 @@ the only level its gradient reaches; ``fuse='own'`` builds every box's map from 
 import contextlib
 import copy
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -61,7 +61,8 @@ class ExplainSpec:
         target: detections -> one differentiable value per detection.
         select: detections -> indices of the detections to explain, in output order.
         reshape: raw layer output -> list of ``[B, C, H, W]`` maps (see ``reshape.py``).
-        settings: ``fuse``, ``eigen_smooth``, ``batch_size`` and ``local_replay`` are read.
+        settings: ``fuse`` (resolved here when None), ``eigen_smooth``, ``batch_size`` and
+            ``local_replay`` are read.
     """
     layers: Sequence[nn.Module]
     layer_names: Sequence[str]
@@ -71,9 +72,19 @@ class ExplainSpec:
     reshape: Callable
     settings: CAMSettings = CAMSettings()
 
+    def __post_init__(self):
+        if self.settings.fuse is None:  # its default depends on the target (CAMSettings.fuse)
+            object.__setattr__(self, 'settings', replace(
+                self.settings, fuse='own' if self.reads_masks else 'mean'))
+
     @property
     def kind(self) -> MethodKind:
         return method_kind(self.method)
+
+    @property
+    def reads_masks(self) -> bool:
+        """Whether the target explains masks (the mask heads' logits are then recorded)."""
+        return getattr(self.target, 'reads_masks', False)
 
     @property
     def own_levels(self) -> bool:
@@ -148,7 +159,7 @@ def _check_mmdet_inference(model: nn.Module, inputs: Tensor, data_samples: list)
 
 def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
              pristine_sample) -> BoxCAMs:
-    layer_names, fuse = spec.layer_names, spec.settings.fuse or 'mean'
+    layer_names, fuse = spec.layer_names, spec.settings.fuse
     detector = predicting_detector(model)
     chunks = _prompt_chunk_graphs(model, inputs, spec, candidates, pristine_sample)
     neck_or_backbone = getattr(detector, 'neck', None)
@@ -158,7 +169,7 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
     # relevancy needs the graph from the features on (the attention is after them), no layers
     layers, names = (([neck_or_backbone], ['neck']) if reads_attention
                      else (spec.layers, layer_names))
-    reads_masks = getattr(spec.target, 'reads_masks', False)
+    reads_masks = spec.reads_masks
     with frozen_parameters(model), differentiable_inference(model, masks=reads_masks), \
             torch.enable_grad(), LayerCapture(layers, names) as capture, \
             FeatureShapes(neck_or_backbone) as shapes, DenseHeadOutputs(detector) as head, \

@@ -27,6 +27,12 @@ class MethodKind(str, Enum):
     ATTENTION = 'attention'
 
     @property
+    def reruns_detector(self) -> bool:
+        """Whether the method scores re-runs of the detector (perturbed channels or images),
+        following each detection by its box among the raw candidates."""
+        return self in (MethodKind.PERTURBATION, MethodKind.BLACK_BOX)
+
+    @property
     def uses_layers(self) -> bool:
         """Whether the method reads target layers (black-box and attention ones do not)."""
         return self not in (MethodKind.BLACK_BOX, MethodKind.ATTENTION)
