@@ -12,7 +12,7 @@ from torch import nn
 
 from ..model.layers import predicting_detector
 from ..patching import swapped
-from .mask_logits import unpasted_candidate_masks
+from .mask_logits import rtmdet_ins_boxes_only, unpasted_candidate_masks
 
 
 @contextlib.contextmanager
@@ -80,19 +80,9 @@ def _masks_off(detector: nn.Module) -> Iterator[None]:
             stack.enter_context(swapped(detector, 'mask_head', _RescaledBoxesOnly()))
         head = getattr(detector, 'bbox_head', None)
         if isinstance(head, RTMDetInsHead):
-            stack.enter_context(swapped(head, '_bbox_mask_post_process', _boxes_only(head)))
+            stack.enter_context(swapped(head, '_bbox_mask_post_process',
+                                        rtmdet_ins_boxes_only(head)))
         yield
-
-
-def _boxes_only(head: nn.Module):
-    """RTMDet-Ins's post-processing without its masks: mmdet's dense-head one (rescale, score
-    factors, minimum size, NMS, cap), which its own repeats before drawing masks."""
-    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
-
-    def post_process(results, mask_feat, cfg, rescale=False, with_nms=True, img_meta=None):
-        return BaseDenseHead._bbox_post_process(head, results, cfg, rescale=rescale,
-                                                with_nms=with_nms, img_meta=img_meta)
-    return post_process
 
 
 @contextlib.contextmanager

@@ -59,12 +59,11 @@ def unpasted_candidate_masks(detector: nn.Module, chunk: int = 512) -> Iterator[
         raise UnsupportedModelError(
             f'masks of every raw candidate (mask faithfulness) are supported for RTMDet-Ins, '
             f'not for {type(detector).__name__}')
-    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
     stride = head.prior_generator.strides[0][0]
+    boxes_only = rtmdet_ins_boxes_only(head)
 
     def post_process(results, mask_feat, cfg, rescale=False, with_nms=True, img_meta=None):
-        results = BaseDenseHead._bbox_post_process(head, results, cfg, rescale=rescale,
-                                                   with_nms=with_nms, img_meta=img_meta)
+        results = boxes_only(results, mask_feat, cfg, rescale, with_nms, img_meta)
         height, width = img_meta['img_shape'][:2]
         logits = torch.cat([head._mask_predict_by_feat_single(
             mask_feat, results.kernels[first:first + chunk], results.priors[first:first + chunk])
@@ -76,6 +75,18 @@ def unpasted_candidate_masks(detector: nn.Module, chunk: int = 512) -> Iterator[
 
     with swapped(head, '_bbox_mask_post_process', post_process):
         yield
+
+
+def rtmdet_ins_boxes_only(head: nn.Module):
+    """RTMDet-Ins's ``_bbox_mask_post_process`` without its masks: mmdet's dense-head one
+    (rescale, score factors, minimum size, NMS, cap), which its own repeats before drawing
+    them."""
+    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+
+    def post_process(results, mask_feat, cfg, rescale=False, with_nms=True, img_meta=None):
+        return BaseDenseHead._bbox_post_process(head, results, cfg, rescale=rescale,
+                                                with_nms=with_nms, img_meta=img_meta)
+    return post_process
 
 
 def _mask_branch_in_graph(predict_mask):
