@@ -78,8 +78,10 @@ def tracked_mask_score(candidates, mask: np.ndarray, label: int) -> float:
     regions = torch.stack([torch.zeros_like(x0), x0, y0, x0 + width * sx, y0 + height * sy],
                           dim=1)
     samples = int(np.ceil(float(torch.maximum(sx, sy).max()))) + 1
+    # candidates on one shared grid (a dense head's whole-image map) are resampled once
+    regions, index = torch.unique(regions, dim=0, return_inverse=True)
     covered = roi_align(torch.from_numpy(mask.astype(np.float32))[None, None], regions,
-                        (height, width), 1.0, samples, aligned=True)[:, 0]
+                        (height, width), 1.0, samples, aligned=True)[index, 0]
     inside = (logits > candidates.mask_thresholds[keep, None, None]).float()
     cell = sx * sy
     intersection = (inside * covered).sum((1, 2)) * cell
