@@ -219,3 +219,54 @@ def test_mask_tracking_follows_the_mask_not_the_box(instance_demo):
                   and int(result.detections.labels[j]) != label]
         for j in others:
             assert mask_tracker(scorer, masks[j], label)([result.image])[0] < 0.5 * own
+
+
+def test_roi_head_candidates_carry_the_heads_own_unpasted_masks(models):
+    """Mask faithfulness on RoI heads: the best-scored raw candidates (``ROI_MASK_CANDIDATES``)
+    carry their 28x28 mask logits, unpasted; the top detection's candidate carries the very
+    map the head made for the detection, and its own mask is tracked at its score."""
+    from mmdet_cam.engine.mask_logits import ROI_MASK_CANDIDATES
+    from mmdet_cam.metrics import tracked_mask_score
+    model, image = models(MASK_RCNN), make_scene()
+    candidates = CandidateScorer(model, DetCAM(model).pipeline, masks=True)([image])[0]
+    assert 'masks' not in candidates and len(candidates) == ROI_MASK_CANDIDATES
+    assert candidates.mask_logits.shape == (len(candidates), 28, 28)
+    top = _recorded(model, image)[:1]
+    same = ((candidates.bboxes - top.bboxes).abs().max(1).values < 1e-3) & \
+        (candidates.labels == top.labels)
+    assert same.sum() == 1
+    torch.testing.assert_close(candidates.mask_logits[same], top.mask_logits.detach(),
+                               atol=1e-4, rtol=1e-4)
+    # IoU of its thresholded cells, drawn on the image by its box, with a region of the image,
+    # as tracked (the candidates' grids, with the share of each cell the region covers) and
+    # as counted in image pixels
+    x1, y1, x2, y2 = top.bboxes[0].tolist()
+    ys, xs = np.mgrid[:image.shape[0], :image.shape[1]] + 0.5
+    inside = (xs > x1) & (xs < x2) & (ys > y1) & (ys < y2)
+    cells = (top.mask_logits[0] > top.mask_thresholds[0]).numpy()
+    drawn = np.zeros(image.shape[:2], bool)
+    drawn[inside] = cells[((ys[inside] - y1) / (y2 - y1) * 28).astype(int),
+                          ((xs[inside] - x1) / (x2 - x1) * 28).astype(int)]
+    region = (xs < (x1 + x2) / 2) & (ys > y1 - 20)  # smooth, half over the box
+    iou = (drawn & region).sum() / (drawn | region).sum()
+    tracked = tracked_mask_score(candidates[same], region, int(top.labels[0]))
+    assert tracked == pytest.approx(iou * float(candidates.scores[same]), rel=0.1)
+
+
+@pytest.mark.slow
+def test_mask_scoring_rcnn_candidates_are_rescored_in_chunks_without_pasting(models):
+    """Mask Scoring R-CNN rescores boxes by its mask IoU head, so reading every raw candidate
+    runs its mask branch: on the best-scored candidates, in chunks, pasting nothing (it ran
+    out of memory pasting 80000 masks)."""
+    from mmdet_cam.engine.mask_logits import ROI_MASK_CANDIDATES
+    from mmdet_cam.patching import swapped
+    model, image = models('ms_rcnn/ms-rcnn_r50-caffe_fpn_1x_coco.py'), make_scene()
+    scorer = CandidateScorer(model, DetCAM(model).pipeline)
+    rescored = scorer([image])[0]
+    with swapped(model.roi_head, 'mask_head', None):  # mmdet's box-only path: box scores
+        boxes = scorer([image])[0]
+    assert 'masks' not in rescored and len(rescored) == ROI_MASK_CANDIDATES < len(boxes)
+    best = boxes[boxes.scores.argsort(descending=True)[:ROI_MASK_CANDIDATES]]
+    order = rescored.bboxes[:, 0].argsort()
+    torch.testing.assert_close(rescored.bboxes[order], best.bboxes[best.bboxes[:, 0].argsort()])
+    assert not torch.allclose(rescored.scores.sort().values, best.scores.sort().values)

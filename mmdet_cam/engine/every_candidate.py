@@ -12,7 +12,7 @@ from torch import nn
 
 from ..model.layers import predicting_detector
 from ..patching import swapped
-from .mask_logits import rtmdet_ins_boxes_only, unpasted_candidate_masks
+from .mask_logits import roi_masks_unpasted, rtmdet_ins_boxes_only, unpasted_candidate_masks
 
 
 @contextlib.contextmanager
@@ -66,15 +66,18 @@ def _masks_off(detector: nn.Module) -> Iterator[None]:
     candidate needs masks. Heads that rescore detections from their masks (Mask Scoring
     R-CNN's ``mask_iou_head``) and detectors whose boxes come from their masks (SOLO: no box
     head) keep theirs. RTMDet-Ins draws its masks inside its box head, after NMS: it runs
-    the box-only post-processing of mmdet's dense heads instead."""
+    the box-only post-processing of mmdet's dense heads instead. Mask Scoring R-CNN's mask
+    branch runs on its best-scored candidates only, in chunks, unpasted
+    (``mask_logits.roi_masks_unpasted``)."""
     from mmdet.models.dense_heads import RTMDetInsHead  # here: importing mmdet.models costs seconds
     from mmdet.models.detectors.single_stage_instance_seg import SingleStageInstanceSegmentor
     roi_head = getattr(detector, 'roi_head', None)
     with contextlib.ExitStack() as stack:
-        if (getattr(roi_head, 'mask_head', None) is not None
-                and getattr(roi_head, 'mask_iou_head', None) is None):
-            # ``with_mask`` turns False: mmdet's box-only path
-            stack.enter_context(swapped(roi_head, 'mask_head', None))
+        if getattr(roi_head, 'mask_head', None) is not None:
+            if getattr(roi_head, 'mask_iou_head', None) is not None:
+                stack.enter_context(roi_masks_unpasted(roi_head))
+            else:  # ``with_mask`` turns False: mmdet's box-only path
+                stack.enter_context(swapped(roi_head, 'mask_head', None))
         if isinstance(detector, SingleStageInstanceSegmentor) and detector.with_bbox:
             # CondInst, BoxInst, YOLACT
             stack.enter_context(swapped(detector, 'mask_head', _RescaledBoxesOnly()))

@@ -48,17 +48,107 @@ def instance_mask_logits(detector: nn.Module) -> Iterator[None]:
         yield
 
 
+# RoI heads draw masks for at most this many candidates per image (the highest box scores)
+# when every raw candidate is read: one mask-head forward per candidate (13 ms for Mask R-CNN
+# on 2 CPU cores) over its 1000 proposals x 80 classes would take 17 minutes per image
+ROI_MASK_CANDIDATES = 1000
+
+
 @contextlib.contextmanager
 def unpasted_candidate_masks(detector: nn.Module, chunk: int = 512) -> Iterator[None]:
-    """While active (with :func:`~mmdet_cam.engine.every_candidate.every_candidate`), every raw
-    candidate of an RTMDet-Ins carries :data:`MASK_FIELDS` (its mask logits at stride 8, made in
-    chunks of ``chunk`` candidates) and no pasted mask: thousands of candidates' masks at the
-    image's size would cost more than the detector. Other heads are refused."""
+    """While active (with :func:`~mmdet_cam.engine.every_candidate.every_candidate`), raw
+    candidates carry :data:`MASK_FIELDS` and no pasted mask: thousands of candidates' masks at
+    the image's size would cost more than the detector. RTMDet-Ins: every candidate, its mask
+    logits at stride 8 made in chunks of ``chunk``; RoI mask heads: the
+    :data:`ROI_MASK_CANDIDATES` best-scored candidates (see :func:`roi_masks_unpasted`). Other
+    heads are refused."""
     head = getattr(detector, 'bbox_head', None)
-    if not _is(head, 'RTMDetInsHead'):
+    if _is(head, 'RTMDetInsHead'):
+        with _rtmdet_ins_candidate_masks(head, chunk):
+            yield
+        return
+    roi_head = getattr(detector, 'roi_head', None)
+    if not any(_is(module, 'FCNMaskHead') for module in
+               getattr(roi_head, 'mask_head', nn.Module()).modules()):
         raise UnsupportedModelError(
-            f'masks of every raw candidate (mask faithfulness) are supported for RTMDet-Ins, '
-            f'not for {type(detector).__name__}')
+            f'masks of every raw candidate (mask faithfulness) are supported for RTMDet-Ins and '
+            f'RoI mask heads, not for {type(detector).__name__}')
+    with instance_mask_logits(detector), roi_masks_unpasted(roi_head):
+        yield
+
+
+@contextlib.contextmanager
+def roi_masks_unpasted(roi_head: nn.Module, limit: int = ROI_MASK_CANDIDATES,
+                       chunk: int = 100) -> Iterator[None]:
+    """While active, ``roi_head``'s mask branch runs on the ``limit`` best-scored detections of
+    each image only (the others are dropped), over chunks of ``chunk`` RoIs (bounded memory),
+    and pastes nothing (results keep their boxes, rescaled as mmdet does, and no ``masks``).
+    For reading every raw candidate of a head whose scores need its masks (Mask Scoring
+    R-CNN's mask IoU head) or whose masks are explained."""
+    predict_mask = roi_head.predict_mask
+
+    def predict(x, batch_img_metas, results_list, rescale=False):
+        results_list = [results[results.scores.argsort(descending=True)[:limit]]
+                        for results in results_list]
+        results_list = predict_mask(x, batch_img_metas, results_list, rescale=rescale)
+        for results in results_list:
+            if 'masks' in results:
+                del results.masks
+        return results_list
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(swapped(roi_head, 'predict_mask', predict))
+        stack.enter_context(swapped(roi_head, '_mask_forward',
+                                    _in_chunks(roi_head._mask_forward, chunk)))
+        for module in roi_head.mask_head.modules():
+            if _is(module, 'FCNMaskHead'):
+                stack.enter_context(swapped(module, '_predict_by_feat_single', _boxes_rescaled))
+        yield
+
+
+def _in_chunks(mask_forward, chunk: int):
+    """``_mask_forward`` over chunks of its RoIs (a ``[n, 5]`` tensor; other tensor arguments
+    with ``n`` rows, such as QueryInst's attention features, are cut alike), its tensors and
+    lists of tensors (HTC: one per stage) put back together."""
+    def forward(*args, **kwargs):
+        rois = kwargs.get('rois')
+        if rois is None:
+            rois = next(a for a in args if isinstance(a, Tensor) and a.dim() == 2 and
+                        a.shape[1] == 5)
+        count = len(rois)
+        if count <= chunk:
+            return mask_forward(*args, **kwargs)
+
+        def cut(value, first):
+            if isinstance(value, Tensor) and value.dim() and len(value) == count:
+                return value[first:first + chunk]
+            return value
+        parts = [mask_forward(*[cut(a, first) for a in args],
+                              **{k: cut(v, first) for k, v in kwargs.items()})
+                 for first in range(0, count, chunk)]
+        return {key: _joined([part[key] for part in parts]) for key in parts[0]}
+    return forward
+
+
+def _joined(values: list):
+    if isinstance(values[0], Tensor):
+        return torch.cat(values)
+    if isinstance(values[0], (list, tuple)):
+        return [_joined(list(items)) for items in zip(*values)]
+    return values[0]
+
+
+def _boxes_rescaled(mask_preds, bboxes, labels, img_meta, rcnn_test_cfg, rescale=False,
+                    activate_map=False) -> Tensor:
+    """``FCNMaskHead._predict_by_feat_single`` without the pasting: the boxes are rescaled in
+    place as it does, and the masks are ``[N, 0, 0]``."""
+    if rescale:
+        bboxes /= bboxes.new_tensor(img_meta['scale_factor']).repeat((1, 2))
+    return bboxes.new_zeros((len(bboxes), 0, 0), dtype=torch.bool)
+
+
+@contextlib.contextmanager
+def _rtmdet_ins_candidate_masks(head: nn.Module, chunk: int) -> Iterator[None]:
     stride = head.prior_generator.strides[0][0]
     boxes_only = rtmdet_ins_boxes_only(head)
 
