@@ -18,7 +18,7 @@ from .engine.candidates import CandidateScorer, MaskedCandidates
 from .engine.every_candidate import every_candidate
 from .engine.explain import ExplainSpec, explain
 from .engine.geometry import to_original_image
-from .engine.mask_logits import check_mask_head
+from .engine.mask_logits import check_candidate_masks, check_mask_head
 from .engine.named_boxes import NamedBoxes
 from .engine.proposals import added_proposals
 from .engine.reshape import build_reshape_transform
@@ -143,12 +143,10 @@ class DetCAM:
         self.settings = self.spec.settings  # with the target's default fusion
         self.kind = self.spec.kind
         self.explains_masks = self.spec.reads_masks
-        if self.explains_masks and self.kind.reruns_detector:
-            raise BadInputError(f'{settings.method} re-runs the detector and follows each '
-                                'detection by its box; the mask target needs a method that '
-                                'back-propagates (e.g. odam, hirescam, gradcam)')
         if self.explains_masks:
             check_mask_head(predicting_detector(self.model))
+            if self.kind.reruns_detector:  # they follow each mask among raw candidates' masks
+                check_candidate_masks(predicting_detector(self.model), settings.method)
         self.config = config
         self.base_pipeline = build_test_pipeline(config)
         self._prompted(settings.texts)
@@ -292,10 +290,11 @@ class DetCAM:
         """Maps of a method that perturbs the image (D-RISE) for the kept detections."""
         detections = self.detect(image)
         scorer = CandidateScorer(self.model, self.pipeline, getattr(self.method, 'batch_size', 8),
-                                 getattr(self.method, 'dtype', None))
+                                 getattr(self.method, 'dtype', None), masks=self.explains_masks)
         masked = MaskedCandidates(scorer, image)
         maps = self.method(masked.size, detections.bboxes.numpy(), detections.scores.numpy(),
-                           detections.labels.numpy(), masked, num_classes_of(self.model))
+                           detections.labels.numpy(), masked, num_classes_of(self.model),
+                           detections.masks.numpy() if self.explains_masks else None)
         cams = to_original_image(maps, masked.sample.metainfo)
         return DetCAMResult(detections, cams, image, [[] for _ in range(len(detections))])
 

@@ -1,5 +1,5 @@
 """Boxes as every layer sees them: which pixels a box covers, how boxes overlap, and how
-strongly a detection is still present among a detector's candidates.
+strongly a detection (its box, or its mask) is still present among a detector's candidates.
 
 Boxes are ``(x1, y1, x2, y2)`` in pixels; a pixel (or feature cell) is inside a box when its
 centre is. Arrays in, arrays out; the overlaps are mmdet's ``bbox_overlaps``.
@@ -53,3 +53,53 @@ def tracked_score(bboxes, scores, labels, box: Sequence[float], label: int,
     kept = probs[ious > 0.5]
     best = float(kept.max()) if len(kept) else 0.0
     return best / initial if initial else best
+
+
+def mask_ious(candidates, mask: np.ndarray, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """IoU of each candidate's mask with ``mask`` (boolean, original-image pixels); only for the
+    candidates ``keep`` selects (boolean, default all), 0 for the others.
+
+    A candidate's mask is its thresholded ``mask_logits`` on its own grid (``mask_logits.py``'s
+    fields, e.g. from ``CandidateScorer(..., masks=True)``), placed on the image by its box in
+    both spaces (``mask_boxes`` on the grid, ``bboxes`` on the image). ``mask`` is resampled
+    onto that grid as the share of each cell it covers (RoIAlign), so no candidate's mask is
+    drawn at the image's size."""
+    from torchvision.ops import roi_align
+    grid_w = (candidates.mask_boxes[:, 2] - candidates.mask_boxes[:, 0]).float()
+    grid_h = (candidates.mask_boxes[:, 3] - candidates.mask_boxes[:, 1]).float()
+    boxes = candidates.bboxes.float()
+    keep = (torch.ones(len(boxes), dtype=torch.bool) if keep is None else keep) & \
+        (grid_w > 0.5) & (grid_h > 0.5) & (boxes[:, 2] - boxes[:, 0] >= 1) & \
+        (boxes[:, 3] - boxes[:, 1] >= 1)
+    ious = torch.zeros(len(boxes))
+    if not keep.any() or not mask.any():
+        return ious
+    logits = candidates.mask_logits[keep].float()
+    height, width = logits.shape[-2:]
+    sx = (boxes[keep, 2] - boxes[keep, 0]) / grid_w[keep]  # image pixels per grid cell
+    sy = (boxes[keep, 3] - boxes[keep, 1]) / grid_h[keep]
+    x0 = boxes[keep, 0] - candidates.mask_boxes[keep, 0] * sx  # the grid's corner on the image
+    y0 = boxes[keep, 1] - candidates.mask_boxes[keep, 1] * sy
+    regions = torch.stack([torch.zeros_like(x0), x0, y0, x0 + width * sx, y0 + height * sy],
+                          dim=1)
+    samples = int(np.ceil(float(torch.maximum(sx, sy).max()))) + 1
+    # candidates on one shared grid (a dense head's whole-image map) are resampled once
+    regions, index = torch.unique(regions, dim=0, return_inverse=True)
+    covered = roi_align(torch.from_numpy(mask.astype(np.float32))[None, None], regions,
+                        (height, width), 1.0, samples, aligned=True)[index, 0]
+    inside = (logits > candidates.mask_thresholds[keep, None, None]).float()
+    cell = sx * sy
+    intersection = (inside * covered).sum((1, 2)) * cell
+    union = inside.sum((1, 2)) * cell + float(mask.sum()) - intersection
+    ious[keep] = intersection / union.clamp(min=1e-6)
+    return ious
+
+
+def tracked_mask_score(candidates, mask: np.ndarray, label: int) -> float:
+    """Score of a detection's *mask* among a detector's candidates (the mask analogue of
+    :func:`tracked_score`): the maximum over candidates of ``label`` of :func:`mask_ious` x
+    the candidate's probability."""
+    same = torch.as_tensor(candidates.labels) == int(label)
+    if not same.any():
+        return 0.0
+    return float((mask_ious(candidates, mask, same) * candidates.scores.float())[same].max())

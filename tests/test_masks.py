@@ -154,11 +154,12 @@ def test_score_and_mask_answer_different_questions(instance_demo):
     assert max(correlation) < 0.99, correlation
 
 
-def test_bad_uses_of_the_mask_target_are_refused(instance_demo, demo_model):
+def test_bad_uses_of_the_mask_target_are_refused(instance_demo, demo_model, models):
     with pytest.raises(UnsupportedModelError, match='no instance mask head'):
         DetCAM(demo_model, target='mask')
-    with pytest.raises(BadInputError, match='back-propagates'):
-        DetCAM(instance_demo, target='mask', method='scorecam')
+    with pytest.raises(UnsupportedModelError, match='follows each mask'):
+        DetCAM(models('condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py'),
+               target='mask', method='scorecam')
     with pytest.raises(BadInputError, match='named boxes'):
         DetCAM(instance_demo, target='mask')(DEMO_IMAGE, boxes=[[10, 10, 60, 60]])
 
@@ -270,3 +271,21 @@ def test_mask_scoring_rcnn_candidates_are_rescored_in_chunks_without_pasting(mod
     order = rescored.bboxes[:, 0].argsort()
     torch.testing.assert_close(rescored.bboxes[order], best.bboxes[best.bboxes[:, 0].argsort()])
     assert not torch.allclose(rescored.scores.sort().values, best.scores.sort().values)
+
+
+@pytest.mark.slow
+def test_methods_that_rerun_the_detector_follow_the_mask(instance_demo):
+    """D-RISE and the perturbation methods weigh each re-run by the best mask IoU x class
+    agreement among the raw candidates' unpasted masks, not by boxes."""
+    drise = dict(type='drise', num_masks=200, progress=False)
+    masks = DetCAM(instance_demo, target='mask', method=drise, score_thr=0.3)(DEMO_IMAGE)
+    boxes = DetCAM(instance_demo, method=drise, score_thr=0.3)(DEMO_IMAGE)
+    assert len(masks) >= 4 and np.isfinite(masks.cams).all()
+    assert not np.allclose(masks.cams, boxes.cams, atol=1e-3)  # same masks, other weights
+    hits = [pointing_hit_mask(masks.cams[k], masks.detections.masks[k].numpy())
+            for k in range(len(masks))]
+    assert np.mean(hits) >= 0.6
+    ablation = DetCAM(instance_demo, target='mask', method='ablationcam', score_thr=0.3)(
+        DEMO_IMAGE)
+    assert np.isfinite(ablation.cams).all() and ablation.cams.max() > 0
+    assert not np.allclose(ablation.cams[0], ablation.cams[1])

@@ -1,7 +1,8 @@
 """A detector's raw candidates, scored for images: for batches of images
 (:class:`CandidateScorer`), for one image under many masks (:class:`MaskedCandidates`, D-RISE),
 and for the re-runs of pytorch_grad_cam's perturbation methods (:class:`RawCandidatesModel`,
-with :class:`TrackedDetection` as the target that follows each detection among them).
+with :class:`TrackedDetection` and :class:`TrackedMask` as the targets that follow each
+detection, or its mask, among them).
 
 All run under :func:`~mmdet_cam.engine.every_candidate.every_candidate`; the tracked score of
 a detection among the candidates is ``mmdet_cam.boxes.tracked_score``.
@@ -15,7 +16,7 @@ import torch
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
-from ..boxes import tracked_score
+from ..boxes import tracked_mask_score, tracked_score
 from ..model.detector import preprocess
 from ..model.layers import predicting_detector
 from .every_candidate import every_candidate
@@ -106,15 +107,16 @@ class MaskedCandidates:
 class RawCandidatesModel(nn.Module):
     """The detector as a pytorch_grad_cam model for methods that re-run it: a batch of network
     inputs of one image (same size, same ``data_sample``) in, per input its raw candidates
-    (no score threshold, no NMS; original-image pixels, CPU, no gradients) out."""
+    (no score threshold, no NMS; original-image pixels, CPU, no gradients; with ``masks``, their
+    unpasted masks) out."""
 
-    def __init__(self, detector: nn.Module, data_sample):
+    def __init__(self, detector: nn.Module, data_sample, masks: bool = False):
         super().__init__()
-        self.detector, self.data_sample = detector, data_sample
+        self.detector, self.data_sample, self.masks = detector, data_sample, masks
 
     def forward(self, inputs: Tensor, copies: Optional[int] = None) -> List[InstanceData]:
         samples = [copy.deepcopy(self.data_sample) for _ in range(copies or len(inputs))]
-        with torch.no_grad(), every_candidate(self.detector):
+        with torch.no_grad(), every_candidate(self.detector, masks=self.masks):
             return [s.pred_instances.cpu() for s in self.detector.predict(inputs, samples)]
 
     def with_layer_output(self, inputs: Tensor, layer: nn.Module, replace: Callable,
@@ -145,3 +147,15 @@ class TrackedDetection:
     def __call__(self, candidates: InstanceData) -> Tensor:
         return torch.tensor(tracked_score(candidates.bboxes, candidates.scores,
                                           candidates.labels, self.bbox[0], self.label))
+
+
+class TrackedMask:
+    """:class:`TrackedDetection` for a detection's mask (boolean, original-image pixels):
+    followed by its best mask IoU x probability of ``label`` among the candidates'
+    unpasted masks (``mmdet_cam.boxes.tracked_mask_score``)."""
+
+    def __init__(self, mask, label: int):
+        self.mask, self.label = np.asarray(mask, bool), int(label)
+
+    def __call__(self, candidates: InstanceData) -> Tensor:
+        return torch.tensor(tracked_mask_score(candidates, self.mask, self.label))

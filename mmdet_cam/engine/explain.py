@@ -35,7 +35,7 @@ from ..model.detector import mmdet_failure
 from ..model.layers import predicting_detector
 from ..settings import CAMSettings
 from .attention import AttentionCapture
-from .candidates import RawCandidatesModel, TrackedDetection
+from .candidates import RawCandidatesModel, TrackedDetection, TrackedMask
 from .capture import (
     DenseHeadOutputs,
     FeatureShapes,
@@ -227,7 +227,8 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
             own.append(own_outputs)
     if perturbs:  # re-runs the detector, so after the capture hooks are gone
         zero_layers = zero_layers or [[] for _ in range(len(detections))]
-        per_output = layer_maps.perturbed(RawCandidatesModel(model, pristine_sample), detections)
+        per_output = layer_maps.perturbed(
+            RawCandidatesModel(model, pristine_sample, masks=reads_masks), detections)
         maps = [_fuse(per_output, fuse, np.concatenate(own) if own_levels else None)]
     maps = np.concatenate(maps)
     if own_levels:
@@ -370,9 +371,14 @@ class _LayerMaps:
     def perturbed(self, candidates_model, detections: InstanceData) -> List[np.ndarray]:
         """Maps ``[(N, H_in, W_in)]`` per layer output of a method that scores re-runs of the
         detector (``MethodKind.PERTURBATION``: ScoreCAM, AblationCAM), for all ``detections``
-        at once; ``candidates_model`` (a ``RawCandidatesModel``) is what it re-runs."""
-        tracked = [TrackedDetection(box, label) for box, label in
-                   zip(detections.bboxes.tolist(), detections.labels.tolist())]
+        at once (or their masks: ``detections.masks``, when ``candidates_model``, the
+        ``RawCandidatesModel`` it re-runs, gives candidates with masks)."""
+        if candidates_model.masks:  # the mask target
+            tracked = [TrackedMask(mask, label) for mask, label in
+                       zip(detections.masks.cpu().numpy(), detections.labels.tolist())]
+        else:
+            tracked = [TrackedDetection(box, label) for box, label in
+                       zip(detections.bboxes.tolist(), detections.labels.tolist())]
         maps = []
         for index, (owner, act) in enumerate(self.outputs):
             output_index = sum(o == owner for o, _ in self.outputs[:index])

@@ -62,19 +62,27 @@ def unpasted_candidate_masks(detector: nn.Module, chunk: int = 512) -> Iterator[
     logits at stride 8 made in chunks of ``chunk``; RoI mask heads: the
     :data:`ROI_MASK_CANDIDATES` best-scored candidates (see :func:`roi_masks_unpasted`). Other
     heads are refused."""
+    check_candidate_masks(detector)
     head = getattr(detector, 'bbox_head', None)
     if _is(head, 'RTMDetInsHead'):
         with _rtmdet_ins_candidate_masks(head, chunk):
             yield
         return
-    roi_head = getattr(detector, 'roi_head', None)
-    if not any(_is(module, 'FCNMaskHead') for module in
-               getattr(roi_head, 'mask_head', nn.Module()).modules()):
-        raise UnsupportedModelError(
-            f'masks of every raw candidate (mask faithfulness) are supported for RTMDet-Ins and '
-            f'RoI mask heads, not for {type(detector).__name__}')
-    with instance_mask_logits(detector), roi_masks_unpasted(roi_head):
+    with instance_mask_logits(detector), roi_masks_unpasted(detector.roi_head):
         yield
+
+
+def check_candidate_masks(detector: nn.Module, method: str = 'mask faithfulness') -> None:
+    """Raise ``UnsupportedModelError`` unless :func:`unpasted_candidate_masks` supports
+    ``detector`` (what ``method``, which follows masks among raw candidates, needs)."""
+    roi_head = getattr(detector, 'roi_head', None)
+    if not (_is(getattr(detector, 'bbox_head', None), 'RTMDetInsHead') or any(
+            _is(module, 'FCNMaskHead')
+            for module in getattr(roi_head, 'mask_head', nn.Module()).modules())):
+        raise UnsupportedModelError(
+            f'{method} follows each mask among the masks of every raw candidate, which '
+            f'mmdet-cam makes for RTMDet-Ins and RoI mask heads, not for '
+            f'{type(detector).__name__}; use a gradient method (e.g. odam)')
 
 
 @contextlib.contextmanager

@@ -10,7 +10,9 @@ coarse at that size as at the original one, and nothing per mask is made at the 
 size and mapped onto the original image as every other method's maps.
 
 A mask's weight for a detection is the best *similarity* among the masked image's raw
-candidates (no score threshold, no NMS): IoU x cosine of class-probability vectors. mmdet
+candidates (no score threshold, no NMS): IoU x cosine of class-probability vectors; for the
+mask target, the IoU of the detection's mask with each candidate's (``boxes.mask_ious``: the
+candidates' unpasted masks) instead of the boxes'. mmdet
 reports one probability per candidate and class, so both vectors are completed as the
 reference implementation (``vision-explanation-methods``' ``expand_class_scores``) completes
 them: the score at the label and ``(1 - score) / C`` at the other ``C`` entries; objectness is
@@ -20,13 +22,14 @@ from the same masks, the detector runs on batches of masked images, and memory i
 ``batch_size``.
 """
 import sys
-from typing import Callable, Iterator, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import cv2
 import numpy as np
 import torch
 from mmengine.utils import ProgressBar
 
+from ..boxes import mask_ious
 from ..registry import CAM_METHODS
 from .kinds import MethodKind
 
@@ -86,19 +89,23 @@ class DRISE:
                 for c, (dy, dx) in zip(cells, shifts)])
 
     def __call__(self, size: Tuple[int, int], bboxes: np.ndarray, scores: np.ndarray,
-                 labels: np.ndarray, candidates_fn: Callable, num_classes: int) -> np.ndarray:
+                 labels: np.ndarray, candidates_fn: Callable, num_classes: int,
+                 instance_masks: Optional[np.ndarray] = None) -> np.ndarray:
         """``[N, height, width]`` maps in [0, 1] for the ``N`` detections ``(bboxes, scores,
         labels)`` of an image, from masks of ``size = (height, width)``. ``candidates_fn(masks)``
         gives per ``[height, width]`` mask the raw candidates (``bboxes``, ``scores``,
         ``labels``; the same pixels as ``bboxes``) of the image under it, e.g. a
-        ``MaskedCandidates``."""
+        ``MaskedCandidates``. With ``instance_masks`` (``[N, H, W]`` boolean, the pixels of
+        ``bboxes``), the detections' masks are explained: the candidates carry unpasted
+        masks."""
         height, width = size
         weighted = np.zeros((len(bboxes), height, width), np.float64)
         total = np.zeros((height, width), np.float64)
         weight_sum = np.zeros(len(bboxes), np.float64)
         bar = ProgressBar(self.num_masks, file=sys.stderr) if self.progress else None
         for masks in self.masks(height, width):
-            weights = np.stack([similarity(bboxes, scores, labels, c, num_classes)
+            weights = np.stack([similarity(bboxes, scores, labels, c, num_classes,
+                                           instance_masks)
                                 for c in candidates_fn(masks)], axis=1)  # [N, B]
             weighted += np.tensordot(weights, masks, axes=1)
             total += masks.sum(axis=0)
@@ -115,15 +122,20 @@ class DRISE:
 
 
 def similarity(bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, candidates,
-               num_classes: int) -> np.ndarray:
-    """Per detection, the best IoU x class-vector cosine over ``candidates`` (0 if none)."""
+               num_classes: int, instance_masks: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per detection, the best IoU (of boxes, or of ``instance_masks`` with the candidates'
+    masks) x class-vector cosine over ``candidates`` (0 if none)."""
     boxes = np.asarray(candidates.bboxes, np.float64).reshape(-1, 4)
     if len(boxes) == 0 or len(bboxes) == 0:
         return np.zeros(len(bboxes))
     cosine = class_cosine(np.asarray(scores, np.float64), np.asarray(labels),
                           np.asarray(candidates.scores, np.float64),
                           np.asarray(candidates.labels), num_classes)
-    return (pairwise_iou(np.asarray(bboxes, np.float64), boxes) * cosine).max(axis=1)
+    if instance_masks is None:
+        ious = pairwise_iou(np.asarray(bboxes, np.float64), boxes)
+    else:
+        ious = np.stack([mask_ious(candidates, mask).numpy() for mask in instance_masks])
+    return (ious * cosine).max(axis=1)
 
 
 def class_cosine(scores_a, labels_a, scores_b, labels_b, num_classes: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from pytorch_grad_cam.metrics.perturbation_confidence import (
 )
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
-from ..boxes import box_iou, box_mask, tracked_score  # noqa: F401 (re-exported)
+from ..boxes import box_iou, box_mask, tracked_mask_score, tracked_score  # noqa: F401 (re-exported)
 
 ScoreFn = Callable[[List[np.ndarray]], Sequence[float]]
 
@@ -52,42 +52,6 @@ def mask_tracker(candidates_fn: Callable[[List[np.ndarray]], Sequence], mask: np
     def score(images):
         return [tracked_mask_score(c, mask, label) for c in candidates_fn(images)]
     return score
-
-
-def tracked_mask_score(candidates, mask: np.ndarray, label: int) -> float:
-    """Max over ``candidates`` of ``label`` of IoU(candidate's mask, ``mask``) x its score.
-
-    A candidate's mask is its thresholded ``mask_logits`` on its own grid, placed on the image
-    by its box in both spaces (``mask_boxes`` on the grid, ``bboxes`` on the image). ``mask`` is
-    resampled onto that grid as the share of each cell it covers (RoIAlign), so no candidate's
-    mask is drawn at the image's size."""
-    from torchvision.ops import roi_align
-    grid_w = (candidates.mask_boxes[:, 2] - candidates.mask_boxes[:, 0]).float()
-    grid_h = (candidates.mask_boxes[:, 3] - candidates.mask_boxes[:, 1]).float()
-    boxes = candidates.bboxes.float()
-    keep = ((torch.as_tensor(candidates.labels) == int(label)) & (grid_w > 0.5) & (grid_h > 0.5)
-            & (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1))
-    if not keep.any() or not mask.any():
-        return 0.0
-    logits = candidates.mask_logits[keep].float()
-    height, width = logits.shape[-2:]
-    sx = (boxes[keep, 2] - boxes[keep, 0]) / grid_w[keep]  # image pixels per grid cell
-    sy = (boxes[keep, 3] - boxes[keep, 1]) / grid_h[keep]
-    x0 = boxes[keep, 0] - candidates.mask_boxes[keep, 0] * sx  # the grid's corner on the image
-    y0 = boxes[keep, 1] - candidates.mask_boxes[keep, 1] * sy
-    regions = torch.stack([torch.zeros_like(x0), x0, y0, x0 + width * sx, y0 + height * sy],
-                          dim=1)
-    samples = int(np.ceil(float(torch.maximum(sx, sy).max()))) + 1
-    # candidates on one shared grid (a dense head's whole-image map) are resampled once
-    regions, index = torch.unique(regions, dim=0, return_inverse=True)
-    covered = roi_align(torch.from_numpy(mask.astype(np.float32))[None, None], regions,
-                        (height, width), 1.0, samples, aligned=True)[index, 0]
-    inside = (logits > candidates.mask_thresholds[keep, None, None]).float()
-    cell = sx * sy
-    intersection = (inside * covered).sum((1, 2)) * cell
-    union = inside.sum((1, 2)) * cell + float(mask.sum()) - intersection
-    iou = intersection / union.clamp(min=1e-6)
-    return float((iou * candidates.scores[keep].float()).max())
 
 
 def substrate(image: np.ndarray, kind: str) -> np.ndarray:
