@@ -14,6 +14,9 @@ ground-truth box of its class (IoU >= 0.5), and for each method:
              is randomised (parameter randomisation, first --sanity-images only; every explained
              detection); a method passes below 0.5
   last       the same once the whole model is randomised
+With ``--target mask`` (an instance segmentor, e.g. the instance demo) the maps explain each
+detection's mask: pointing and energy are against the ground-truth *mask*, and deletion /
+insertion follow the detection's mask among the raw candidates' masks (``mask_tracker``).
 Baselines: ``random`` (random blobs at the maps' scale: smooth random maps, seeded) and
 ``centre`` (a Gaussian centred on the detected box, sigma a quarter of its size).
 
@@ -46,10 +49,13 @@ from mmdet_cam.methods import MethodKind, method_names
 from mmdet_cam.metrics import (
     auc,
     energy_in_box,
+    energy_in_mask,
+    mask_tracker,
     object_discrimination,
     parameter_randomisation,
     perturbation_curve,
     pointing_hit,
+    pointing_hit_mask,
     road_combined,
     tracker,
 )
@@ -78,11 +84,11 @@ def baseline_map(kind: str, shape, box, rng) -> np.ndarray:
 
 
 def evaluate(model, method, samples, scorer, steps, score_thr, road_images, sanity_images,
-             partial: Path, seed=0, target_layers=None):
+             partial: Path, seed=0, target_layers=None, target='score'):
     """One method's summary row and mean curves. Each image's figures are appended to
     ``partial`` as it finishes, and images found there are not computed again."""
     cam = DetCAM(model, method='gradcam' if method in BASELINES else method,
-                 score_thr=score_thr, target_layers=target_layers)
+                 score_thr=score_thr, target_layers=target_layers, target=target)
     images = {}
     if partial.is_file():
         images = {r['index']: r for r in map(json.loads, partial.read_text().splitlines())}
@@ -122,17 +128,23 @@ def evaluate_image(cam, method, path, gt, scorer, steps, with_road, rng) -> dict
         detected = result.detections.bboxes[k].tolist()
         saliency = (baseline_map(method, image.shape[:2], detected, rng)
                     if method in BASELINES else result.cams[k])
-        box = gt[g][1]
+        label, box, gt_mask = gt[g]
         others = [obj[1] for i, obj in enumerate(gt) if i != g]
-        score_fn = tracker(scorer, detected, int(result.detections.labels[k]))
+        if cam.explains_masks:
+            score_fn = mask_tracker(scorer, result.detections.masks[k].numpy(), label)
+            gt_mask = gt_mask()
+            pointing, energy = pointing_hit_mask(saliency, gt_mask), energy_in_mask(saliency,
+                                                                                   gt_mask)
+        else:
+            score_fn = tracker(scorer, detected, label)
+            pointing, energy = pointing_hit(saliency, box), energy_in_box(saliency, box)
         deletion = perturbation_curve(image, saliency, score_fn, 'deletion', steps)
         insertion = perturbation_curve(image, saliency, score_fn, 'insertion', steps)
         out['deletion'].append(list(map(float, deletion)))
         out['insertion'].append(list(map(float, insertion)))
         if with_road:
             out['road'].append(float(road_combined(image, saliency, score_fn)))
-        out['rows'].append(dict(pointing=float(pointing_hit(saliency, box)),
-                                energy=float(energy_in_box(saliency, box)),
+        out['rows'].append(dict(pointing=float(pointing), energy=float(energy),
                                 odi=float(object_discrimination(saliency, box, others)),
                                 deletion=float(auc(deletion)), insertion=float(auc(insertion))))
     return out
@@ -141,8 +153,11 @@ def evaluate_image(cam, method, path, gt, scorer, steps, with_road, rng) -> dict
 def sanity(cam, method, samples) -> dict:
     """Mean Spearman once the box head, and once everything, is randomised (NaN for the
     baselines, whose maps do not come from the model, and for D-RISE, which would need all of
-    its masks again at every randomisation step); maps that turn flat are counted apart."""
-    if method in BASELINES or cam.kind is MethodKind.BLACK_BOX or not samples:
+    its masks again at every randomisation step); maps that turn flat are counted apart. NaN
+    for the mask target too: a detection is held fixed as a linear function of the box head's
+    raw outputs (``FixedCandidates``), which its mask's value is not."""
+    if (method in BASELINES or cam.kind is MethodKind.BLACK_BOX or cam.explains_masks
+            or not samples):
         return dict(sanity=float('nan'), last=float('nan'))
     head, last = [], []
     for path, _ in samples:
@@ -202,6 +217,9 @@ def main():
     parser.add_argument('--sanity-images', type=int, default=8)
     parser.add_argument('--target-layers', nargs='+', metavar='NAME',
                         help="layers the maps are made at (default: DetCAM's for the model)")
+    parser.add_argument('--target', choices=['score', 'mask'], default='score',
+                        help="what the maps explain; 'mask': each detection's mask (instance "
+                        'segmentors), pointing and energy against the GT masks')
     parser.add_argument('--plot', help='default: docs/faithfulness_curves.png for the shipped '
                         'demo model, work_dirs/faithfulness/<settings>.png for others')
     args = parser.parse_args()
@@ -211,14 +229,16 @@ def main():
     warnings.simplefilter('ignore')
     samples = load_split(Path(args.data_root), 'val')[:args.num_images]
     model = build_detector(args.config, args.checkpoint)
-    scorer = CandidateScorer(model, DetCAM(model).pipeline)
+    scorer = CandidateScorer(model, DetCAM(model).pipeline, masks=args.target == 'mask')
     methods = (args.methods or [m for m in method_names() if m not in ('kpca_cam', 'fem')])
     methods = list(methods) + [b for b in BASELINES if b not in methods]
     settings = (f'n{len(samples)}_s{args.steps}_t{args.score_thr}_r{args.road_images}'
                 f'_y{args.sanity_images}')
-    shipped_demo = Path(args.config).stem == 'rtmdet_shapes' and not args.target_layers
-    if not shipped_demo:  # other models and layers keep their own rows and plot
-        settings = '_'.join([Path(args.config).stem, *(args.target_layers or []), settings])
+    shipped_demo = (Path(args.config).stem == 'rtmdet_shapes' and not args.target_layers
+                    and args.target == 'score')
+    if not shipped_demo:  # other models, layers and targets keep their own rows and plot
+        settings = '_'.join([Path(args.config).stem, *(args.target_layers or []),
+                             *(['mask'] if args.target == 'mask' else []), settings])
     store = REPO / 'work_dirs' / 'faithfulness' / f'{settings}.jsonl'
     args.plot = args.plot or str(REPO / 'docs' / 'faithfulness_curves.png' if shipped_demo
                                  else store.with_suffix('.png'))
@@ -226,7 +246,8 @@ def main():
     if store.is_file():
         done = {r['method']: r for r in map(json.loads, store.read_text().splitlines())}
     store.parent.mkdir(parents=True, exist_ok=True)
-    print(f'{len(samples)} val images, score_thr {args.score_thr}, {args.steps} steps, ROAD '
+    print(f'{len(samples)} val images, target {args.target}, score_thr {args.score_thr}, '
+          f'{args.steps} steps, ROAD '
           f'on {args.road_images}, sanity on {args.sanity_images} (rows kept in {store})\n')
     print('| method | boxes | pointing | energy | ODI | deletion | insertion | OA | ROAD | '
           'sanity | last | s/box |')
@@ -236,7 +257,7 @@ def main():
             partial = store.with_name(f'{settings}.{method}.images.jsonl')
             row, curve = evaluate(model, method, samples, scorer, args.steps, args.score_thr,
                                   args.road_images, args.sanity_images, partial,
-                                  target_layers=args.target_layers)
+                                  target_layers=args.target_layers, target=args.target)
             done[method] = dict(method=method, row=row, curves=curve)
             with store.open('a') as f:
                 f.write(json.dumps(done[method]) + '\n')
