@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mmdet_cam import DetCAM, ZeroGradientWarning
+from mmdet_cam.engine.capture import batched_grads_for
 from mmdet_cam.engine.explain import NonFiniteGradientWarning
 from mmdet_cam.errors import DetectorFailedError, UnknownNameError, UnsupportedModelError
 
@@ -333,3 +334,29 @@ def test_a_soft_nms_detector_is_explained(models, scene):
                     method='hirescam', score_thr=0, topk=3)(scene)
     assert_valid_maps(result, scene, 3)
     assert not np.array_equal(result.cams[0], result.cams[1])
+
+
+@pytest.mark.parametrize('config, options', [
+    ('detr/detr_r50_8xb2-150e_coco.py', {}),
+    ('deformable_detr/deformable-detr_r50_16xb2-50e_coco.py', {}),
+    ('conditional_detr/conditional-detr_r50_8xb2-50e_coco.py', {}),
+    ('dino/dino-4scale_r50_8xb2-12e_coco.py', {}),
+    ('retinanet/retinanet_r18_fpn_1x_coco.py', dict(local_replay=False)),  # via head outputs
+    ('mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', dict(target='mask')),
+])
+def test_one_batched_backward_gives_each_box_its_own_gradient(models, scene, config, options,
+                                                              monkeypatch):
+    """Boxes share backward passes (``is_grads_batched``) where no local replay applies
+    (DETR-style heads, masks): the maps are those of one backward per box."""
+    from mmdet_cam.engine import explain as engine
+    from mmdet_cam.patching import swapped
+    batches = []
+    monkeypatch.setattr(engine, 'batched_grads_for', lambda values, *args: batches.append(
+        len(values)) or batched_grads_for(values, *args))
+    cam = DetCAM(models(config), method='hirescam', score_thr=0, topk=4, **options)
+    batched = cam(scene)
+    with swapped(engine._Backward, 'BATCHED', False):
+        one_by_one = cam(scene)
+    assert batches == [4]
+    np.testing.assert_allclose(batched.cams, one_by_one.cams, atol=1e-5)
+    assert not np.allclose(batched.cams[0], batched.cams[1])

@@ -507,3 +507,28 @@ def grads_for(value: Tensor, activations: Sequence[Tensor],
     else:
         grads = torch.autograd.grad(value, activations, retain_graph=True, allow_unused=True)
     return [torch.zeros_like(a) if g is None else g for g, a in zip(grads, activations)]
+
+
+def batched_grads_for(values: Tensor, activations: Sequence[Tensor],
+                      through: Sequence[Tensor] = ()) -> List[List[Tensor]]:
+    """:func:`grads_for` of each element of ``values`` (a 1-D tensor), all in one batched
+    backward pass (``torch.autograd.grad(..., is_grads_batched=True)``, which vmaps the
+    backward over the elements): per element, its gradients w.r.t. each activation. Each is
+    its own exact gradient; only the passes are shared. Raises ``RuntimeError`` where an op
+    of the graph has no batched backward (the caller then goes element by element)."""
+    seeds = torch.eye(len(values), dtype=values.dtype, device=values.device)
+    if through:
+        partial = torch.autograd.grad(values, through, grad_outputs=seeds, retain_graph=True,
+                                      allow_unused=True, is_grads_batched=True)
+        used = [(t, g) for t, g in zip(through, partial) if g is not None]
+        if not used:
+            return [[torch.zeros_like(a) for a in activations] for _ in values]
+        grads = torch.autograd.grad([t for t, _ in used], activations,
+                                    grad_outputs=[g for _, g in used], retain_graph=True,
+                                    allow_unused=True, is_grads_batched=True)
+    else:
+        grads = torch.autograd.grad(values, activations, grad_outputs=seeds, retain_graph=True,
+                                    allow_unused=True, is_grads_batched=True)
+    grads = [torch.zeros((len(values),) + a.shape, dtype=a.dtype, device=a.device)
+             if g is None else g for g, a in zip(grads, activations)]
+    return [[g[k] for g in grads] for k in range(len(values))]

@@ -42,6 +42,7 @@ from .capture import (
     FinalHeadOutputs,
     LayerCapture,
     TokenEmbeddings,
+    batched_grads_for,
     differentiable_inference,
     frozen_parameters,
     grads_for,
@@ -287,16 +288,28 @@ class _Backward:
     gives each box's token attributions: gradient x embedding, summed over the embedding
     (``tokens``: one leaf per pass of the prompt through the language model)."""
 
+    # boxes per batched backward: the batch's gradients of the target layers' outputs take at
+    # most this many bytes (the backward's intermediate gradients are batched alike)
+    BATCHED_BYTES = 256 * 2 ** 20
+    # one backward pass for many boxes until the graph turns out to have an op without a
+    # batched backward; a box's gradient is its own either way, the batch shares the passes
+    BATCHED = True
+
     def __init__(self, activations: List[Tensor], head_outputs=(), replay=None,
                  tokens: Sequence[Tensor] = ()):
         self.activations, self.head_outputs, self.replay = activations, head_outputs, replay
         self.tokens = list(tokens)
         self.token_attributions: dict = {}  # box index -> float32 [T]
+        self.batched = self.BATCHED
 
     def __call__(self, values: Tensor, boxes: range) -> List[List[Tensor]]:
         """Per box of ``boxes``, one gradient per activation (zeros where it has none)."""
         if self.replay is not None:
             return self.replay.activation_grads(values, boxes, self.activations)
+        if self.batched and not self.tokens and len(boxes) > 1:
+            grads = self._batched(values, boxes)
+            if grads is not None:
+                return grads
         count = len(self.activations)
         grads = []
         for i in boxes:
@@ -307,6 +320,22 @@ class _Backward:
                     .sum(-1).detach().cpu().numpy().astype(np.float32)
                     for grad, leaf in zip(box_grads[count:], self.tokens)])
             grads.append(box_grads[:count])
+        return grads
+
+    def _batched(self, values: Tensor, boxes: range) -> Optional[List[List[Tensor]]]:
+        per_box = sum(a.numel() * a.element_size() for a in self.activations)
+        step = max(1, self.BATCHED_BYTES // max(per_box, 1))
+        grads = []
+        try:
+            with warnings.catch_warnings():  # vmap's notes on ops it batches by a loop
+                warnings.simplefilter('ignore', UserWarning)
+                for first in range(boxes.start, boxes.stop, step):
+                    chunk = list(range(first, min(first + step, boxes.stop)))
+                    grads += batched_grads_for(values[chunk], self.activations,
+                                               self.head_outputs)
+        except (RuntimeError, NotImplementedError):
+            self.batched = False
+            return None
         return grads
 
 
