@@ -83,8 +83,9 @@ def mask_ious(candidates, mask: np.ndarray, keep: Optional[torch.Tensor] = None)
     regions = torch.stack([torch.zeros_like(x0), x0, y0, x0 + width * sx, y0 + height * sy],
                           dim=1)
     samples = int(np.ceil(float(torch.maximum(sx, sy).max()))) + 1
-    # candidates on one shared grid (a dense head's whole-image map) are resampled once
-    regions, index = torch.unique(regions, dim=0, return_inverse=True)
+    # candidates on one shared grid (a dense head's whole-image map) are resampled once; the
+    # grid's corner, worked out from each candidate's box, differs by float rounding
+    regions, index = torch.unique((regions * 64).round() / 64, dim=0, return_inverse=True)
     covered = roi_align(torch.from_numpy(mask.astype(np.float32))[None, None], regions,
                         (height, width), 1.0, samples, aligned=True)[index, 0]
     inside = (logits > candidates.mask_thresholds[keep, None, None]).float()
