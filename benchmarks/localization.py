@@ -120,7 +120,8 @@ def main():
 
     samples = load_split(Path(args.data_root), args.split)[:args.num_images]
     model = build_detector(args.config, args.checkpoint)
-    methods = args.methods or [  # re-running methods follow boxes: no mask target
+    methods = args.methods or [  # methods that re-run the detector: 20-45 s per image with
+        # masks (every candidate's mask per re-run); name them with --methods
         m for m in method_names() if m not in ('kpca_cam', 'fem')
         and not (masks and method_kind(build_cam_method(m, model)).reruns_detector)]
     print(f'{len(samples)} {args.split} images, score_thr {args.score_thr}, '
