@@ -196,3 +196,15 @@ def test_masked_batches_run_channels_last_where_the_model_allows(models, scene, 
         assert len(a) == len(b) > 0
         np.testing.assert_allclose(np.sort(a.scores.numpy()), np.sort(b.scores.numpy()),
                                    atol=1e-5)
+
+
+def test_every_candidate_of_a_query_based_roi_head(models, scene):
+    """Sparse R-CNN (and QueryInst) take the top ``max_per_img`` of their (query, class)
+    scores: every pair is asked for, not more (a larger top-k failed)."""
+    from mmdet_cam.engine.candidates import CandidateScorer
+    model = models('sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py')
+    candidates = CandidateScorer(model, DetCAM(model).pipeline)([scene])[0]
+    queries, classes = model.rpn_head.num_proposals, model.roi_head.bbox_head[-1].num_classes
+    assert len(candidates) == queries * classes
+    reported = DetCAM(model, score_thr=0, topk=1).detect(scene)
+    assert float(candidates.scores.max()) == pytest.approx(float(reported.scores[0]), abs=1e-6)

@@ -125,14 +125,19 @@ class _RescaledBoxesOnly(nn.Module):
 
 
 def _candidate_count(detector: nn.Module, head: nn.Module, cap: int) -> int:
-    """``cap``, or for DETR-style heads, which take the top ``max_per_img`` of their
-    (query, class) scores, how many there are: every pair for sigmoid classifiers, one per
-    query for softmax ones."""
+    """``cap``, or for DETR-style heads and Sparse R-CNN / QueryInst (a learned proposal per
+    query), which take the top ``max_per_img`` of their (query, class) scores, how many there
+    are: every pair for sigmoid classifiers, one per query for softmax ones."""
     queries = getattr(detector, 'num_queries', None)
+    classifier = head
     if not isinstance(queries, int):
+        queries = getattr(getattr(detector, 'rpn_head', None), 'num_proposals', None)
+        stages = getattr(head, 'bbox_head', None)
+        classifier = stages[-1] if isinstance(stages, nn.ModuleList) else stages
+    if not isinstance(queries, int) or classifier is None:
         return cap
-    sigmoid = getattr(getattr(head, 'loss_cls', None), 'use_sigmoid', False)
-    return min(cap, queries * head.num_classes if sigmoid else queries)
+    sigmoid = getattr(getattr(classifier, 'loss_cls', None), 'use_sigmoid', False)
+    return min(cap, queries * classifier.num_classes if sigmoid else queries)
 
 
 def _open(cfg: dict, cap: int) -> None:

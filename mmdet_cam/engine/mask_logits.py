@@ -76,12 +76,15 @@ def check_candidate_masks(detector: nn.Module, method: str = 'mask faithfulness'
     """Raise ``UnsupportedModelError`` unless :func:`unpasted_candidate_masks` supports
     ``detector`` (what ``method``, which follows masks among raw candidates, needs)."""
     roi_head = getattr(detector, 'roi_head', None)
-    if not (_is(getattr(detector, 'bbox_head', None), 'RTMDetInsHead') or any(
+    # QueryInst's query-based RoI head keeps per-query fields in its results, which only line
+    # up with them at one candidate per query
+    if not (_is(getattr(detector, 'bbox_head', None), 'RTMDetInsHead') or (any(
             _is(module, 'FCNMaskHead')
-            for module in getattr(roi_head, 'mask_head', nn.Module()).modules())):
+            for module in getattr(roi_head, 'mask_head', nn.Module()).modules())
+            and not _is(roi_head, 'SparseRoIHead'))):
         raise UnsupportedModelError(
             f'{method} follows each mask among the masks of every raw candidate, which '
-            f'mmdet-cam makes for RTMDet-Ins and RoI mask heads, not for '
+            f'mmdet-cam makes for RTMDet-Ins and RoI mask heads (not QueryInst), not for '
             f'{type(detector).__name__}; use a gradient method (e.g. odam)')
 
 
@@ -95,10 +98,13 @@ def roi_masks_unpasted(roi_head: nn.Module, limit: int = ROI_MASK_CANDIDATES,
     R-CNN's mask IoU head) or whose masks are explained."""
     predict_mask = roi_head.predict_mask
 
-    def predict(x, batch_img_metas, results_list, rescale=False):
-        results_list = [results[results.scores.argsort(descending=True)[:limit]]
-                        for results in results_list]
-        results_list = predict_mask(x, batch_img_metas, results_list, rescale=rescale)
+    def best(value):
+        if not isinstance(value, list) or not value or not isinstance(value[0], InstanceData):
+            return value
+        return [results[results.scores.argsort(descending=True)[:limit]] for results in value]
+
+    def predict(*args, **kwargs):  # HTC and SCNet take more arguments before the results
+        results_list = predict_mask(*map(best, args), **{k: best(v) for k, v in kwargs.items()})
         for results in results_list:
             if 'masks' in results:
                 del results.masks
