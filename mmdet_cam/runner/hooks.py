@@ -30,9 +30,11 @@ from mmengine.model import is_model_wrapper
 
 from ..api import DetCAM
 from ..engine.candidates import CandidateScorer
+from ..engine.mask_logits import check_candidate_masks
 from ..errors import InputNotFoundError, UnknownNameError
 from ..methods import MethodKind
 from ..metrics import detection_faithfulness, mask_tracker, tracker, triage
+from ..model.layers import predicting_detector
 from ..outputs import ResultWriter
 from ..report import write_report
 from ..settings import CAMSettings, OutputSettings
@@ -98,6 +100,8 @@ class DetCAMHook(Hook):
                         target_layers=self.cam.layer_names, fuse=self.cam.settings.fuse)
         self.writer = ResultWriter(out_dir, dataset_meta, settings, self.output)
         if self.faithfulness_steps > 0:
+            if self.cam.explains_masks:  # refused before the first image, not at it
+                check_candidate_masks(predicting_detector(self.cam.model), 'mask faithfulness')
             self.scorer = CandidateScorer(model, self.cam.pipeline, masks=self.cam.explains_masks)
         if self.triage:
             self.ground_truth = ground_truth(runner.test_dataloader.dataset)
