@@ -120,8 +120,6 @@ def keep_all_detections(test_cfg, max_per_img: int = 0) -> None:
         for key, value in test_cfg.items():
             if key == 'score_thr':
                 test_cfg[key] = 0.0
-            elif key == 'filter_thr':  # SOLO, SOLOv2: after matrix NMS
-                test_cfg[key] = 0.0
             elif key == 'distance_threshold':
                 test_cfg[key] = float('inf')
             elif key == 'min_bbox_size':
