@@ -85,7 +85,8 @@ class DetCAM:
         settings: a :class:`~mmdet_cam.settings.CAMSettings`; ``**options`` change single
             fields of it (or of the defaults): ``method``, ``target_layers``, ``target``,
             ``score_thr``, ``topk``, ``classes``, ``fuse``, ``eigen_smooth``,
-            ``reshape_transform``, ``batch_size``, ``local_replay`` (see ``CAMSettings``).
+            ``reshape_transform``, ``batch_size``, ``local_replay``, ``batched_backward`` (see
+            ``CAMSettings``).
             Methods by kind: gradcam, gradcam++, xgradcam, eigengradcam are channel-pooled (a
             box's map also marks other objects of the same channels); hirescam, layercam,
             gradcamelementwise, odam, ssgradcam, ssgradcam++, gcame are box-specific;

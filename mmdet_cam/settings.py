@@ -68,6 +68,11 @@ class CAMSettings(_Settings):
         batch_size: detections whose gradients are kept in memory at once. Defaults to 16.
         local_replay: back-propagate each detection through the part of the box head it
             depends on instead of the whole head (same maps). Defaults to True.
+        batched_backward: where no local replay applies (DETR-style heads, the mask target),
+            back-propagate many detections in one vmapped pass (``is_grads_batched``; same
+            maps). Defaults to False: on CPU it saved nothing measurable for DINO-R50 at 800 px
+            and raised its peak memory from 6.4 to 11.9 GB (docs/benchmarks.md); it is for
+            accelerators, where one batched pass fills the device.
         texts: the prompt of a text-prompted detector (Grounding DINO, GLIP): entities
             separated by ``' . '`` (``'cat . dog'``) or a list of entity names. Defaults to None:
             the model's class names, as mmdet's test configs prompt it.
@@ -83,6 +88,7 @@ class CAMSettings(_Settings):
     reshape_transform: Union[str, Callable] = 'auto'
     batch_size: int = 16
     local_replay: bool = True
+    batched_backward: bool = False
     texts: Optional[Union[str, Sequence[str]]] = None
 
     def __post_init__(self):

@@ -346,17 +346,16 @@ def test_a_soft_nms_detector_is_explained(models, scene):
 ])
 def test_one_batched_backward_gives_each_box_its_own_gradient(models, scene, config, options,
                                                               monkeypatch):
-    """Boxes share backward passes (``is_grads_batched``) where no local replay applies
-    (DETR-style heads, masks): the maps are those of one backward per box."""
+    """With ``batched_backward``, boxes share backward passes (``is_grads_batched``) where no
+    local replay applies (DETR-style heads, masks): the maps are those of one backward per box."""
     from mmdet_cam.engine import explain as engine
-    from mmdet_cam.patching import swapped
     batches = []
     monkeypatch.setattr(engine, 'batched_grads_for', lambda values, *args: batches.append(
         len(values)) or batched_grads_for(values, *args))
-    cam = DetCAM(models(config), method='hirescam', score_thr=0, topk=4, **options)
-    batched = cam(scene)
-    with swapped(engine._Backward, 'BATCHED', False):
-        one_by_one = cam(scene)
+    settings = dict(method='hirescam', score_thr=0, topk=4, **options)
+    batched = DetCAM(models(config), batched_backward=True, **settings)(scene)
     assert batches == [4]
+    one_by_one = DetCAM(models(config), **settings)(scene)
+    assert batches == [4]  # not batched by default
     np.testing.assert_allclose(batched.cams, one_by_one.cams, atol=1e-5)
     assert not np.allclose(batched.cams[0], batched.cams[1])

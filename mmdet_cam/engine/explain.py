@@ -62,8 +62,8 @@ class ExplainSpec:
         target: detections -> one differentiable value per detection.
         select: detections -> indices of the detections to explain, in output order.
         reshape: raw layer output -> list of ``[B, C, H, W]`` maps (see ``reshape.py``).
-        settings: ``fuse`` (resolved here when None), ``eigen_smooth``, ``batch_size`` and
-            ``local_replay`` are read.
+        settings: ``fuse`` (resolved here when None), ``eigen_smooth``, ``batch_size``,
+            ``local_replay`` and ``batched_backward`` are read.
     """
     layers: Sequence[nn.Module]
     layer_names: Sequence[str]
@@ -215,7 +215,7 @@ def _explain(model, inputs, data_samples, spec: ExplainSpec, candidates,
         replay = (_replay(detector, head, rois, capture) if spec.settings.local_replay
                   and own_levels and not tokens.embeddings and not reads_masks else None)
         backward = _Backward(capture.activations, () if reads_masks else head.tensors, replay,
-                             tokens.embeddings)
+                             tokens.embeddings, spec.settings.batched_backward)
         layer_maps = _LayerMaps(spec, capture, shapes.shapes, inputs, boxes, backward)
         maps, zero_layers, own = [], [], []
         step = spec.settings.batch_size
@@ -291,16 +291,15 @@ class _Backward:
     # boxes per batched backward: the batch's gradients of the target layers' outputs take at
     # most this many bytes (the backward's intermediate gradients are batched alike)
     BATCHED_BYTES = 256 * 2 ** 20
-    # one backward pass for many boxes until the graph turns out to have an op without a
-    # batched backward; a box's gradient is its own either way, the batch shares the passes
-    BATCHED = True
 
     def __init__(self, activations: List[Tensor], head_outputs=(), replay=None,
-                 tokens: Sequence[Tensor] = ()):
+                 tokens: Sequence[Tensor] = (), batched: bool = False):
         self.activations, self.head_outputs, self.replay = activations, head_outputs, replay
         self.tokens = list(tokens)
         self.token_attributions: dict = {}  # box index -> float32 [T]
-        self.batched = self.BATCHED
+        # with ``batched``, one backward pass for many boxes until the graph turns out to have
+        # an op without a batched backward; each box's gradient is its own either way
+        self.batched = batched
 
     def __call__(self, values: Tensor, boxes: range) -> List[List[Tensor]]:
         """Per box of ``boxes``, one gradient per activation (zeros where it has none)."""
