@@ -63,12 +63,11 @@ def _masks_off(detector: nn.Module) -> Iterator[None]:
     """While active, mask branches that only draw masks are switched off: for thousands of
     candidates they cost more than everything else (a mask per candidate, pasted at the
     original image's size: Mask R-CNN ran out of memory) and nothing that reads every
-    candidate needs masks. Heads that rescore detections from their masks (Mask Scoring
-    R-CNN's ``mask_iou_head``) and detectors whose boxes come from their masks (SOLO: no box
-    head) keep theirs. RTMDet-Ins draws its masks inside its box head, after NMS: it runs
-    the box-only post-processing of mmdet's dense heads instead. Mask Scoring R-CNN's mask
-    branch runs on its best-scored candidates only, in chunks, unpasted
-    (``mask_logits.roi_masks_unpasted``)."""
+    candidate needs masks. Detectors whose boxes come from their masks (SOLO: no box head)
+    keep theirs. Mask Scoring R-CNN, whose scores come from its masks (``mask_iou_head``),
+    runs its mask branch on its best-scored candidates only, in chunks, unpasted
+    (``mask_logits.roi_masks_unpasted``). RTMDet-Ins draws its masks inside its box head,
+    after NMS: it runs the box-only post-processing of mmdet's dense heads instead."""
     from mmdet.models.dense_heads import RTMDetInsHead  # here: importing mmdet.models costs seconds
     from mmdet.models.detectors.single_stage_instance_seg import SingleStageInstanceSegmentor
     roi_head = getattr(detector, 'roi_head', None)
