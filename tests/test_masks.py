@@ -225,7 +225,8 @@ def test_mask_tracking_follows_the_mask_not_the_box(instance_demo):
 def test_roi_head_candidates_carry_the_heads_own_unpasted_masks(models):
     """Mask faithfulness on RoI heads: the best-scored raw candidates (``ROI_MASK_CANDIDATES``)
     carry their 28x28 mask logits, unpasted; the top detection's candidate carries the very
-    map the head made for the detection, and its own mask is tracked at its score."""
+    map the head made for the detection, and a region's tracked IoU with it is the IoU counted
+    in image pixels."""
     from mmdet_cam.engine.mask_logits import ROI_MASK_CANDIDATES
     from mmdet_cam.metrics import tracked_mask_score
     model, image = models(MASK_RCNN), make_scene()
