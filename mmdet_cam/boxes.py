@@ -55,15 +55,17 @@ def tracked_score(bboxes, scores, labels, box: Sequence[float], label: int,
     return best / initial if initial else best
 
 
-def mask_ious(candidates, mask: np.ndarray, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """IoU of each candidate's mask with ``mask`` (boolean, original-image pixels); only for the
-    candidates ``keep`` selects (boolean, default all), 0 for the others.
+def mask_ious(candidates, masks: Sequence[np.ndarray],
+              keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[len(masks), len(candidates)]``: IoU of each candidate's mask with each of ``masks``
+    (boolean, original-image pixels); only for the candidates ``keep`` selects (boolean,
+    default all), 0 for the others.
 
     A candidate's mask is its thresholded ``mask_logits`` on its own grid (``mask_logits.py``'s
     fields, e.g. from ``CandidateScorer(..., masks=True)``), placed on the image by its box in
-    both spaces (``mask_boxes`` on the grid, ``bboxes`` on the image). ``mask`` is resampled
-    onto that grid as the share of each cell it covers (RoIAlign), so no candidate's mask is
-    drawn at the image's size."""
+    both spaces (``mask_boxes`` on the grid, ``bboxes`` on the image); it is thresholded and
+    placed once for all ``masks``. Each of ``masks`` is resampled onto that grid as the share
+    of each cell it covers (RoIAlign), so no candidate's mask is drawn at the image's size."""
     from torchvision.ops import roi_align
     grid_w = (candidates.mask_boxes[:, 2] - candidates.mask_boxes[:, 0]).float()
     grid_h = (candidates.mask_boxes[:, 3] - candidates.mask_boxes[:, 1]).float()
@@ -71,8 +73,8 @@ def mask_ious(candidates, mask: np.ndarray, keep: Optional[torch.Tensor] = None)
     keep = (torch.ones(len(boxes), dtype=torch.bool) if keep is None else keep) & \
         (grid_w > 0.5) & (grid_h > 0.5) & (boxes[:, 2] - boxes[:, 0] >= 1) & \
         (boxes[:, 3] - boxes[:, 1] >= 1)
-    ious = torch.zeros(len(boxes))
-    if not keep.any() or not mask.any():
+    ious = torch.zeros(len(masks), len(boxes))
+    if not keep.any():
         return ious
     logits = candidates.mask_logits[keep].float()
     height, width = logits.shape[-2:]
@@ -86,13 +88,17 @@ def mask_ious(candidates, mask: np.ndarray, keep: Optional[torch.Tensor] = None)
     # candidates on one shared grid (a dense head's whole-image map) are resampled once; the
     # grid's corner, worked out from each candidate's box, differs by float rounding
     regions, index = torch.unique((regions * 64).round() / 64, dim=0, return_inverse=True)
-    covered = roi_align(torch.from_numpy(mask.astype(np.float32))[None, None], regions,
-                        (height, width), 1.0, samples, aligned=True)[index, 0]
     inside = (logits > candidates.mask_thresholds[keep, None, None]).float()
     cell = sx * sy
-    intersection = (inside * covered).sum((1, 2)) * cell
-    union = inside.sum((1, 2)) * cell + float(mask.sum()) - intersection
-    ious[keep] = intersection / union.clamp(min=1e-6)
+    inside_area = inside.sum((1, 2)) * cell
+    for row, mask in enumerate(masks):
+        if not mask.any():
+            continue
+        covered = roi_align(torch.from_numpy(mask.astype(np.float32))[None, None], regions,
+                            (height, width), 1.0, samples, aligned=True)[index, 0]
+        intersection = (inside * covered).sum((1, 2)) * cell
+        union = inside_area + float(mask.sum()) - intersection
+        ious[row, keep] = intersection / union.clamp(min=1e-6)
     return ious
 
 
@@ -103,4 +109,5 @@ def tracked_mask_score(candidates, mask: np.ndarray, label: int) -> float:
     same = torch.as_tensor(candidates.labels) == int(label)
     if not same.any():
         return 0.0
-    return float((mask_ious(candidates, mask, same) * candidates.scores.float())[same].max())
+    ious = mask_ious(candidates, [mask], same)[0]
+    return float((ious * candidates.scores.float())[same].max())

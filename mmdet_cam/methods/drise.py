@@ -134,7 +134,7 @@ def similarity(bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, candi
     if instance_masks is None:
         ious = pairwise_iou(np.asarray(bboxes, np.float64), boxes)
     else:
-        ious = np.stack([mask_ious(candidates, mask).numpy() for mask in instance_masks])
+        ious = mask_ious(candidates, instance_masks).numpy()
     return (ious * cosine).max(axis=1)
 
 
