@@ -29,7 +29,8 @@ class MethodKind(str, Enum):
     @property
     def reruns_detector(self) -> bool:
         """Whether the method scores re-runs of the detector (perturbed channels or images),
-        following each detection by its box among the raw candidates."""
+        following each detection by its box (or, for the mask target, its mask) among the raw
+        candidates."""
         return self in (MethodKind.PERTURBATION, MethodKind.BLACK_BOX)
 
     @property
