@@ -18,7 +18,9 @@ With ``--target mask`` (an instance segmentor, e.g. the instance demo) the maps 
 detection's mask: pointing and energy are against the ground-truth *mask*, and deletion /
 insertion follow the detection's mask among the raw candidates' masks (``mask_tracker``).
 Baselines: ``random`` (random blobs at the maps' scale: smooth random maps, seeded) and
-``centre`` (a Gaussian centred on the detected box, sigma a quarter of its size).
+``centre`` (a Gaussian centred on the detected box, sigma a quarter of its size); run by
+default, and with ``--methods`` only where named (``--methods odam random centre``), so that
+runs of different methods with the same settings can go side by side.
 
 The last line names the default method this evidence picks: the best OA among the methods
 that are box-specific (ODI below 0.1: less than a tenth of the map on other objects) and pass
@@ -211,7 +213,8 @@ def main():
     parser.add_argument('--quick', action='store_true',
                         help='8 images, 10 steps, ROAD on 1 image, sanity on 2')
     parser.add_argument('--steps', type=int, default=20, help='perturbation steps per curve')
-    parser.add_argument('--methods', nargs='+', help='default: every registered method')
+    parser.add_argument('--methods', nargs='+',
+                        help='default: every registered method and the baselines')
     parser.add_argument('--score-thr', type=float, default=0.3)
     parser.add_argument('--road-images', type=int, default=2)
     parser.add_argument('--sanity-images', type=int, default=8)
@@ -228,10 +231,10 @@ def main():
 
     warnings.simplefilter('ignore')
     samples = load_split(Path(args.data_root), 'val')[:args.num_images]
-    model = build_detector(args.config, args.checkpoint)
+    model = build_detector(args.config, args.checkpoint, device=args.device)
     scorer = CandidateScorer(model, DetCAM(model).pipeline, masks=args.target == 'mask')
-    methods = (args.methods or [m for m in method_names() if m not in ('kpca_cam', 'fem')])
-    methods = list(methods) + [b for b in BASELINES if b not in methods]
+    methods = args.methods or ([m for m in method_names() if m not in ('kpca_cam', 'fem')]
+                               + list(BASELINES))
     settings = (f'n{len(samples)}_s{args.steps}_t{args.score_thr}_r{args.road_images}'
                 f'_y{args.sanity_images}')
     shipped_demo = (Path(args.config).stem == 'rtmdet_shapes' and not args.target_layers

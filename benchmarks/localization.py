@@ -101,6 +101,7 @@ def demo_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument('--checkpoint', default=str(REPO / 'demo' / 'rtmdet_shapes.pth'))
     parser.add_argument('--data-root', default=str(REPO / 'data' / 'shapes'),
                         help='made by tools/make_shapes_dataset.py')
+    parser.add_argument('--device', default='cpu', help="e.g. cuda:0 (default: cpu)")
     return parser
 
 
@@ -119,7 +120,7 @@ def main():
     masks = args.target == 'mask'
 
     samples = load_split(Path(args.data_root), args.split)[:args.num_images]
-    model = build_detector(args.config, args.checkpoint)
+    model = build_detector(args.config, args.checkpoint, device=args.device)
     methods = args.methods or [  # methods that re-run the detector: 20-45 s per image with
         # masks (every candidate's mask per re-run); name them with --methods
         m for m in method_names() if m not in ('kpca_cam', 'fem')

@@ -122,6 +122,9 @@ def main():
     parser.add_argument('--memory-n', type=int, default=300,
                         help='also report the engine\'s peak memory for this many boxes')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--batched-backward', action='store_true',
+                        help='engine rows with batched_backward=True (all boxes of an image in '
+                        'vmapped backward passes where no local replay applies)')
     parser.add_argument('--quick', action='store_true',
                         help='YOLOX-s, N = 1 10, one repeat, no memory row')
     args = parser.parse_args()
@@ -134,7 +137,8 @@ def main():
     print(f'machine: {platform.processor() or platform.machine()}, '
           f'{torch.get_num_threads()} torch threads, device {args.device}, torch '
           f'{torch.__version__}; image 480x640; method gradcam; every neck level (_encoder '
-          'rows: the encoder memory)\n')
+          'rows: the encoder memory)'
+          f'{"; batched backward" if args.batched_backward else ""}\n')
     print('| model | input | N | engine s | no replay s | naive s | forward s | naive/engine '
           '| no replay/engine | engine/forward | peak RSS MB |')
     print('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
@@ -160,7 +164,7 @@ def main():
             with PeakRSS() as memory:
                 for replay in (True, False) if n in args.n else (True,):
                     cam = DetCAM(model, target_layers=names, score_thr=0, topk=n,
-                                 local_replay=replay)
+                                 local_replay=replay, batched_backward=args.batched_backward)
                     if n in args.n:
                         cam(image)  # warm-up, as a folder's first image
                     for _ in range(args.repeats if n in args.n else 1):

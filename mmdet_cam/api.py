@@ -47,7 +47,8 @@ class DetCAMResult:
     Attributes:
         detections: ``bboxes`` (x1, y1, x2, y2 in original-image pixels), ``scores`` and
             ``labels`` as the detector reports them, highest score first; ``levels``: the
-            pyramid level each came from (where gradients were computed).
+            pyramid level each came from (where gradients were computed). CPU tensors,
+            whatever the model's device.
         cams: float32 ``(N, H, W)`` maps in [0, 1] for the ``H x W`` original image,
             ``cams[i]`` explaining ``detections[i]``.
         image: the BGR image the maps belong to.
@@ -253,8 +254,8 @@ class DetCAM:
                     self.model, candidates.bboxes * torch.as_tensor(scale).float()))
             out = explain(self.model, inputs, data_samples, self.spec, candidates)
         cams = to_original_image(out.maps, out.data_sample.metainfo)
-        return DetCAMResult(out.detections, cams, image, out.zero_gradient_layers, out.tokens,
-                            out.token_attributions)
+        return DetCAMResult(out.detections.cpu(), cams, image, out.zero_gradient_layers,
+                            out.tokens, out.token_attributions)
 
     def _other_class(self, image: np.ndarray, label: int, contrast: bool) -> DetCAMResult:
         reported = self.detect(image)

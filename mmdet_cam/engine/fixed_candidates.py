@@ -47,7 +47,7 @@ class FixedCandidates:
                 f'returns tensors of shapes {shapes}), so they cannot be held fixed')
         values = [sum((w * t).sum() for w, t in zip(weights, head_outputs))
                   for weights in self.weights]
-        return (torch.stack(values) if values else torch.zeros(0)), self.detections
+        return (torch.stack(values) if values else head_outputs[0].new_zeros(0)), self.detections
 
     @staticmethod
     def _gradient(value: Tensor, head_outputs: List[Tensor]) -> List[Tensor]:

@@ -416,7 +416,8 @@ def output_gradients(values: Tensor, outputs: Sequence[Tensor]) -> List[SparseGr
     weights = [torch.ones(n, dtype=torch.float64)] + [
         1 + (torch.randperm(n, generator=generator) + 0.25 + 0.5 * torch.rand(
             n, generator=generator, dtype=torch.float64)) / n for _ in range(2)]
-    passes = [torch.autograd.grad((w.to(values) * values).sum(), outputs, retain_graph=True,
+    weights = [w.to(values.device) for w in weights]  # drawn on the CPU: the same on any device
+    passes = [torch.autograd.grad((w.to(values.dtype) * values).sum(), outputs, retain_graph=True,
                                   allow_unused=True) for w in weights]
     found: List[SparseGrad] = [{} for _ in range(n)]
     seen: List[set] = [set() for _ in range(n)]  # the cells where each value's entries are

@@ -52,12 +52,13 @@ class Relevancy:
         decoder = [(record.role, matrix) for record, matrix in weighted
                    if record.role != 'encoder']
         crosses = [matrix for role, matrix in decoder if role == 'decoder_cross']
+        device = records[0].probs.device
         if not crosses:
-            return torch.zeros(tokens)
+            return torch.zeros(tokens, device=device)
         queries = crosses[-1].shape[0]
 
         # R_qq before each cross-attention, in forward order
-        r_qq = torch.eye(queries)
+        r_qq = torch.eye(queries, device=device)
         before_cross = []
         for role, matrix in decoder:
             if role == 'decoder_self':
@@ -66,11 +67,11 @@ class Relevancy:
                 before_cross.append(_residual_normalised(r_qq))
 
         # the box's query weights, then R_qi's row built backwards through the decoder
-        u = _times(crosses[-1], torch.ones(tokens))  # per query: its gradient-weighted mass
+        u = _times(crosses[-1], torch.ones(tokens, device=device))  # per query: its mass
         if float(u.sum()) <= 0:
-            return torch.zeros(tokens)
+            return torch.zeros(tokens, device=device)
         u = u / u.sum()
-        row = torch.zeros(tokens)
+        row = torch.zeros(tokens, device=device)
         cross_index = len(crosses)
         for role, matrix in reversed(decoder):
             if role == 'decoder_cross':
@@ -90,13 +91,13 @@ class Relevancy:
     def image_map(self, relevancy: Tensor, shapes: Tensor, size: Tuple[int, int]) -> np.ndarray:
         """The map on the network input of ``size`` (height, width): each level's grid resized
         to it, summed over levels, scaled to [0, 1]."""
-        total = torch.zeros(size)
+        total = torch.zeros(size, device=relevancy.device)
         for grid in self.level_maps(relevancy, shapes):
             total += F.interpolate(grid[None, None].float(), size=size, mode='bilinear',
                                    align_corners=False)[0, 0]
         total = total - total.min()
         peak = float(total.max())
-        return (total / peak if peak > 0 else total).numpy().astype(np.float32)
+        return (total / peak if peak > 0 else total).cpu().numpy().astype(np.float32)
 
 
 def _head_mean(record: AttentionRecord, grad, tokens: int) -> Tensor:
@@ -128,12 +129,14 @@ def _splat(record: AttentionRecord, tokens: int):
     shapes = record.shapes.long()
     heights, widths = shapes[:, 0], shapes[:, 1]
     starts = torch.cat([shapes.new_zeros(1), (heights * widths).cumsum(0)[:-1]])
-    level = torch.arange(levels)[None, None, :, None].expand(queries, heads, levels, points)
+    device = locations.device
+    level = torch.arange(levels, device=device)[None, None, :, None].expand(
+        queries, heads, levels, points)
     x = locations[..., 0] * widths[level] - 0.5
     y = locations[..., 1] * heights[level] - 0.5
     x0, y0 = x.floor(), y.floor()
-    query = torch.arange(queries)[:, None, None, None].expand_as(x)
-    point = torch.arange(x.numel()).reshape(x.shape)
+    query = torch.arange(queries, device=device)[:, None, None, None].expand_as(x)
+    point = torch.arange(x.numel(), device=device).reshape(x.shape)
     pieces = []
     for dx in (0, 1):
         for dy in (0, 1):
@@ -160,7 +163,7 @@ def _row_times(row: Tensor, matrix: Tensor) -> Tensor:
 
 def _residual_normalised(relevancy: Tensor) -> Tensor:
     """Chefer's eqs. 8-9: ``R - I`` with rows scaled to sum 1 (zero rows stay zero), plus I."""
-    eye = torch.eye(relevancy.shape[0])
+    eye = torch.eye(relevancy.shape[0], device=relevancy.device)
     rest = relevancy - eye
     sums = rest.sum(1, keepdim=True)
     return torch.where(sums > 0, rest / sums.clamp(min=1e-12), torch.zeros_like(rest)) + eye
