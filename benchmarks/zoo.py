@@ -309,7 +309,7 @@ def write_table(results: dict, configs, path: Path, size: int) -> None:
         f'{size} px (a config\'s own size where mmdet fails at that size), score thresholds, '
         'minimum box sizes and corner-pairing distances removed (`keep_all_detections`), '
         'RPNs cut to 100 proposals, explained with `DetCAM` and the method '
-        f'{method_description()} (every neck level){target_description()} for the top 4 '
+        f'{method_description()} (default target layers){target_description()} for the top 4 '
         'detections with finite '
         'boxes, non-empty ones first, on '
         '`demo/images/shapes_1.jpg`. Text-prompted detectors (Grounding DINO, '

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                         'num_masks=2000 seed=0 for drise')
     parser.add_argument('--target-layers', nargs='+', metavar='LAYER',
                         help="layers to explain at, e.g. 'neck' or 'neck.out_convs[-1]' "
-                        'backbone.stage4 (default: every neck level)')
+                        'backbone.stage4 (default: every neck level; for DETR-style detectors the '
+                        'last encoder layer, the memory the decoder reads)')
     parser.add_argument('--per-layer', action='store_true',
                         help='explain at each target layer alone instead of fusing them: '
                         'files per layer and side-by-side panels in the --html report')

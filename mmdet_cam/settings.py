@@ -50,7 +50,8 @@ class CAMSettings(_Settings):
         method: a ``CAM_METHODS`` name (any case), a config dict (``dict(type='drise',
             num_masks=2000)``), a class or an instance. Defaults to the method the
             faithfulness benchmark chose (``mmdet_cam.methods.DEFAULT_METHOD``).
-        target_layers: layer names or modules; None: every neck level.
+        target_layers: layer names or modules; None: every neck level (for DETR-style
+            detectors the last encoder layer; ``model.layers.default_target_layers``).
         target: ``'score'``, ``'logit'``, ``'bbox'`` (a ``CAM_TARGETS`` name), a config dict
             (``dict(type='bbox', coord='x2')``) or a callable ``pred_instances -> values``.
             Defaults to ``'score'``.

@@ -10,6 +10,7 @@ from mmdet_cam import DetCAM, ZeroGradientWarning
 from mmdet_cam.engine.capture import batched_grads_for
 from mmdet_cam.engine.explain import NonFiniteGradientWarning
 from mmdet_cam.errors import DetectorFailedError, UnknownNameError, UnsupportedModelError
+from mmdet_cam.model.layers import default_target_layers
 
 COVERAGE = [
     # one-stage dense heads
@@ -147,6 +148,19 @@ def test_transformer_tokens_are_mapped_back_to_the_feature_grid(models, scene):
                         topk=2)(scene)
         assert_valid_maps(result, scene, 2)
         assert not np.allclose(result.cams[0], result.cams[1], atol=1e-3)
+
+
+def test_detr_style_detectors_default_to_the_encoder_memory(models, scene):
+    """The default layer of a DETR-style detector is its last encoder layer, whose output is
+    the encoder's memory: the maps are those at ``target_layers='encoder'``. Others keep the
+    neck."""
+    model = models('dino/dino-4scale_r50_8xb2-12e_coco.py')
+    assert default_target_layers(model) == [f'encoder.layers.{len(model.encoder.layers) - 1}']
+    default = DetCAM(model, score_thr=0, topk=2)(scene)
+    encoder = DetCAM(model, target_layers='encoder', score_thr=0, topk=2)(scene)
+    assert_valid_maps(default, scene, 2)
+    np.testing.assert_array_equal(default.cams, encoder.cams)
+    assert default_target_layers(models(RETINANET)) == ['neck']
 
 
 def test_decoder_queries_are_rejected_with_a_clear_error(models, scene):

@@ -34,3 +34,27 @@ def test_engine_map_equals_the_library_map(models, scene, config):
         expected = to_original_image(expected, data_samples[0].metainfo)[0]
         assert expected.max() > 0
         np.testing.assert_allclose(result.cams[i], expected, atol=1e-5)
+
+
+def test_detr_map_at_its_default_layer_equals_the_library_map(models, scene):
+    """DETR-style detectors are explained at the encoder memory by default (tokens mapped back
+    onto the feature grid): the same map as the library's with that layer and reshape."""
+    model = models('detr/detr_r50_8xb2-150e_coco.py')
+    cam = DetCAM(model, method='gradcam', score_thr=0, topk=3)
+    result = cam(scene)
+    inputs, data_samples = preprocess(model, cam.pipeline, scene)
+    height, width = model.extract_feat(inputs)[-1].shape[-2:]
+
+    def tokens_to_map(tokens):  # [B, h x w, C] -> [B, C, h, w]
+        return tokens.transpose(1, 2).reshape(len(tokens), -1, height, width)
+
+    wrapped = DetectorAsCAMModel(model, data_samples)
+    layer = get_layer(model, cam.layer_names[0])
+    for i in (0, 2):
+        target = MatchedDetectionTarget(result.detections.bboxes[i],
+                                        result.detections.labels[i])
+        with GradCAM(wrapped, [layer], reshape_transform=tokens_to_map) as library:
+            expected = library(inputs, targets=[target])
+        expected = to_original_image(expected, data_samples[0].metainfo)[0]
+        assert expected.max() > 0
+        np.testing.assert_allclose(result.cams[i], expected, atol=1e-5)
