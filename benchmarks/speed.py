@@ -125,6 +125,10 @@ def main():
     parser.add_argument('--batched-backward', action='store_true',
                         help='engine rows with batched_backward=True (all boxes of an image in '
                         'vmapped backward passes where no local replay applies)')
+    parser.add_argument('--single-call', action='store_true',
+                        help='for long rows (DETR-style necks, N = 100): one timed engine call '
+                        'per N, no warm-up call and no no-replay row (DETR-style heads have no '
+                        'replay)')
     parser.add_argument('--quick', action='store_true',
                         help='YOLOX-s, N = 1 10, one repeat, no memory row')
     args = parser.parse_args()
@@ -152,7 +156,7 @@ def main():
         probe = DetCAM(model, target_layers=names, score_thr=0, topk=max(args.n))
         inputs, samples = preprocess(model, probe.pipeline, image)
         size = 'x'.join(str(s) for s in inputs.shape[-2:])
-        detections = probe(image).detections
+        detections = probe.detect(image)  # the boxes the engine explains, without maps
         forward_seconds(model, probe.pipeline, image)  # warm-up
         forward = statistics.median(forward_seconds(model, probe.pipeline, image)
                                     for _ in range(args.repeats))
@@ -162,10 +166,10 @@ def main():
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             with PeakRSS() as memory:
-                for replay in (True, False) if n in args.n else (True,):
+                for replay in (True, False) if n in args.n and not args.single_call else (True,):
                     cam = DetCAM(model, target_layers=names, score_thr=0, topk=n,
                                  local_replay=replay, batched_backward=args.batched_backward)
-                    if n in args.n:
+                    if n in args.n and not args.single_call:
                         cam(image)  # warm-up, as a folder's first image
                     for _ in range(args.repeats if n in args.n else 1):
                         runs[replay].append(timed(lambda: (cam(image), sync(args.device))))
@@ -173,12 +177,13 @@ def main():
             if cuda:
                 peak += f' (CUDA {torch.cuda.max_memory_allocated() / 2**20:.0f})'
             rows.append((n, statistics.median(runs[True]),
-                         statistics.median(runs[False]) if runs[False] else None, peak))
+                         statistics.median(runs[False]) if runs[False] else None, peak,
+                         n in args.n))
         # after the engine rows: memory the naive loop's backward freed can stay in the process
         naive_calls = naive_call_seconds(model, inputs, samples, layers, detections,
                                          min(args.naive_max, max(args.n), len(detections)))
-        for n, engine, no_replay, peak in rows:
-            if no_replay is None:  # the memory row
+        for n, engine, no_replay, peak, listed in rows:
+            if not listed:  # the memory row
                 print(f'| {key} | {size} | {n} | {engine:.2f} | | | | | | | {peak} |')
                 continue
             naive, naive_text = None, ''
@@ -189,8 +194,10 @@ def main():
                 naive = statistics.mean(naive_calls) * n
                 naive_text = f'~{naive:.1f}'
             ratio = f'{naive / engine:.1f}' if naive else ''
-            print(f'| {key} | {size} | {n} | {engine:.2f} | {no_replay:.2f} | {naive_text} | '
-                  f'{forward:.2f} | {ratio} | {no_replay / engine:.1f} | '
+            no_replay_text, replay_ratio = (('', '') if no_replay is None else
+                                            (f'{no_replay:.2f}', f'{no_replay / engine:.1f}'))
+            print(f'| {key} | {size} | {n} | {engine:.2f} | {no_replay_text} | {naive_text} | '
+                  f'{forward:.2f} | {ratio} | {replay_ratio} | '
                   f'{engine / forward:.2f} | {peak} |', flush=True)
         del model
 
