@@ -71,9 +71,9 @@ class CAMSettings(_Settings):
             depends on instead of the whole head (same maps). Defaults to True.
         batched_backward: where no local replay applies (DETR-style heads, the mask target),
             back-propagate many detections in one vmapped pass (``is_grads_batched``; same
-            maps). Defaults to False: on CPU it saved nothing measurable for DINO-R50 at 800 px
-            and raised its peak memory from 6.4 to 11.9 GB (docs/benchmarks.md); it is for
-            accelerators, where one batched pass fills the device.
+            maps). Defaults to False: for DINO-R50 at 800 px it saved nothing measurable on a
+            CPU (peak memory 6.4 -> 11.9 GB) and about 10% on an H200 GPU (CUDA memory 4.4 ->
+            9.7 GB; docs/benchmarks.md).
         texts: the prompt of a text-prompted detector (Grounding DINO, GLIP): entities
             separated by ``' . '`` (``'cat . dog'``) or a list of entity names. Defaults to None:
             the model's class names, as mmdet's test configs prompt it.
