@@ -17,7 +17,7 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.8',
     packages=find_packages(include=['mmdet_cam', 'mmdet_cam.*']),
-    package_data={'mmdet_cam': ['templates/*.html']},
+    package_data={'mmdet_cam': ['outputs/templates/*.html']},
     install_requires=[
         # torch/torchvision and mmcv are installed first by scripts/install.sh (they need a
         # matched pair and a source build); these ranges only check what is there.

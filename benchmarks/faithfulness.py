@@ -132,7 +132,7 @@ def evaluate_image(cam, method, path, gt, scorer, steps, with_road, rng) -> dict
                     if method in BASELINES else result.cams[k])
         label, box, gt_mask = gt[g]
         others = [obj[1] for i, obj in enumerate(gt) if i != g]
-        if cam.explains_masks:
+        if cam.request().reads_masks:
             score_fn = mask_tracker(scorer, result.detections.masks[k].numpy(), label)
             gt_mask = gt_mask()
             pointing, energy = pointing_hit_mask(saliency, gt_mask), energy_in_mask(saliency,
@@ -158,7 +158,7 @@ def sanity(cam, method, samples) -> dict:
     its masks again at every randomisation step); maps that turn flat are counted apart. NaN
     for the mask target too: a detection is held fixed as a linear function of the box head's
     raw outputs (``FixedCandidates``), which its mask's value is not."""
-    if (method in BASELINES or cam.kind is MethodKind.BLACK_BOX or cam.explains_masks
+    if (method in BASELINES or cam.kind is MethodKind.BLACK_BOX or cam.request().reads_masks
             or not samples):
         return dict(sanity=float('nan'), last=float('nan'))
     head, last = [], []

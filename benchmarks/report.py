@@ -26,7 +26,7 @@ import numpy as np
 from mmengine.utils import ProgressBar
 
 from mmdet_cam import DetCAM, write_report
-from mmdet_cam.outputs import ResultWriter
+from mmdet_cam.outputs import ResultWriter, describe_run
 from mmdet_cam.settings import OutputSettings
 from mmdet_cam.shapes import make_image
 
@@ -44,7 +44,7 @@ def main():
 
     cam = DetCAM(str(REPO / 'demo' / 'rtmdet_shapes.py'), str(REPO / 'demo' / 'rtmdet_shapes.pth'))
     out = Path(tempfile.mkdtemp(prefix='mmdet_cam_report_'))
-    writer = ResultWriter(out, cam.model.dataset_meta, dict(method='odam', target='score'),
+    writer = ResultWriter(out, cam.model.dataset_meta, describe_run(cam),
                           OutputSettings(html=True))
     boxes, progress = 0, ProgressBar(count)
     for k in range(count):

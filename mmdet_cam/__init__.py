@@ -16,8 +16,8 @@ from .errors import (
 )
 from .model.detector import build_detector, resolve_config
 from .model.layers import get_layer, list_layers
+from .outputs import write_report
 from .registry import CAM_METHODS, CAM_TARGETS, RESHAPE_TRANSFORMS
-from .report import write_report
 from .runner.evaluation import CAMFaithfulnessMetric, CAMLocalizationMetric
 from .runner.hooks import DetCAMHook
 from .settings import CAMSettings, OutputSettings

@@ -1,12 +1,11 @@
 """Python API: ``DetCAM`` explains every detection of an image with its own heatmap."""
-import contextlib
 import copy
 import dataclasses
 import difflib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Union
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
@@ -14,23 +13,16 @@ from mmengine.config import Config
 from mmengine.structures import InstanceData
 from torch import nn
 
-from .engine.candidates import CandidateScorer, MaskedCandidates
-from .engine.every_candidate import every_candidate
-from .engine.explain import ExplainSpec, explain
 from .engine.geometry import to_original_image
-from .engine.mask_logits import check_candidate_masks, check_mask_head
-from .engine.named_boxes import NamedBoxes
-from .engine.proposals import added_proposals
+from .engine.request import Detections, NamedBoxes, Request, default_fuse
 from .engine.reshape import build_reshape_transform
+from .engine.session import ExplainSpec, Session
 from .errors import BadInputError, UnknownNameError, ZeroGradientWarning
-from .methods import MethodKind, build_cam_method
+from .methods import MethodKind, build_pipeline
 from .model.detector import (
     ConfigLike,
     build_detector,
     build_test_pipeline,
-    mmdet_failure,
-    num_classes_of,
-    preprocess,
     read_image,
 )
 from .model.layers import layer_name, predicting_detector, resolve_layers
@@ -138,17 +130,15 @@ class DetCAM:
                 'the model has no .cfg: build it with mmdet.apis.init_detector or '
                 'mmdet_cam.build_detector, or pass config=, so its test pipeline is known')
         layers = resolve_layers(self.model, settings.target_layers)
-        method = build_cam_method(settings.method, self.model)
+        self.method_pipeline = build_pipeline(settings.method, self.model)
+        self.target = _build_target(settings.target)
+        if settings.fuse is None:  # its default depends on the target (CAMSettings.fuse)
+            settings = dataclasses.replace(settings, fuse=default_fuse(self.target))
         self.spec = ExplainSpec(layers, [layer_name(self.model, layer) for layer in layers],
-                                method, _build_target(settings.target), self.select,
                                 build_reshape_transform(settings.reshape_transform), settings)
-        self.settings = self.spec.settings  # with the target's default fusion
-        self.kind = self.spec.kind
-        self.explains_masks = self.spec.reads_masks
-        if self.explains_masks:
-            check_mask_head(predicting_detector(self.model))
-            if self.kind.reruns_detector:  # they follow each mask among raw candidates' masks
-                check_candidate_masks(predicting_detector(self.model), settings.method)
+        self.settings = settings
+        # a target the method cannot explain for this model is refused before any image
+        self.method_pipeline.check(self.request(), predicting_detector(self.model))
         self.config = config
         self.base_pipeline = build_test_pipeline(config)
         self._prompted(settings.texts)
@@ -183,11 +173,20 @@ class DetCAM:
         return list(self.spec.layer_names)
 
     @property
+    def layers_read(self) -> List[str]:
+        """The target layers the method reads (none for attention and black-box methods)."""
+        return self.layer_names if self.method_pipeline.uses_layers else []
+
+    @property
     def method(self):
-        return self.spec.method
+        return self.method_pipeline.method
+
+    @property
+    def kind(self) -> MethodKind:
+        return self.method_pipeline.kind
 
     def __call__(self, img: Union[str, Path, np.ndarray],
-                 candidates: Optional[Callable] = None,
+                 candidates=None,
                  boxes=None, labels=None, explain_class=None,
                  contrast: bool = False, texts=None) -> DetCAMResult:
         """Maps for every kept detection of ``img`` (a path or an HxWx3 BGR uint8 array).
@@ -208,8 +207,8 @@ class DetCAM:
                 ``explain_class``'s score of the same candidate instead: where the evidence
                 for the reported class outweighs that for the other (``detections.versus_labels``
                 and ``.versus_scores`` give the other class and its score).
-            candidates: explain these raw candidates instead (see
-                ``mmdet_cam.engine.explain.explain``).
+            candidates: explain the raw candidates this box choice picks instead (see
+                ``mmdet_cam.engine.request``, e.g. ``FixedCandidates``).
             texts: for a text-prompted detector, this call's prompt instead of the
                 explainer's (``'cat . dog'`` or a list of entity names); class names in
                 ``labels`` and ``explain_class`` are its entities.
@@ -220,54 +219,20 @@ class DetCAM:
             return cam._call(image, candidates, boxes, labels, explain_class, contrast)
 
     def _call(self, image, candidates, boxes, labels, explain_class, contrast) -> DetCAMResult:
-        if self.explains_masks and (explain_class is not None or boxes is not None
-                                    or candidates is not None):
-            raise BadInputError('the mask target explains the reported detections\' masks: '
-                                'not with named boxes or another class')
+        reported = None
         if explain_class is not None:
-            return self._other_class(image, self._class_ids([explain_class])[0], contrast)
-        if contrast:
-            raise BadInputError('contrast needs explain_class: the class to contrast with')
-        if boxes is not None:
-            candidates = NamedBoxes(self._checked_boxes(boxes, image.shape[:2]),
-                                    self._named_labels(labels, len(boxes)))
-            return self._explain(image, candidates, every=True, as_proposals=True)
-        return self._explain(image, candidates)
-
-    def _explain(self, image: np.ndarray, candidates=None, every: bool = False,
-                 as_proposals: bool = False) -> DetCAMResult:
-        """Maps for the kept detections, or for ``candidates`` (of every candidate of the
-        model when ``every``: no score threshold, no NMS; ``as_proposals``: the named boxes of
-        ``candidates`` are RoIs of a two-stage detector too)."""
-        if self.kind is MethodKind.BLACK_BOX:
-            if candidates is not None:
-                raise BadInputError('drise explains the reported detections only')
-            return self._black_box(image)
-        with mmdet_failure(self.config, 'prepare an image for'):
-            inputs, data_samples = preprocess(self.model, self.pipeline, image)
-        with contextlib.ExitStack() as stack:
-            if every:
-                stack.enter_context(every_candidate(self.model))
-            if as_proposals:
-                scale = np.tile(data_samples[0].metainfo.get('scale_factor', (1, 1))[:2], 2)
-                stack.enter_context(added_proposals(
-                    self.model, candidates.bboxes * torch.as_tensor(scale).float()))
-            out = explain(self.model, inputs, data_samples, self.spec, candidates)
-        cams = to_original_image(out.maps, out.data_sample.metainfo)
-        return DetCAMResult(out.detections.cpu(), cams, image, out.zero_gradient_layers,
-                            out.tokens, out.token_attributions)
-
-    def _other_class(self, image: np.ndarray, label: int, contrast: bool) -> DetCAMResult:
-        reported = self.detect(image)
-        if not len(reported):
-            return DetCAMResult(reported, np.zeros((0,) + image.shape[:2], np.float32), image,
-                                [])
-        others = [label] * len(reported)
-        same = (NamedBoxes(reported.bboxes, reported.labels.tolist(), True, versus=others)
-                if contrast else NamedBoxes(reported.bboxes, others, by_iou=True))
+            reported = self.detect(image)
+            if not len(reported):
+                return DetCAMResult(reported, np.zeros((0,) + image.shape[:2], np.float32),
+                                    image, [])
+        request = self.request(candidates, boxes, labels, explain_class, contrast, image,
+                               reported)
+        if reported is None:
+            return self._explain(image, request)
+        label = request.boxes.versus[0] if contrast else request.boxes.labels[0]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
-            result = self._explain(image, same, every=True)
+            result = self._explain(image, request)
         for warning in caught:
             # with contrast, a detection of that class against itself: zero value, zero map
             expected = (contrast and isinstance(warning.message, ZeroGradientWarning)
@@ -279,26 +244,44 @@ class DetCAM:
         result.detections.reported_scores = reported.scores
         return result
 
+    def request(self, candidates=None, boxes=None, labels=None, explain_class=None,
+                contrast: bool = False, image: Optional[np.ndarray] = None,
+                reported: Optional[InstanceData] = None) -> Request:
+        """The :class:`~mmdet_cam.engine.request.Request` of a call (arguments as for
+        ``__call__``; ``reported``: the image's detections, for ``explain_class``): which
+        boxes, and this explainer's target as the value of each. A combination that cannot
+        be honoured is refused here, with one line."""
+        if contrast and explain_class is None:
+            raise BadInputError('contrast needs explain_class: the class to contrast with')
+        if explain_class is not None:
+            label = self._class_ids([explain_class])[0]
+            others = [label] * len(reported)
+            choice = (NamedBoxes(reported.bboxes, reported.labels.tolist(), True, versus=others)
+                      if contrast else NamedBoxes(reported.bboxes, others, by_iou=True))
+        elif boxes is not None:
+            choice = NamedBoxes(self._checked_boxes(boxes, image.shape[:2]),
+                                self._named_labels(labels, len(boxes)), as_proposals=True)
+        else:
+            choice = candidates or Detections(self.select)
+        request = Request(choice, self.target)
+        self.method_pipeline.refuse(request)
+        return request
+
+    def _explain(self, image: np.ndarray, request: Request) -> DetCAMResult:
+        """Maps for the boxes ``request`` asks for, by the method's pipeline."""
+        out = self.method_pipeline(self._session(image), request)
+        cams = to_original_image(out.maps, out.data_sample.metainfo)
+        return DetCAMResult(out.detections.cpu(), cams, image, out.zero_gradient_layers,
+                            out.tokens, out.token_attributions)
+
     def detect(self, image: np.ndarray) -> InstanceData:
         """The detections this explainer keeps (``score_thr``, ``topk``, ``classes``) from a
         plain, no-gradient run of the model on a BGR image; original-image pixels, on CPU."""
-        with mmdet_failure(self.config, 'prepare an image for'):
-            inputs, data_samples = preprocess(self.model, self.pipeline, image)
-        with PATCH_LOCK, torch.no_grad(), mmdet_failure(self.config, 'run the detector of'):
-            pred = self.model.predict(inputs, data_samples)[0].pred_instances
-        return pred[self.select(pred)].cpu()
+        with PATCH_LOCK:
+            return self._session(image).detect(self.select)
 
-    def _black_box(self, image: np.ndarray) -> DetCAMResult:
-        """Maps of a method that perturbs the image (D-RISE) for the kept detections."""
-        detections = self.detect(image)
-        scorer = CandidateScorer(self.model, self.pipeline, getattr(self.method, 'batch_size', 8),
-                                 getattr(self.method, 'dtype', None), masks=self.explains_masks)
-        masked = MaskedCandidates(scorer, image)
-        maps = self.method(masked.size, detections.bboxes.numpy(), detections.scores.numpy(),
-                           detections.labels.numpy(), masked, num_classes_of(self.model),
-                           detections.masks.numpy() if self.explains_masks else None)
-        cams = to_original_image(maps, masked.sample.metainfo)
-        return DetCAMResult(detections, cams, image, [[] for _ in range(len(detections))])
+    def _session(self, image: np.ndarray) -> Session:
+        return Session(self.model, self.pipeline, self.config, self.spec, image)
 
     @staticmethod
     def _checked_boxes(boxes, size) -> np.ndarray:
@@ -327,8 +310,7 @@ class DetCAM:
         changed weights); its target layers are found by name."""
         other = copy.copy(self)
         other.model = model
-        other.spec = dataclasses.replace(self.spec, layers=resolve_layers(model, self.layer_names),
-                                         select=other.select)
+        other.spec = dataclasses.replace(self.spec, layers=resolve_layers(model, self.layer_names))
         return other
 
     def select(self, pred: InstanceData) -> torch.Tensor:

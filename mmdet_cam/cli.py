@@ -19,8 +19,7 @@ from mmengine.utils import ProgressBar
 from .engine.named_boxes import parse_box_specs, read_boxes_file
 from .errors import BadImageError, BadInputError, DetCAMError, InputNotFoundError
 from .methods import box_specific_alternative, method_names
-from .outputs import ResultWriter, top_words
-from .report import write_report
+from .outputs import build_sinks, describe_run, top_words
 from .settings import FUSE_MODES, CAMSettings, OutputSettings
 
 CAM, OUTPUT = CAMSettings(), OutputSettings()  # the defaults
@@ -203,17 +202,12 @@ def run(args) -> int:
         print('note: no checkpoint, the model has random weights', file=sys.stderr)
     if args.list_layers:
         return print_layers(cam, sources[0])
-    panels = []  # (DetCAM, ResultWriter) per way each image is explained
-    for k, (name, method, way) in enumerate(explanation_ways(cam, methods, args, options)):
-        panels.append((way, ResultWriter(
-            out_dir, dict(cam.model.dataset_meta, classes=cam.class_names),
-            dict(method=method, method_options=args.method_options or {},
-                 explain_class=args.explain_class, target=args.target,
-                 fuse=cam.settings.fuse,
-                 **({'mask_region': args.mask_region} if args.target == 'mask' else {}),
-                 **({'texts': texts} if texts else {}),
-                 target_layers=way.layer_names if way.kind.uses_layers else []),
-            output, panel=name, panel_index=k)))
+    panels = []  # (DetCAM, Sinks) per way each image is explained
+    dataset_meta = dict(cam.model.dataset_meta, classes=cam.class_names)
+    for k, (name, way) in enumerate(explanation_ways(cam, methods, args, options)):
+        panels.append((way, build_sinks(out_dir, dataset_meta,
+                                        describe_run(way, args.explain_class), output,
+                                        panel=name, panel_index=k)))
     start, failed, detections, most = time.time(), [], 0, 0
     images = [s for s in sources if not is_video(s)]
     progress = ProgressBar(len(images)) if len(images) > 1 else None
@@ -249,8 +243,9 @@ def run(args) -> int:
     summary = (f'{len(sources) - len(failed)} of {len(sources)} inputs, {detections} '
                f'detections, {time.time() - start:.1f} s -> {out_dir}')
     print(f'\ndone: {summary}' + (f' ({len(failed)} failed)' if failed else ''))
-    if args.html and len(failed) < len(sources):
-        print(f'report: {write_report(out_dir)}')
+    for _, sinks in panels:
+        for message in sinks.close():
+            print(message)
     return 1 if failed else 0
 
 
@@ -260,7 +255,7 @@ def method_config(name: str, options: Optional[dict]):
 
 
 def explanation_ways(cam, methods: List[str], args, options: dict) -> List[Tuple]:
-    """``(panel name, method name, DetCAM)`` per way each image is explained: per method and,
+    """``(panel name, DetCAM)`` per way each image is explained: per method and,
     with ``--per-layer``, per target layer (``cam``, built for the first method, serves where
     it can; the others share its model). The panel name is None for a single way."""
     from .api import DetCAM
@@ -269,15 +264,15 @@ def explanation_ways(cam, methods: List[str], args, options: dict) -> List[Tuple
         whole = cam if method == methods[0] else DetCAM(
             cam.model, target_layers=args.target_layers,
             method=method_config(method, args.method_options), **options)
-        if not args.per_layer or not whole.kind.uses_layers:
-            ways.append((method, method, whole))
+        if not args.per_layer or not whole.layers_read:
+            ways.append((method, whole))
             continue
         for layer in whole.layer_names:
-            ways.append((f'{method} {layer}' if len(methods) > 1 else layer, method,
+            ways.append((f'{method} {layer}' if len(methods) > 1 else layer,
                          DetCAM(cam.model, target_layers=[layer],
                                 method=method_config(method, args.method_options), **options)))
     if len(ways) == 1:
-        return [(None, ways[0][1], ways[0][2])]
+        return [(None, ways[0][1])]
     return ways
 
 
@@ -357,14 +352,16 @@ def explain_image(panels, source: str, show: bool, what: dict) -> int:
     """Explain one image with each panel's ``DetCAM`` and write its files (``what``:
     ``boxes``, ``labels`` and ``explain_class`` as for ``DetCAM.__call__``); returns the
     number of detections."""
-    for cam, writer in panels:
+    for cam, sinks in panels:
         result = cam(source, **what)
-        picture = writer.write_image(result, Path(source).stem, source)
+        sinks.add(result, Path(source).stem, source)
+        writer = sinks.files
         if result.token_attributions is not None:
             print_top_words(result, writer, source)
         if show:
             try:
-                mmcv.imshow(picture, writer.file_stem(Path(source).stem), wait_time=0)
+                mmcv.imshow(writer.render(result), writer.file_stem(Path(source).stem),
+                            wait_time=0)
             except cv2.error:
                 raise DetCAMError('--show needs a display; the files were written') from None
     return len(result)
@@ -389,14 +386,15 @@ def explain_video(panels, source: str, what: dict) -> int:
     if reader.frame_cnt == 0 or reader.width == 0:
         raise BadImageError(f'cannot read video {source}')
     stem = Path(source).stem
+    writers = [(cam, sinks.files) for cam, sinks in panels]
     videos = [cv2.VideoWriter(str(writer.out_dir / f'{writer.file_stem(stem)}_cam.mp4'),
                               cv2.VideoWriter_fourcc(*'mp4v'), reader.fps,
-                              (reader.width, reader.height)) for _, writer in panels]
+                              (reader.width, reader.height)) for _, writer in writers]
     frames, count = [[] for _ in panels], 0
     progress = ProgressBar(reader.frame_cnt)
     try:
         for index, frame in enumerate(reader):
-            for (cam, writer), video, described in zip(panels, videos, frames):
+            for (cam, writer), video, described in zip(writers, videos, frames):
                 result = cam(frame, **what)
                 video.write(writer.render(result))
                 if writer.html:
@@ -407,7 +405,7 @@ def explain_video(panels, source: str, what: dict) -> int:
     finally:
         for video in videos:
             video.release()
-    for (_, writer), described in zip(panels, frames):
+    for (_, writer), described in zip(writers, frames):
         summary = dict(video=source, fps=reader.fps, image_size=[reader.height, reader.width],
                        **writer.settings, **writer.panel_fields(stem), frames=described,
                        **(dict(palette=writer.palette) if writer.palette else {}))

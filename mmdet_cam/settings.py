@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import BadInputError, UnknownNameError
-from .methods import DEFAULT_METHOD
 
+# The default method, chosen by benchmarks/faithfulness.py (docs/benchmarks.md, Faithfulness)
+DEFAULT_METHOD = 'odam'
 FUSE_MODES = ('mean', 'max', 'own')
 
 
@@ -49,7 +50,7 @@ class CAMSettings(_Settings):
     Args:
         method: a ``CAM_METHODS`` name (any case), a config dict (``dict(type='drise',
             num_masks=2000)``), a class or an instance. Defaults to the method the
-            faithfulness benchmark chose (``mmdet_cam.methods.DEFAULT_METHOD``).
+            faithfulness benchmark chose (``DEFAULT_METHOD``).
         target_layers: layer names or modules; None: every neck level (for DETR-style
             detectors the last encoder layer; ``model.layers.default_target_layers``).
         target: ``'score'``, ``'logit'``, ``'bbox'`` (a ``CAM_TARGETS`` name), a config dict

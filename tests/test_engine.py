@@ -8,8 +8,12 @@ import torch
 
 from mmdet_cam import DetCAM, ZeroGradientWarning
 from mmdet_cam.engine.capture import batched_grads_for
-from mmdet_cam.engine.explain import NonFiniteGradientWarning
-from mmdet_cam.errors import DetectorFailedError, UnknownNameError, UnsupportedModelError
+from mmdet_cam.errors import (
+    DetectorFailedError,
+    NonFiniteGradientWarning,
+    UnknownNameError,
+    UnsupportedModelError,
+)
 from mmdet_cam.model.layers import default_target_layers
 
 COVERAGE = [
@@ -362,7 +366,7 @@ def test_one_batched_backward_gives_each_box_its_own_gradient(models, scene, con
                                                               monkeypatch):
     """With ``batched_backward``, boxes share backward passes (``is_grads_batched``) where no
     local replay applies (DETR-style heads, masks): the maps are those of one backward per box."""
-    from mmdet_cam.engine import explain as engine
+    from mmdet_cam.engine import gradients as engine
     batches = []
     monkeypatch.setattr(engine, 'batched_grads_for', lambda values, *args: batches.append(
         len(values)) or batched_grads_for(values, *args))

@@ -94,7 +94,7 @@ def test_a_call_that_fails_half_way_leaves_every_patched_object_as_it_was(models
     every swap (proposals, open head, graph-keeping functions, heads) is in place."""
     model = models('faster-rcnn_r50_fpn_1x_coco')
     cam = DetCAM(model, method='gradcam', score_thr=0, topk=1)
-    cam.spec.method.get_cam_image = _fail  # the formula runs after the forward pass
+    cam.method.get_cam_image = _fail  # the formula runs after the forward pass
     before, heads = _patched_objects(), _instance_attributes(model)
     test_cfg = model.roi_head.test_cfg
     image = np.full((160, 200, 3), 80, np.uint8)

@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 
 from mmdet_cam import DetCAM, build_detector
 from mmdet_cam.boxes import box_iou
-from mmdet_cam.engine import explain as explain_module
+from mmdet_cam.engine import session as session_module
 from mmdet_cam.errors import BadInputError
 from mmdet_cam.model.prompts import use_language_model
 from mmdet_cam.patching import swapped
@@ -204,7 +204,7 @@ def test_a_prompt_cut_into_chunks_gives_the_maps_of_keeping_every_chunks_graph(t
         cam = _TopOfEachEntity(model, method='hirescam', score_thr=0, texts=names)
         chunked = cam(scene)
         named = cam(scene, boxes=[[40, 30, 140, 110]], labels=['star'])
-        monkeypatch.setattr(explain_module, 'chunk_count', lambda *args: 1)  # every graph kept
+        monkeypatch.setattr(session_module, 'chunk_count', lambda *args: 1)  # every graph kept
         reference = cam(scene)
     labels = chunked.detections.labels.tolist()
     assert {label // 2 for label in labels} == {0, 1, 2}  # boxes of every chunk

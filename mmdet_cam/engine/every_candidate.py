@@ -1,14 +1,18 @@
 """A detector whose final head reports every raw candidate: :func:`every_candidate` removes
 the score threshold, makes NMS a no-op (IoU threshold 1, where the NMS kernel only sorts),
 lifts the per-image cap and switches off mask branches that only draw masks, so every
-(candidate, class) pair the head scores comes back."""
+(candidate, class) pair the head scores comes back. Heads that report only each candidate's
+top class (YOLOX, DETR's softmax head) report its score for one asked class instead under
+:func:`scores_of_class`."""
 import contextlib
 import copy
 import importlib
 import inspect
 from typing import Iterator
 
+import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..model.layers import predicting_detector
 from ..patching import swapped
@@ -32,6 +36,49 @@ def every_candidate(model: nn.Module, cap: int = 100000, masks: bool = False) ->
         with swapped(head, 'test_cfg', opened), _nms_that_keeps_all(), \
                 _prompt_sized(head, opened, detector, cap):
             yield
+
+
+@contextlib.contextmanager
+def scores_of_class(model: nn.Module, label: int) -> Iterator[None]:
+    """While active, a final head that keeps only each candidate's top class (a maximum over
+    its ``num_classes`` class scores while it post-processes: YOLOX's sigmoid scores, DETR's
+    softmax) reports each candidate's score for ``label`` instead, read from the same class
+    scores: "why this class" for a candidate whose top class is another. Heads that report
+    every (candidate, class) pair take no such maximum and are left as they are."""
+    detector = predicting_detector(model)
+    head = getattr(detector, 'bbox_head', None)
+    classes = getattr(head, 'num_classes', None)
+    if not isinstance(classes, int) or not 0 <= label < classes:
+        yield
+        return
+    predict_by_feat = head.predict_by_feat
+
+    def predict(*args, **kwargs):
+        with _ClassInsteadOfTop(label, classes):
+            return predict_by_feat(*args, **kwargs)
+    with swapped(head, 'predict_by_feat', predict):
+        yield
+
+
+class _ClassInsteadOfTop(TorchFunctionMode):
+    """While active in this thread, a maximum over a dimension of ``classes`` entries
+    (``torch.max(x, dim)``, ``x.max(dim)``) returns the entries of class ``label`` and that
+    label as its indices."""
+
+    def __init__(self, label: int, classes: int):
+        super().__init__()
+        self.label, self.classes = label, classes
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.max, torch.Tensor.max):
+            dim = args[1] if len(args) > 1 else kwargs.get('dim')
+            scores = args[0]
+            if isinstance(dim, int) and scores.dim() and scores.shape[dim] == self.classes:
+                values = scores.select(dim, self.label)
+                return torch.return_types.max(
+                    (values, torch.full_like(values, self.label, dtype=torch.long)))
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """The same raw candidates explained in models of changed weights (the sanity check's
-randomised copies): :class:`FixedCandidates`, a ``candidates`` argument of
-:func:`~mmdet_cam.engine.explain.explain`."""
-from typing import Callable, List, Optional
+randomised copies): :class:`FixedCandidates`, a box choice of a
+:class:`~mmdet_cam.engine.request.Request`."""
+from typing import List, Optional
 
 import torch
 from mmengine.structures import InstanceData
@@ -12,32 +12,38 @@ from ..errors import UnsupportedModelError
 
 class FixedCandidates:
     """The raw candidates behind some detections, as fixed functions of the box heads' raw
-    outputs; a ``candidates`` argument of :func:`~mmdet_cam.engine.explain.explain`.
+    outputs; a box choice of a :class:`~mmdet_cam.engine.request.Request`.
 
-    The first call (with the original model) explains the detections that ``select`` picks,
-    with their ``target`` values, and records for each the gradient ``w`` of its value with
-    respect to the raw head outputs ``T``. Later calls (with models of changed weights, same
-    image) explain ``sum(w * T')``: the same candidates (same raw positions, same weights),
-    whatever the new model scores them. Its gradient w.r.t. the features equals the original
+    The first call (with the original model) explains the candidates that ``boxes`` (another
+    box choice, e.g. ``request.Detections``) picks, with the request's target values, and
+    records for each the gradient ``w`` of its value with respect to the raw head outputs
+    ``T``. Later calls (with models of changed weights, same image) explain ``sum(w * T')``:
+    the same candidates (same raw positions, same weights), whatever the new model scores
+    them. Its gradient w.r.t. the features equals the original
     value's at the original weights (chain rule), so the maps of both calls compare like
     with like.
     """
 
-    def __init__(self, target: Callable, select: Callable):
-        self.target, self.select = target, select
+    every_candidate = False
+    proposals = None
+
+    def __init__(self, boxes):
+        self.boxes = boxes
         self.weights: Optional[List[List[Tensor]]] = None
         self.detections: Optional[InstanceData] = None
 
-    def __call__(self, pred: InstanceData, head_outputs: List[Tensor]):
+    def explained_labels(self, predict=None) -> None:
+        """Any label: the graphs of all prompt chunks are kept."""
+        return None
+
+    def pick(self, pred: InstanceData, head_outputs: List[Tensor], target):
         if not head_outputs:
             raise UnsupportedModelError(
                 'no raw box-head outputs were recorded (no module named bbox_head ran): the '
                 'candidates of this detector cannot be held fixed')
         if self.weights is None:
-            keep = self.select(pred)
-            values = self.target(pred)[keep]
+            values, self.detections = self.boxes.pick(pred, head_outputs, target)
             self.weights = [self._gradient(value, head_outputs) for value in values]
-            self.detections = pred[keep]
             return values, self.detections
         shapes = [tuple(t.shape) for t in head_outputs]
         expected = [tuple(w.shape) for w in self.weights[0]] if self.weights else shapes

@@ -25,6 +25,8 @@ from ..registry import CAM_TARGETS
 class ScoreTarget:
     """The reported detection score."""
 
+    name = 'score'
+
     def __call__(self, pred_instances: InstanceData) -> Tensor:
         return pred_instances.scores
 
@@ -32,6 +34,8 @@ class ScoreTarget:
 @CAM_TARGETS.register_module(name='logit')
 class LogitTarget:
     """Log-odds of the reported score (the class logit for plain sigmoid classifiers)."""
+
+    name = 'logit'
 
     def __init__(self, eps: float = 1e-6):
         self.eps = eps
@@ -45,12 +49,17 @@ class BoxCoordinateTarget:
     """One coordinate of the reported box: ``x1``, ``y1``, ``x2`` or ``y2``."""
 
     COORDS = ('x1', 'y1', 'x2', 'y2')
+    name = 'bbox'
 
     def __init__(self, coord: str = 'x1'):
         if coord not in self.COORDS:
             raise UnknownNameError(
                 f'unknown box coordinate {coord!r}; valid: {", ".join(self.COORDS)}')
-        self.index = self.COORDS.index(coord)
+        self.coord, self.index = coord, self.COORDS.index(coord)
+
+    def describe(self) -> dict:
+        """What a run's record says of this target beside its name."""
+        return dict(bbox_coord=self.coord)
 
     def __call__(self, pred_instances: InstanceData) -> Tensor:
         return pred_instances.bboxes[:, self.index]
@@ -63,6 +72,7 @@ class MaskTarget:
     there is explained by its highest logit."""
 
     REGIONS = ('mask', 'box')
+    name = 'mask'
     reads_masks = True  # the engine records the mask heads' logits (mask_logits.py)
 
     def __init__(self, region: str = 'mask'):
@@ -70,6 +80,10 @@ class MaskTarget:
             raise UnknownNameError(
                 f'unknown mask region {region!r}; valid: {", ".join(self.REGIONS)}')
         self.region = region
+
+    def describe(self) -> dict:
+        """What a run's record says of this target beside its name."""
+        return dict(mask_region=self.region)
 
     def __call__(self, pred_instances: InstanceData) -> Tensor:
         if not len(pred_instances):

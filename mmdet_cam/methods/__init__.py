@@ -1,12 +1,13 @@
 """CAM methods, by registry name.
 
 The formulas are pytorch_grad_cam's own classes, plus the detection-specific methods of this
-package, one small file each (``odam``, ``ssgradcam``, ``ssgradcam++``, ``gcame``). The engine
-calls only ``get_cam_image`` with a batch of detections' activations and gradients, and as
-``targets`` one ``BoxTarget`` (box in network-input pixels, label) per detection. ``drise`` is
-black-box: it runs the detector on masked copies of the image instead. Each method has one
-:class:`MethodKind` (gradient, activation-only, perturbation, black-box), read by
-:func:`method_kind`.
+package, one small file each (``odam``, ``ssgradcam``, ``ssgradcam++``, ``gcame``). Each
+method has one :class:`MethodKind` (gradient, activation-only, perturbation, attention,
+black-box), read by :func:`method_kind`, and each kind one pipeline (``pipeline.py``,
+:func:`build_pipeline`): a gradient method gets only ``get_cam_image`` called, with a batch of
+detections' activations and gradients and as ``targets`` one ``BoxTarget`` (box in
+network-input pixels, label) per detection; ``drise`` is black-box: it runs the detector on
+masked copies of the image instead.
 ``scorecam`` and ``ablationcam`` are the library's channel weights from extra forward passes
 per channel, shared by all detections of an image (``perturbation.py``). ShapleyCAM
 (second-order gradients) does not fit the engine and is not listed. A method of your own is a
@@ -37,10 +38,16 @@ from torch import nn
 
 from ..errors import UnknownNameError
 from ..registry import CAM_METHODS, lookup, normalize_name
+from ..settings import DEFAULT_METHOD
 
 # register the methods of this package
-from . import drise, gcame, odam, perturbation, relevancy, ssgradcam  # noqa: F401
-from .kinds import MethodKind, method_kind  # noqa: F401
+from . import gcame, odam, ssgradcam  # noqa: F401
+from .drise import BlackBoxPipeline
+from .gradient import ActivationPipeline, GradientPipeline
+from .kinds import MethodKind, method_kind  # noqa: F401  (MethodKind: re-exported)
+from .perturbation import PerturbationPipeline
+from .pipeline import Pipeline
+from .relevancy import AttentionPipeline
 
 for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),
                     ('xgradcam', XGradCAM), ('hirescam', HiResCAM), ('layercam', LayerCAM),
@@ -49,9 +56,9 @@ for _name, _cls in [('gradcam', GradCAM), ('gradcam++', GradCAMPlusPlus),
                     ('randomcam', RandomCAM)]:
     CAM_METHODS.register_module(name=_name, module=_cls)
 
-
-# The default method, chosen by benchmarks/faithfulness.py (docs/benchmarks.md, Faithfulness)
-DEFAULT_METHOD = 'odam'
+PIPELINES = {pipeline.kind: pipeline for pipeline in (
+    GradientPipeline, ActivationPipeline, PerturbationPipeline, AttentionPipeline,
+    BlackBoxPipeline)}
 
 # Methods that pool a box's gradient into one weight per channel (or ignore gradients): their
 # map of one box also lights up the other objects that drive the same channels.
@@ -97,6 +104,16 @@ def build_cam_method(method, model: nn.Module):
                                    f"options: {', '.join(known) or 'none'})") from None
     method_kind(method)  # refuses an object that is not a CAM method
     return method
+
+
+def build_pipeline(method, model: nn.Module) -> Pipeline:
+    """The pipeline of ``method``'s kind around the method built by :func:`build_cam_method`
+    (``method``: as it takes)."""
+    name = method.get('type') if isinstance(method, dict) else method
+    if not isinstance(name, str):
+        name = getattr(name, '__name__', type(name).__name__)
+    instance = build_cam_method(method, model)
+    return PIPELINES[method_kind(instance)](instance, name)
 
 
 def method_names():

@@ -30,8 +30,39 @@ import torch
 from mmengine.utils import ProgressBar
 
 from ..boxes import mask_ious
+from ..engine.candidates import CandidateScorer, MaskedCandidates
+from ..engine.request import Request
+from ..engine.session import BoxCAMs, Session
+from ..model.detector import num_classes_of
 from ..registry import CAM_METHODS
 from .kinds import MethodKind
+from .pipeline import ReRunningPipeline
+
+
+class BlackBoxPipeline(ReRunningPipeline):
+    """The detector on perturbed copies of the image, no layers and no gradients (D-RISE):
+    the reported detections, followed by box (or mask) among each copy's raw candidates."""
+
+    kind = MethodKind.BLACK_BOX
+    uses_layers = False
+
+    def refusal(self, request: Request) -> str:
+        return super().refusal(request) or (
+            '' if request.reported_detections else
+            'it explains the reported detections only (not named boxes or another class)')
+
+    def explain(self, session: Session, request: Request) -> BoxCAMs:
+        detections = session.detect(request.boxes.select)
+        masks = request.reads_masks
+        scorer = CandidateScorer(session.model, session.pipeline,
+                                 getattr(self.method, 'batch_size', 8),
+                                 getattr(self.method, 'dtype', None), masks=masks)
+        masked = MaskedCandidates(scorer, session.image)
+        maps = self.method(masked.size, detections.bboxes.numpy(), detections.scores.numpy(),
+                           detections.labels.numpy(), masked, num_classes_of(session.model),
+                           detections.masks.numpy() if masks else None)
+        return BoxCAMs(detections, maps, masked.sample,
+                       [[] for _ in range(len(detections))])
 
 
 @CAM_METHODS.register_module(name='drise')
@@ -56,7 +87,7 @@ class DRISE:
 
     UPSAMPLING = {'bilinear': cv2.INTER_LINEAR, 'nearest': cv2.INTER_NEAREST}
 
-    kind = MethodKind.BLACK_BOX  # DetCAM runs it on the image instead of the gradient engine
+    kind = MethodKind.BLACK_BOX  # BlackBoxPipeline runs it on the image, no gradients
 
     def __init__(self, num_masks: int = 2000, grid: int = 16, p: float = 0.5,
                  batch_size: int = 16, seed: int = 0, progress: bool = True,

@@ -1,5 +1,6 @@
-"""What kind of method a CAM method is: the one property the engine, the API, the CLI and the
-hook ask of it (as captum's ``GradientAttribution`` / ``PerturbationAttribution`` types say)."""
+"""What kind of method a CAM method is (as captum's ``GradientAttribution`` /
+``PerturbationAttribution`` types say): it picks the method's pipeline (``pipeline.py``), and
+nothing else asks it."""
 from enum import Enum
 
 from pytorch_grad_cam.base_cam import BaseCAM

@@ -7,8 +7,9 @@ library's ``AblationLayer``) and takes the relative score drop. The library runs
 forwards once per target; here one batch of perturbed forwards is scored for *all* targets,
 so an image costs one pass over the channels whatever the number of detections.
 
-The engine calls ``get_cam_image`` with :class:`Reruns` as ``targets``: the detections'
-:class:`~mmdet_cam.engine.candidates.TrackedDetection` targets, the
+:class:`PerturbationPipeline` calls ``get_cam_image`` with :class:`Reruns` as ``targets``:
+the detections' :class:`~mmdet_cam.engine.candidates.TrackedDetection` targets (or
+``TrackedMask``, for the mask target), the
 :class:`~mmdet_cam.engine.candidates.RawCandidatesModel` to re-run, and which output of the
 target layer (pyramid level) is meant. AblationCAM
 pushes the ablated activations through the rest of the detector only: when the target layer
@@ -24,9 +25,15 @@ from pytorch_grad_cam import AblationCAM, ScoreCAM
 from pytorch_grad_cam.ablation_layer import AblationLayer
 from torch import Tensor
 
+from ..engine.candidates import RawCandidatesModel, TrackedDetection, TrackedMask
+from ..engine.fusion import fuse
+from ..engine.layer_maps import LayerMaps
+from ..engine.request import Request
+from ..engine.session import BoxCAMs, Session
 from ..errors import UnsupportedModelError
 from ..registry import CAM_METHODS
 from .kinds import MethodKind
+from .pipeline import ReRunningPipeline
 
 
 class Reruns(list):
@@ -37,6 +44,50 @@ class Reruns(list):
     def __init__(self, targets: Sequence[Callable], model, output_index: int = 0):
         super().__init__(targets)
         self.model, self.output_index = model, output_index
+
+
+class PerturbationPipeline(ReRunningPipeline):
+    """Channel weights from re-runs of the detector with the target layer's channels
+    perturbed, scored per detection (ScoreCAM, AblationCAM): the forward captures the target
+    layers (and, with ``fuse='own'``, each box's own levels from its gradients); the re-runs
+    come after it."""
+
+    kind = MethodKind.PERTURBATION
+
+    def explain(self, session: Session, request: Request) -> BoxCAMs:
+        how = session.settings.fuse
+        own_levels = how == 'own'
+        with session.forward(request) as forward:
+            if not len(forward.detections):
+                return forward.nothing()
+            layer_maps = forward.layer_maps(self.method, gradients=own_levels)
+            zero, own = [[] for _ in range(len(forward.detections))], None
+            if own_levels:
+                _, zero, own = forward.box_gradients()
+        # re-runs the detector, so after the capture hooks are gone
+        rerun = RawCandidatesModel(session.model, forward.pristine_sample,
+                                   masks=request.reads_masks)
+        per_output = _perturbed(layer_maps, rerun, forward.detections)
+        return forward.result(fuse(per_output, how, own), zero, own)
+
+
+def _perturbed(layer_maps: LayerMaps, candidates_model: RawCandidatesModel,
+               detections) -> List[np.ndarray]:
+    """Maps ``[(N, H_in, W_in)]`` per layer output for all ``detections`` at once (or their
+    masks: ``detections.masks``, when ``candidates_model`` gives candidates with masks)."""
+    if candidates_model.masks:  # the mask target
+        tracked = [TrackedMask(mask, label) for mask, label in
+                   zip(detections.masks.cpu().numpy(), detections.labels.tolist())]
+    else:
+        tracked = [TrackedDetection(box, label) for box, label in
+                   zip(detections.bboxes.tolist(), detections.labels.tolist())]
+    maps = []
+    for index, (owner, act) in enumerate(layer_maps.outputs):
+        output_index = sum(o == owner for o, _ in layer_maps.outputs[:index])
+        no_gradient = np.zeros((len(tracked),) + act.shape[1:], act.dtype)
+        maps.append(layer_maps.cam(index, no_gradient,
+                                   Reruns(tracked, candidates_model, output_index)))
+    return maps
 
 
 class _SharedForwards:

@@ -30,15 +30,59 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine.attention import AttentionRecord
+from ..engine.request import Request
+from ..engine.session import BoxCAMs, Session
+from ..errors import UnsupportedModelError
 from ..registry import CAM_METHODS
 from .kinds import MethodKind
+from .pipeline import Pipeline
+
+
+class AttentionPipeline(Pipeline):
+    """Each box's gradients at a transformer's attention probabilities, captured in the same
+    forward (the graph kept from the neck on), turned into a map by the method's
+    ``token_map`` and ``image_map`` (:class:`Relevancy`); no target layers."""
+
+    kind = MethodKind.ATTENTION
+    uses_layers = False
+
+    def explain(self, session: Session, request: Request) -> BoxCAMs:
+        with session.forward(request, attention=True) as forward:
+            if not len(forward.detections):
+                return forward.nothing()
+            maps = _relevancy_maps(self.method, forward.attention.records, forward.values,
+                                   forward.shapes.shapes, forward.inputs)
+            return BoxCAMs(forward.detections, maps, forward.data_sample,
+                           [[] for _ in range(len(forward.detections))])
+
+
+def _relevancy_maps(method, records, values: Tensor, feature_shapes, inputs: Tensor) -> np.ndarray:
+    """Per box, ``method``'s relevancy map on the network input from the box's gradients at
+    the captured attention probabilities (``attention.AttentionCapture``)."""
+    if not records:
+        raise UnsupportedModelError('no attention over image tokens was recorded in the forward')
+    if not values.requires_grad:
+        raise UnsupportedModelError('the detections carry no gradient to the attention')
+    shapes = torch.as_tensor(feature_shapes)
+    tokens = int((shapes[:, 0] * shapes[:, 1]).sum())
+    in_graph = [i for i, record in enumerate(records) if record.probs.requires_grad]
+    maps = []
+    for value in values:
+        found = torch.autograd.grad(value, [records[i].probs for i in in_graph],
+                                    retain_graph=True, allow_unused=True)
+        grads = [None] * len(records)
+        for i, grad in zip(in_graph, found):
+            grads[i] = grad
+        relevancy = method.token_map(records, grads, tokens)
+        maps.append(method.image_map(relevancy, shapes, tuple(inputs.shape[-2:])))
+    return np.stack(maps)
 
 
 @CAM_METHODS.register_module(name='relevancy')
 class Relevancy:
     """Per-box relevancy of the image tokens, from attention probabilities and their gradients
-    (see the module docstring). The engine captures the attention in the detector's forward
-    (``engine/attention.py``) and calls :meth:`token_map` once per box."""
+    (see the module docstring). :class:`AttentionPipeline` captures the attention in the
+    detector's forward (``engine/attention.py``) and calls :meth:`token_map` once per box."""
 
     kind = MethodKind.ATTENTION
 

@@ -6,8 +6,8 @@ normalised per channel, so that a box's map keeps to where its own gradient is.
     SSGrad-CAM++  the same with Grad-CAM++'s weights, every sum of which (gradients and
                   activations) is taken inside the detection's box on the feature grid
 
-The engine passes one :class:`~mmdet_cam.engine.explain.BoxTarget` per map as ``targets``;
-the ReLU and the resize are the engine's.
+The gradient pipeline passes one :class:`~mmdet_cam.engine.layer_maps.BoxTarget` per map as
+``targets``; the ReLU and the resize are the engine's.
 """
 from typing import Optional, Sequence
 

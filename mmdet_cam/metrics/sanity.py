@@ -9,7 +9,7 @@ correlation. A method whose maps stay the same once the head is random explains 
 the model.
 
 Unlike the other metrics here this one needs the model: it takes a ``DetCAM`` (anything with
-``model``, ``target``, ``select``, ``with_model`` and a ``__call__(image, candidates=)``).
+``model``, ``select``, ``with_model`` and a ``__call__(image, candidates=)``).
 """
 import copy
 import warnings
@@ -24,6 +24,7 @@ from torch import nn
 
 from ..engine.fixed_candidates import FixedCandidates
 from ..engine.proposals import pinned_proposals
+from ..engine.request import Detections
 from ..model.detector import read_image
 from ..model.layers import predicting_detector
 
@@ -106,7 +107,7 @@ def parameter_randomisation(cam, image, seed: int = 0) -> SanityResult:
     """Cascading randomisation of ``cam.model`` (a copy; the model itself is not changed) for
     the detections ``cam`` explains in ``image`` (a path or BGR array)."""
     image = read_image(image)
-    fixed = FixedCandidates(cam.spec.target, cam.spec.select)
+    fixed = FixedCandidates(Detections(cam.select))
     proposals = {}
     with pinned_proposals(cam.model, proposals):
         original = cam(image, candidates=fixed)

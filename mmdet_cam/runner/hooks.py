@@ -18,12 +18,13 @@ predictions and metrics are not touched. In distributed runs every process expla
 shard of the test set.
 """
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from mmdet.registry import HOOKS
-from mmengine.dist import all_gather_object, barrier, is_main_process
+from mmengine.dist import all_gather_object, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -31,12 +32,10 @@ from mmengine.model import is_model_wrapper
 from ..api import DetCAM
 from ..engine.candidates import CandidateScorer
 from ..engine.mask_logits import check_candidate_masks
-from ..errors import InputNotFoundError, UnknownNameError
-from ..methods import MethodKind
+from ..errors import BadInputError, UnknownNameError
 from ..metrics import detection_faithfulness, mask_tracker, tracker, triage
 from ..model.layers import predicting_detector
-from ..outputs import ResultWriter
-from ..report import write_report
+from ..outputs import Sinks, build_sinks, describe_run
 from ..settings import CAMSettings, OutputSettings
 
 
@@ -82,11 +81,13 @@ class DetCAMHook(Hook):
         self.out_dir = out_dir
         self.faithfulness_steps = faithfulness_steps
         self.cam: Optional[DetCAM] = None
-        self.writer: Optional[ResultWriter] = None
+        self.sinks: Optional[Sinks] = None
         self.scorer: Optional[CandidateScorer] = None
         self.triage, self.triage_iou = triage, triage_iou
         self.ground_truth: dict = {}  # image path -> (boxes, labels, ignored)
         self.errors: list = []  # the run's false positives and missed objects
+        self.said_missed = False  # whether the log said why missed objects are not explained
+        self.request = None  # what is explained of each test image's detections
 
     def before_test(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
@@ -96,16 +97,17 @@ class DetCAMHook(Hook):
         self.cam = DetCAM(model, settings=self.settings, config=runner.cfg)
         out_dir = Path(runner.work_dir) / self.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
-        settings = dict(method=self.settings.method, target=self.settings.target,
-                        target_layers=self.cam.layer_names, fuse=self.cam.settings.fuse)
-        self.writer = ResultWriter(out_dir, dataset_meta, settings, self.output)
+        self.sinks = build_sinks(out_dir, dataset_meta, describe_run(self.cam), self.output)
+        self.request = self.cam.request()
         if self.faithfulness_steps > 0:
-            if self.cam.explains_masks:  # refused before the first image, not at it
+            if self.request.reads_masks:  # refused before the first image, not at it
                 check_candidate_masks(predicting_detector(self.cam.model), 'mask faithfulness')
-            self.scorer = CandidateScorer(model, self.cam.pipeline, masks=self.cam.explains_masks)
+            self.scorer = CandidateScorer(model, self.cam.pipeline,
+                                          masks=self.request.reads_masks)
         if self.triage:
             self.ground_truth = ground_truth(runner.test_dataloader.dataset)
             self.errors = []
+            self.said_missed = False
 
     def before_test_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         if not self.every_n_inner_iters(batch_idx, self.interval):
@@ -119,7 +121,7 @@ class DetCAMHook(Hook):
                 sample.cam_faithfulness = [self.faithfulness(result, k)
                                            for k in range(len(result))]
                 result.detections.faithfulness = sample.cam_faithfulness
-            self.writer.write_image(result, stem, sample.img_path, extra)
+            self.sinks.add(result, stem, sample.img_path, extra)
             sample.cams = result.cams
             sample.cam_detections = result.detections
 
@@ -137,34 +139,41 @@ class DetCAMHook(Hook):
         detections.tags = tags
         height, width = result.image.shape[:2]
         named = np.clip(boxes[missed], 0, [width, height, width, height])  # annotation rounding
-        explainable = ((named[:, 2] > named[:, 0]) & (named[:, 3] > named[:, 1])
-                       & (self.cam.kind is not MethodKind.BLACK_BOX))  # D-RISE: no
+        explainable = (named[:, 2] > named[:, 0]) & (named[:, 3] > named[:, 1])
         rows = []
-        if explainable.any():
-            found = self.cam(result.image, boxes=named[explainable],
-                             labels=labels[missed][explainable].tolist())
+        found = self.explain_missed(result.image, named[explainable],
+                                    labels[missed][explainable]) if explainable.any() else None
+        if found is None:
+            explainable[:] = False
+        else:
             found.detections.tags = ['FN'] * len(found)
-            self.writer.imwrite(f'{stem}_missed_cam.jpg', self.writer.render(found))
-            rows = self.writer.describe(found)
+            self.sinks.files.imwrite(f'{stem}_missed_cam.jpg', self.sinks.files.render(found))
+            rows = self.sinks.files.describe(found)
         rows += [dict(index=len(rows) + k, tag='FN', named_bbox=[round(v, 2) for v in box],
-                      class_name=self.writer.class_name(int(label)))  # listed, not explained
+                      class_name=self.sinks.files.class_name(int(label)))  # listed, not explained
                  for k, (box, label) in enumerate(zip(named[~explainable].tolist(),
                                                       labels[missed][~explainable]))]
-        self.errors += [dict(image=path, **row) for row in self.writer.describe(result)
+        self.errors += [dict(image=path, **row) for row in self.sinks.files.describe(result)
                         if row['tag'] == 'FP'] + [dict(image=path, **row) for row in rows]
         return dict(missed=rows)
+
+    def explain_missed(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray):
+        """The maps of missed objects' boxes, or None where the method cannot explain named
+        boxes (said once in the log, with why: the boxes are then listed, not explained)."""
+        try:
+            return self.cam(image, boxes=boxes, labels=labels.tolist())
+        except BadInputError as error:
+            if not self.said_missed:
+                print_log(f'DetCAMHook: missed objects are listed, not explained: {error}',
+                          logger='current', level=logging.WARNING)
+                self.said_missed = True
+            return None
 
     def after_test(self, runner) -> None:
         if self.triage:
             self.write_triage(runner)
-        if self.output.html:
-            barrier()  # every process has written its images
-            if is_main_process():
-                try:
-                    print_log(f'DetCAMHook: report in {write_report(self.writer.out_dir)}',
-                              logger='current')
-                except InputNotFoundError:  # no test image was explained (e.g. interval)
-                    pass
+        for message in self.sinks.close():  # every process has written its images
+            print_log(f'DetCAMHook: {message}', logger='current')
 
     def write_triage(self, runner) -> None:
         errors = sorted((e for part in all_gather_object(self.errors) for e in part),
@@ -181,7 +190,7 @@ class DetCAMHook(Hook):
         IoU when the masks are explained, else its box by box IoU)."""
         label = int(result.detections.labels[k])
         score_fn = (mask_tracker(self.scorer, result.detections.masks[k].numpy(), label)
-                    if self.cam.explains_masks else
+                    if self.request.reads_masks else
                     tracker(self.scorer, result.detections.bboxes[k].tolist(), label))
         return detection_faithfulness(result.image, result.cams[k], score_fn,
                                       self.faithfulness_steps)

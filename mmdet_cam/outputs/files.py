@@ -1,5 +1,5 @@
-"""Files written for one explained image: overlay, per-box images, maps, JSON summary.
-Shared by the CLI and the test-time hook."""
+"""The files sink: for each explained image its overlay, per-box images, maps and JSON
+summary (and, for the HTML report, the maps alone)."""
 import json
 import re
 from pathlib import Path
@@ -10,24 +10,25 @@ import mmcv
 import numpy as np
 from mmdet.visualization.palette import get_palette
 
-from .errors import DetCAMError
-from .metrics import (
+from ..errors import DetCAMError
+from ..metrics import (
     energy_in_box,
     energy_in_mask,
     peak_location,
     pointing_hit,
     pointing_hit_mask,
 )
+from ..settings import OutputSettings
+from ..visualization import BoxDrawer, fuse_boxes, heatmap, overlay, renormalize_in_boxes
 from .report import frame_stem
-from .settings import OutputSettings
-from .visualization import BoxDrawer, fuse_boxes, heatmap, overlay, renormalize_in_boxes
+from .sink import Sink
 
 
-class ResultWriter:
+class ResultWriter(Sink):
     """Writes ``<stem>_cam.jpg`` (all boxes' maps, max-fused, with the boxes drawn) and
     ``<stem>.json`` (detections, settings, per-box peak and energy inside the box); on request
     ``<stem>_box<k>_<class>_<score>.jpg``, ``<stem>_cams.npy``, ``<stem>_original.jpg`` and
-    ``<stem>_detection.jpg``; with ``html``, what :func:`~mmdet_cam.report.write_report`
+    ``<stem>_detection.jpg``; with ``html``, what :func:`~mmdet_cam.outputs.report.write_report`
     shows: ``<stem>_original.jpg`` and each map alone, ``<stem>_map<k>.jpg`` per box and
     ``<stem>_map_all.jpg`` (their maximum). Never deletes anything in ``out_dir``.
 
@@ -39,7 +40,8 @@ class ResultWriter:
     Args:
         out_dir: existing, writable folder.
         dataset_meta: ``classes`` and ``palette`` for labels and box colours.
-        settings: method, layers, ... recorded in every JSON file.
+        settings: the run's description (:func:`~mmdet_cam.outputs.run.describe_run`),
+            recorded in every JSON file.
         output: alpha, renormalize, per_box, ... (see :class:`~mmdet_cam.settings.OutputSettings`).
         panel: the name of this way of explaining in a multi-panel run (None: the only one).
         panel_index: its place among the panels.
@@ -66,6 +68,10 @@ class ResultWriter:
         """What a JSON summary records of the panel it belongs to (nothing without one)."""
         return (dict(group=stem, panel=self.panel, panel_index=self.panel_index)
                 if self.panel else {})
+
+    def add(self, result, stem: str, source: Optional[str] = None,
+            extra: Optional[dict] = None) -> None:
+        self.write_image(result, stem, source, extra)
 
     def write_image(self, result, stem: str, source: Optional[str] = None,
                     extra: Optional[dict] = None) -> np.ndarray:
@@ -101,8 +107,8 @@ class ResultWriter:
     def write_report_images(self, result, stem: str, frame: Optional[int] = None) -> None:
         """``<stem>_original.jpg`` and the maps alone, ``<stem>_map<k>.jpg`` per box and
         ``<stem>_map_all.jpg`` (panel files as :meth:`file_stem` names them; a video's
-        ``frame`` as :func:`~mmdet_cam.report.frame_stem` does), for
-        :func:`~mmdet_cam.report.write_report`."""
+        ``frame`` as :func:`~mmdet_cam.outputs.report.frame_stem` does), for
+        :func:`~mmdet_cam.outputs.report.write_report`."""
         maps, original = self.file_stem(stem), stem
         if frame is not None:
             maps, original = frame_stem(maps, frame), frame_stem(original, frame)

@@ -1,23 +1,26 @@
 """An offline HTML report of a run: ``index.html`` (a filterable thumbnail grid) and one page
 per image on which pointing at a box shows that box's map.
 
-The pages are built from what :class:`~mmdet_cam.outputs.ResultWriter` wrote with
+The pages are built from what :class:`~mmdet_cam.outputs.files.ResultWriter` wrote with
 ``html=True``: each image's JSON summary, ``<stem>_cam.jpg`` (the thumbnail),
 ``<stem>_original.jpg``, and the maps as JET images, ``<stem>_map<k>.jpg`` per box and
 ``<stem>_map_all.jpg`` (the maximum over boxes); for a video the same per frame, with a frame
 slider on its page. A run that explained each image several ways (methods or layers, one
 writer per ``panel``) gets the ways side by side on one page, one box selection for all.
 Everything is referenced by relative path, so the folder opens from disk, moves as a whole and
-needs no network. The templates (``mmdet_cam/templates``) are plain HTML, CSS and JavaScript
+needs no network. The templates (``mmdet_cam/outputs/templates``) are plain HTML, CSS and
+JavaScript
 rendered with Jinja2.
 """
 import json
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from mmengine.dist import barrier, is_main_process
 
-from .errors import InputNotFoundError
+from ..errors import InputNotFoundError
+from .sink import Sink
 
 TEMPLATES = Path(__file__).parent / 'templates'
 # detection fields shown as table columns where the run has them
@@ -32,7 +35,7 @@ def report_entries(out_dir) -> List[dict]:
     ``panels`` (per way of explaining it, in run order: ``name``, ``method``,
     ``target_layers`` and per frame the ``stem`` of its maps and its ``detections``) and
     ``thumbnail``. JSON files of a multi-panel run (``group`` and ``panel`` recorded, as
-    :class:`~mmdet_cam.outputs.ResultWriter` writes them) join their image's entry."""
+    :class:`~mmdet_cam.outputs.files.ResultWriter` writes them) join their image's entry."""
     entries = {}
     for path in sorted(Path(out_dir).glob('*.json')):
         try:
@@ -105,3 +108,21 @@ def write_report(out_dir) -> Path:
 def _script_json(value) -> str:
     """JSON safe inside a ``<script>`` element (no ``</`` to end it early)."""
     return json.dumps(value).replace('</', '<\\/')
+
+
+class ReportSink(Sink):
+    """The HTML report's pages, written when the run ends from what the files sink wrote
+    (:func:`write_report`); in a distributed run by the main process once every process has
+    written its images. Nothing is written for a run that explained no image."""
+
+    def __init__(self, out_dir):
+        self.out_dir = Path(out_dir)
+
+    def close(self) -> Optional[str]:
+        barrier()
+        if not is_main_process():
+            return None
+        try:
+            return f'report: {write_report(self.out_dir)}'
+        except InputNotFoundError:  # no image was explained (all failed, or an interval)
+            return None

@@ -1,0 +1,59 @@
+"""Where explained images go: a :class:`Sink` takes each image's result and is closed once at
+the end of the run; :class:`Sinks` is the list a run writes to, built by :func:`build_sinks`
+from the output settings (the CLI and ``DetCAMHook`` alike)."""
+from typing import List, Optional
+
+
+class Sink:
+    """One output of a run (files and JSON, the HTML report, ...)."""
+
+    def add(self, result, stem: str, source: Optional[str] = None,
+            extra: Optional[dict] = None) -> None:
+        """One explained image: a ``DetCAMResult``, the image's stem (file name without
+        extension), where it came from, and more entries for its record (``extra``)."""
+
+    def close(self) -> Optional[str]:
+        """After the last image: finish the output; returns what to tell the user, if
+        anything (e.g. where a report is)."""
+        return None
+
+
+class Sinks(List[Sink]):
+    """The sinks of one way of explaining a run (one panel of a multi-method run): each image
+    goes to every one. ``files`` is the files-and-JSON sink, which also draws (overlays,
+    per-detection rows) for the CLI's console and videos and the hook's triage."""
+
+    def __init__(self, sinks, files):
+        super().__init__(sinks)
+        self.files = files
+
+    def add(self, result, stem: str, source: Optional[str] = None,
+            extra: Optional[dict] = None) -> None:
+        for sink in self:
+            sink.add(result, stem, source, extra)
+
+    def close(self) -> List[str]:
+        """Close every sink; what they have to tell."""
+        return [message for message in (sink.close() for sink in self) if message]
+
+
+def build_sinks(out_dir, dataset_meta: dict, run: dict, output, panel: Optional[str] = None,
+                panel_index: int = 0) -> Sinks:
+    """The sinks the output settings ask for: the files and JSON (always; with ``html``, the
+    report's images too) and, for the first panel with ``html``, the report's pages.
+
+    Args:
+        out_dir: existing, writable folder.
+        dataset_meta: ``classes`` and ``palette``.
+        run: the run's description (:func:`~mmdet_cam.outputs.run.describe_run`).
+        output: an :class:`~mmdet_cam.settings.OutputSettings`.
+        panel, panel_index: the way of explaining in a multi-panel run (None: the only one).
+    """
+    from .files import ResultWriter
+    from .report import ReportSink
+    files = ResultWriter(out_dir, dataset_meta, run, output, panel=panel,
+                         panel_index=panel_index)
+    sinks = [files]
+    if output.html and panel_index == 0:  # one report for all panels
+        sinks.append(ReportSink(out_dir))
+    return Sinks(sinks, files)
