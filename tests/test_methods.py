@@ -136,3 +136,24 @@ def test_every_method_has_one_kind_and_a_users_basecam_gets_its_kind_from_the_li
     finally:  # other tests list the registry
         for name in ('test-mean-activation', 'test-negated-gradcam'):
             CAM_METHODS.module_dict.pop(name, None)
+
+
+@pytest.mark.parametrize('step', ['aggregate_multi_layers', 'compute_cam_per_layer', 'forward'])
+def test_a_users_basecam_that_overrides_a_step_done_per_box_is_refused_not_ignored(demo_model,
+                                                                                    step):
+    """mmdet-cam calls only ``get_cam_image`` and fuses layers itself: a subclass that changes
+    pytorch_grad_cam's own aggregation would be silently ignored, so it is refused in one line;
+    one that overrides the formula alone works."""
+    from pytorch_grad_cam import GradCAM
+
+    from mmdet_cam.errors import BadInputError
+
+    def own_step(self, *args, **kwargs):
+        raise AssertionError('never called')
+    aggregating = type('MaxOverLayersGradCAM', (GradCAM,), {step: own_step})
+    with pytest.raises(BadInputError, match=rf'^MaxOverLayersGradCAM overrides BaseCAM\.{step}, '
+                                            r'which mmdet-cam does not call.*get_cam_weights'):
+        DetCAM(demo_model, method=aggregating)
+    formula_only = type('ScaledGradCAM', (GradCAM,), {
+        'get_cam_weights': lambda self, *args: 2 * GradCAM.get_cam_weights(self, *args)})
+    assert len(DetCAM(demo_model, method=formula_only)(IMAGE).cams)
