@@ -5,7 +5,11 @@ some touching or overlapping, with COCO-format boxes and masks (the visible outl
 RLE for the few shapes with another shape inside them, which polygons cannot hold). It is what
 the shipped demo detectors were trained on, and what tests and benchmarks draw fresh images from.
 
+``kind='evidence'``: scenes whose deciding pixels are known (:func:`make_evidence_image`): an
+object's class is set only by a small cue, returned per object as ``evidence``.
+
     python tools/make_shapes_dataset.py data/shapes --train 800 --val 200
+    python tools/make_shapes_dataset.py data/evidence --kind evidence
 """
 import json
 from pathlib import Path
@@ -46,11 +50,17 @@ def _polygon(label: int, cx: float, cy: float, size: float, angle: float) -> np.
     return np.stack([cx + radius * np.cos(t), cy + radius * np.sin(t)], 1)
 
 
-def make_image(rng: np.random.Generator, height: int = 240, width: int = 320
-               ) -> Tuple[np.ndarray, List[Dict]]:
+def make_image(rng: np.random.Generator, height: int = 240, width: int = 320,
+               kind: str = 'shapes') -> Tuple[np.ndarray, List[Dict]]:
     """One BGR image and its objects: ``dict(label, bbox=[x1, y1, x2, y2], mask, segmentation)``:
     the visible pixels of each shape as a boolean mask and as COCO polygons
-    (``[[x1, y1, x2, y2, ...], ...]``, one per visible piece, original-image pixels)."""
+    (``[[x1, y1, x2, y2, ...], ...]``, one per visible piece, original-image pixels).
+    ``kind='evidence'``: a scene of :func:`make_evidence_image` (objects also carry
+    ``evidence``)."""
+    if kind == 'evidence':
+        return make_evidence_image(rng, height, width)
+    if kind != 'shapes':
+        raise ValueError(f"kind must be 'shapes' or 'evidence', got {kind!r}")
     image = _background(rng, height, width)
     objects = []
     for _ in range(int(rng.integers(1, 7))):
@@ -75,6 +85,134 @@ def make_image(rng: np.random.Generator, height: int = 240, width: int = 320
         objects.append(dict(label=label, bbox=[float(x1), float(y1), float(x2 + 1),
                                                float(y2 + 1)], polygon=polygon))
     return image, _visible(objects, height, width)
+
+
+# Evidence scenes: an object's class is set by a small cue alone (a cross or a ring inside the
+# object, off its centre, or a tag beside it, outside its box); silhouette, size and colour are
+# drawn independently of the class. Cues on the background and objects without a cue are
+# distractors, neither of which is an object of any class.
+EVIDENCE_CLASSES = ('cross', 'ring', 'tagged')
+EVIDENCE_PALETTE = [(220, 20, 60), (0, 130, 230), (20, 160, 60)]
+EVIDENCE_METAINFO = dict(classes=EVIDENCE_CLASSES, palette=EVIDENCE_PALETTE)
+CUE_SIZE = 9  # pixels across a cue
+_OUTSIDE = 2  # the class whose cue lies outside its box
+
+
+def _draw_cue(canvas: np.ndarray, cue: int, cx: int, cy: int, colour) -> None:
+    """Cue ``cue`` (an ``EVIDENCE_CLASSES`` index) centred at ``(cx, cy)`` on ``canvas``."""
+    half = CUE_SIZE // 2
+    if EVIDENCE_CLASSES[cue] == 'cross':
+        cv2.line(canvas, (cx - half, cy), (cx + half, cy), colour, 2)
+        cv2.line(canvas, (cx, cy - half), (cx, cy + half), colour, 2)
+    elif EVIDENCE_CLASSES[cue] == 'ring':
+        cv2.circle(canvas, (cx, cy), half - 1, colour, 2)
+    else:
+        cv2.rectangle(canvas, (cx - half, cy - half), (cx + half, cy + half), colour, -1)
+
+
+def _cue_pixels(cue: int, cx: int, cy: int, height: int, width: int) -> np.ndarray:
+    pixels = np.zeros((height, width), np.uint8)
+    _draw_cue(pixels, cue, cx, cy, 1)
+    return pixels > 0
+
+
+def _contrasting(image: np.ndarray, pixels: np.ndarray):
+    """Black or white, whichever stands out from what ``pixels`` cover in ``image``."""
+    return (0, 0, 0) if image[pixels].mean() > 110 else (255, 255, 255)
+
+
+def _in_box_cue(rng, mask: np.ndarray, polygon: np.ndarray, cx: float, cy: float):
+    """A cue centre inside the object, 40-65% of the way from its centre to its border along
+    a random direction, with every cue pixel on the object; None if none was found."""
+    height, width = mask.shape
+    contour = polygon.astype(np.float32).reshape(-1, 1, 2)
+    for _ in range(30):
+        angle = rng.uniform(0, 2 * np.pi)
+        direction = np.array([np.cos(angle), np.sin(angle)])
+        border = 0.0  # distance to the border along the direction
+        while cv2.pointPolygonTest(contour, tuple(map(float, (cx, cy) + (border + 0.5)
+                                                     * direction)), False) >= 0:
+            border += 0.5
+        x, y = np.round((cx, cy) + rng.uniform(0.4, 0.65) * border * direction).astype(int)
+        pixels = _cue_pixels(0, x, y, height, width) | _cue_pixels(1, x, y, height, width)
+        if pixels.any() and mask[pixels].all():
+            return int(x), int(y)
+    return None
+
+
+def _beside_box(rng, box, height: int, width: int):
+    """A tag centre outside ``box`` (x1, y1, x2, y2), 3-6 pixels off one of its sides."""
+    x1, y1, x2, y2 = box
+    half = CUE_SIZE // 2
+    for side in rng.permutation(4):
+        gap = int(rng.integers(3, 7)) + half + 1
+        if side < 2:  # left or right
+            x = int(x1 - gap) if side == 0 else int(x2 + gap)
+            y = int(rng.uniform(y1 + half, max(y1 + half, y2 - half)))
+        else:  # above or below
+            y = int(y1 - gap) if side == 2 else int(y2 + gap)
+            x = int(rng.uniform(x1 + half, max(x1 + half, x2 - half)))
+        if half <= x < width - half and half <= y < height - half:
+            return x, y
+    return None
+
+
+def make_evidence_image(rng: np.random.Generator, height: int = 240, width: int = 320
+                        ) -> Tuple[np.ndarray, List[Dict]]:
+    """One BGR evidence scene and its objects, as :func:`make_image` gives them plus
+    ``evidence``: the boolean mask of the cue that decides the object's class (labels index
+    ``EVIDENCE_CLASSES``). ``cross`` and ``ring`` objects carry their cue inside, 40-65% of the
+    way from the centre to the border; a ``tagged`` object's cue is a tag 3-6 pixels outside its
+    box. Objects do not overlap. Also drawn, and not returned: 0-2 objects without a cue and
+    0-2 cues on the background."""
+    image = _background(rng, height, width)
+    taken = np.zeros((height, width), bool)  # objects and cues so far, with a margin
+    objects, wanted = [], int(rng.integers(1, 5))
+    plain, loose = int(rng.integers(0, 3)), int(rng.integers(0, 3))
+    for attempt in range(60):
+        if len(objects) == wanted and not plain:
+            break
+        size = float(rng.uniform(44, min(100, 0.45 * min(height, width))))
+        cx, cy = rng.uniform(size / 2 + 2, (width - size / 2 - 2, height - size / 2 - 2))
+        polygon = _polygon(int(rng.integers(3)), cx, cy, size, float(rng.uniform(0, 2 * np.pi)))
+        mask = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
+        mask = mask > 0
+        ys, xs = np.nonzero(mask)
+        box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+        label = int(rng.integers(len(EVIDENCE_CLASSES))) if len(objects) < wanted else None
+        centre = None
+        if label is not None:
+            centre = (_beside_box(rng, box, height, width) if label == _OUTSIDE
+                      else _in_box_cue(rng, mask, polygon, cx, cy))
+            if centre is None:
+                continue
+        evidence = (_cue_pixels(label, *centre, height, width) if label is not None
+                    else np.zeros_like(mask))
+        footprint = cv2.dilate((mask | evidence).astype(np.uint8), np.ones((15, 15), np.uint8))
+        if (taken & (footprint > 0)).any():
+            continue
+        taken |= footprint > 0
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.fillPoly(image, [np.round(polygon).astype(np.int32)], colour, cv2.LINE_AA)
+        if label is None:
+            plain -= 1
+            continue
+        _draw_cue(image, label, *centre, _contrasting(image, evidence))
+        objects.append(dict(label=label, mask=mask, evidence=evidence, **_outline(mask),
+                            bbox=box))
+    for _ in range(20 * loose):  # cues with no object
+        if not loose:
+            break
+        cue, x, y = int(rng.integers(3)), int(rng.integers(8, width - 8)), \
+            int(rng.integers(8, height - 8))
+        pixels = _cue_pixels(cue, x, y, height, width)
+        if (taken & cv2.dilate(pixels.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0).any():
+            continue
+        taken |= pixels
+        _draw_cue(image, cue, x, y, _contrasting(image, pixels))
+        loose -= 1
+    return image, objects
 
 
 def _visible(objects: List[Dict], height: int, width: int) -> List[Dict]:
@@ -117,14 +255,15 @@ def _rle(mask: np.ndarray) -> dict:
     return dict(size=rle['size'], counts=rle['counts'].decode('ascii'))
 
 
-def write_split(out_dir: Path, split: str, count: int, seed: int) -> Path:
-    """Write ``count`` images to ``out_dir/split/`` and ``out_dir/split.json`` (COCO)."""
+def write_split(out_dir: Path, split: str, count: int, seed: int, kind: str = 'shapes') -> Path:
+    """Write ``count`` images to ``out_dir/split/`` and ``out_dir/split.json`` (COCO); for
+    ``kind='evidence'`` each annotation also holds its cue's pixels (``evidence``, RLE)."""
     rng = np.random.default_rng(seed)
     (out_dir / split).mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for image_id in range(count):
         height, width = int(rng.integers(200, 321)), int(rng.integers(200, 321))
-        image, objects = make_image(rng, height, width)
+        image, objects = make_image(rng, height, width, kind)
         name = f'{split}/{image_id:05d}.jpg'
         mmcv.imwrite(image, str(out_dir / name))
         images.append(dict(id=image_id, file_name=name, height=height, width=width))
@@ -133,8 +272,10 @@ def write_split(out_dir: Path, split: str, count: int, seed: int) -> Path:
             annotations.append(dict(
                 id=len(annotations) + 1, image_id=image_id, category_id=obj['label'] + 1,
                 bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1), iscrowd=0,
-                segmentation=_rle(obj['mask']) if obj['has_holes'] else obj['segmentation']))
-    categories = [dict(id=i + 1, name=name) for i, name in enumerate(CLASSES)]
+                segmentation=_rle(obj['mask']) if obj['has_holes'] else obj['segmentation'],
+                **({'evidence': _rle(obj['evidence'])} if 'evidence' in obj else {})))
+    classes = EVIDENCE_CLASSES if kind == 'evidence' else CLASSES
+    categories = [dict(id=i + 1, name=name) for i, name in enumerate(classes)]
     path = out_dir / f'{split}.json'
     path.write_text(json.dumps(dict(images=images, annotations=annotations,
                                     categories=categories)))

@@ -1,4 +1,6 @@
-"""Write the synthetic shapes dataset (COCO format): python tools/make_shapes_dataset.py DIR"""
+"""Write the synthetic shapes dataset (COCO format): python tools/make_shapes_dataset.py DIR
+
+``--kind evidence``: the evidence scenes (classes set by a small cue; ``mmdet_cam.shapes``)."""
 import argparse
 from pathlib import Path
 
@@ -12,10 +14,12 @@ def main():
     parser.add_argument('--val', type=int, default=200, help='validation images')
     parser.add_argument('--seed', type=int, default=0,
                         help='the val split uses seed + 1, so the splits never share images')
+    parser.add_argument('--kind', choices=('shapes', 'evidence'), default='shapes',
+                        help='shapes (the demo data) or evidence (cues decide the class)')
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
     for split, count, seed in (('train', args.train, args.seed), ('val', args.val, args.seed + 1)):
-        print(f'{split}: {count} images -> {write_split(out_dir, split, count, seed)}')
+        print(f'{split}: {count} images -> {write_split(out_dir, split, count, seed, args.kind)}')
 
 
 if __name__ == '__main__':
