@@ -13,7 +13,7 @@ object's class is set only by a small cue, returned per object as ``evidence``.
 """
 import json
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Collection, Dict, List, Tuple
 
 import cv2
 import mmcv
@@ -157,14 +157,18 @@ def _beside_box(rng, box, height: int, width: int):
     return None
 
 
-def make_evidence_image(rng: np.random.Generator, height: int = 240, width: int = 320
-                        ) -> Tuple[np.ndarray, List[Dict]]:
+def make_evidence_image(rng: np.random.Generator, height: int = 240, width: int = 320,
+                        omit_cues: Collection[int] = ()) -> Tuple[np.ndarray, List[Dict]]:
     """One BGR evidence scene and its objects, as :func:`make_image` gives them plus
     ``evidence``: the boolean mask of the cue that decides the object's class (labels index
     ``EVIDENCE_CLASSES``). ``cross`` and ``ring`` objects carry their cue inside, 40-65% of the
     way from the centre to the border; a ``tagged`` object's cue is a tag 3-6 pixels outside its
     box. Objects do not overlap. Also drawn, and not returned: 0-2 objects without a cue and
-    0-2 cues on the background."""
+    0-2 cues on the background.
+
+    ``omit_cues``: indices of returned objects whose cue is not drawn; the scene is otherwise
+    the same (same ``rng`` state in, same pixels elsewhere): the intervention that tells
+    whether a detector uses the cue."""
     image = _background(rng, height, width)
     taken = np.zeros((height, width), bool)  # objects and cues so far, with a margin
     objects, wanted = [], int(rng.integers(1, 5))
@@ -198,7 +202,8 @@ def make_evidence_image(rng: np.random.Generator, height: int = 240, width: int 
         if label is None:
             plain -= 1
             continue
-        _draw_cue(image, label, *centre, _contrasting(image, evidence))
+        if len(objects) not in omit_cues:
+            _draw_cue(image, label, *centre, _contrasting(image, evidence))
         objects.append(dict(label=label, mask=mask, evidence=evidence, **_outline(mask),
                             bbox=box))
     for _ in range(20 * loose):  # cues with no object

@@ -8,7 +8,7 @@ from pycocotools import mask as mask_utils
 
 from mmdet_cam.boxes import box_mask
 from mmdet_cam.metrics import evidence_mass, evidence_pointing, rank_accuracy
-from mmdet_cam.shapes import EVIDENCE_CLASSES, make_image, write_split
+from mmdet_cam.shapes import EVIDENCE_CLASSES, make_evidence_image, make_image, write_split
 
 
 @pytest.fixture(scope='module')
@@ -108,6 +108,15 @@ def test_the_coco_files_carry_each_cue(tmp_path):
         decoded = mask_utils.decode(dict(annotation['evidence'],
                                          counts=annotation['evidence']['counts'].encode()))
         assert np.array_equal(decoded > 0, obj['evidence'])
+
+
+def test_a_scene_without_a_cue_differs_only_on_that_cue():
+    image, objects = make_evidence_image(np.random.default_rng(2))
+    for k, obj in enumerate(objects):
+        without, again = make_evidence_image(np.random.default_rng(2), omit_cues=[k])
+        changed = (without != image).any(axis=2)
+        assert changed.any() and not changed[~obj['evidence']].any()
+        assert all(np.array_equal(a['evidence'], b['evidence']) for a, b in zip(objects, again))
 
 
 def test_evidence_metrics_on_hand_made_maps():
