@@ -11,10 +11,13 @@ each detection scoring >= --score-thr that matches an object of its class (IoU >
   mass      share of the map's positive mass on the cue (CLEVR-XAI relevance mass)
   rank      share of the map's |cue| highest pixels on the cue (CLEVR-XAI relevance rank)
 each for cues inside the box (``in``: cross, ring) and outside it (``out``: tagged), and
-``s/box``: seconds per explained detection. Baselines: ``centre`` (a Gaussian on the detected
-box) and ``random`` (smooth random blobs), as in benchmarks/faithfulness.py.
+``s/box``: seconds per explained detection; ``sanity`` (first --sanity scenes): the mean
+Spearman correlation of each map with the map of the same raw candidate once the box head is
+randomised (parameter randomisation; a method passes below 0.5). Baselines: ``centre`` (a
+Gaussian on the detected box) and ``random`` (smooth random blobs), as in
+benchmarks/faithfulness.py.
 
-    python benchmarks/evidence.py --quick                  # 12 scenes, 4 methods: minutes
+    python benchmarks/evidence.py --quick          # 12 scenes, 3 methods + baselines: minutes
     nohup python benchmarks/evidence.py > evidence.log 2>&1 &
     python benchmarks/evidence.py --methods layercam --target-layers backbone.stage2 neck
 
@@ -34,7 +37,13 @@ from mmdet_cam import DetCAM, build_detector
 from mmdet_cam.boxes import tracked_score
 from mmdet_cam.engine.candidates import CandidateScorer
 from mmdet_cam.errors import DetCAMError
-from mmdet_cam.metrics import evidence_mass, evidence_pointing, rank_accuracy
+from mmdet_cam.methods import MethodKind
+from mmdet_cam.metrics import (
+    evidence_mass,
+    evidence_pointing,
+    parameter_randomisation,
+    rank_accuracy,
+)
 from mmdet_cam.shapes import EVIDENCE_CLASSES, make_evidence_image
 
 from faithfulness import BASELINES, baseline_map  # benchmarks/faithfulness.py
@@ -47,7 +56,7 @@ METHODS = ['odam', 'hirescam', 'layercam', 'gradcam', 'gradcam++', 'ssgradcam', 
            'drise', 'relevancy'] + list(BASELINES)
 QUICK = ['odam', 'layercam', 'gradcam'] + list(BASELINES)
 COLUMNS = ('in', 'pointing_in', 'mass_in', 'rank_in', 'out', 'pointing_out', 'mass_out',
-           'rank_out', 's/box')
+           'rank_out', 's/box', 'sanity')
 
 
 def scenes(count: int):
@@ -79,8 +88,10 @@ def verified_detections(cam, scorer, count: int) -> list:
     return found
 
 
-def evaluate(model, method: str, found: list, options: dict, score_thr: float) -> dict:
-    """One method's row over the verified detections of ``found``."""
+def evaluate(model, method: str, found: list, options: dict, score_thr: float,
+             sanity_scenes: int = 0) -> dict:
+    """One method's row over the verified detections of ``found`` (``sanity_scenes``: the
+    parameter-randomisation check on the first scenes)."""
     figures = {'in': [], 'out': []}
     seconds, boxes = 0.0, 0
     rng = np.random.default_rng(0)
@@ -113,6 +124,10 @@ def evaluate(model, method: str, found: list, options: dict, score_thr: float) -
                                 [[np.nan]] * 3):
             row[f'{name}_{where}'] = float(np.mean(column))
     row['s/box'] = seconds / boxes if boxes else float('nan')
+    correlations = [value for _, image, *_ in found[:sanity_scenes] if cam is not None
+                    and cam.kind is not MethodKind.BLACK_BOX
+                    for value in parameter_randomisation(cam, image).head_randomised]
+    row['sanity'] = float(np.nanmean(correlations)) if correlations else float('nan')
     return row
 
 
@@ -127,6 +142,8 @@ def main():
                         help='layers of every layer-reading method (default: theirs)')
     parser.add_argument('--score-thr', type=float, default=0.3)
     parser.add_argument('--drise-masks', type=int, default=1000)
+    parser.add_argument('--sanity', type=int, default=3,
+                        help='scenes of the parameter-randomisation check (0: off)')
     parser.add_argument('--quick', action='store_true', help=f'12 scenes, {QUICK}')
     args = parser.parse_args()
     count = 12 if args.quick else args.scenes
@@ -134,7 +151,8 @@ def main():
     warnings.simplefilter('ignore')
 
     model = build_detector(args.config, args.checkpoint)
-    settings = f'{Path(args.config).stem}.{count}.{"-".join(args.target_layers or ["default"])}'
+    settings = (f'{Path(args.config).stem}.{count}.'
+                f'{"-".join(args.target_layers or ["default"])}')
     out = REPO / 'work_dirs' / 'evidence' / f'{settings}.jsonl'
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {}
@@ -155,7 +173,7 @@ def main():
         elif args.target_layers and method not in BASELINES:
             options = dict(target_layers=args.target_layers)
         try:
-            row = evaluate(model, method, found, options, args.score_thr)
+            row = evaluate(model, method, found, options, args.score_thr, args.sanity)
         except DetCAMError as error:
             print(f'{method}: skipped ({error})')
             continue
