@@ -219,20 +219,20 @@ class DetCAM:
             return cam._call(image, candidates, boxes, labels, explain_class, contrast)
 
     def _call(self, image, candidates, boxes, labels, explain_class, contrast) -> DetCAMResult:
-        reported = None
+        session, reported = self._session(image), None  # one preprocessing for both runs
         if explain_class is not None:
-            reported = self.detect(image)
+            reported = session.detect(self.select)
             if not len(reported):
                 return DetCAMResult(reported, np.zeros((0,) + image.shape[:2], np.float32),
                                     image, [])
         request = self.request(candidates, boxes, labels, explain_class, contrast, image,
                                reported)
         if reported is None:
-            return self._explain(image, request)
+            return self._explain(session, request)
         label = request.boxes.versus[0] if contrast else request.boxes.labels[0]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
-            result = self._explain(image, request)
+            result = self._explain(session, request)
         for warning in caught:
             # with contrast, a detection of that class against itself: zero value, zero map
             expected = (contrast and isinstance(warning.message, ZeroGradientWarning)
@@ -267,11 +267,12 @@ class DetCAM:
         self.method_pipeline.refuse(request)
         return request
 
-    def _explain(self, image: np.ndarray, request: Request) -> DetCAMResult:
-        """Maps for the boxes ``request`` asks for, by the method's pipeline."""
-        out = self.method_pipeline(self._session(image), request)
+    def _explain(self, session: Session, request: Request) -> DetCAMResult:
+        """Maps for the boxes ``request`` asks for in the session's image, by the method's
+        pipeline."""
+        out = self.method_pipeline(session, request)
         cams = to_original_image(out.maps, out.data_sample.metainfo)
-        return DetCAMResult(out.detections.cpu(), cams, image, out.zero_gradient_layers,
+        return DetCAMResult(out.detections.cpu(), cams, session.image, out.zero_gradient_layers,
                             out.tokens, out.token_attributions)
 
     def detect(self, image: np.ndarray) -> InstanceData:

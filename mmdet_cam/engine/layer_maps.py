@@ -61,9 +61,9 @@ class LayerMaps:
 
     def __init__(self, method, capture: LayerCapture, reshape, feature_shapes, inputs: Tensor,
                  boxes: Sequence[BoxTarget], backward: Backward, eigen_smooth: bool = False):
-        self.method, self.capture, self.reshape, self.shapes = method, capture, reshape, \
-            feature_shapes
-        self.inputs, self.boxes, self.backward = inputs, list(boxes), backward
+        self.method, self.capture, self.reshape = method, capture, reshape
+        self.shapes, self.inputs, self.boxes, self.backward = (feature_shapes, inputs,
+                                                                list(boxes), backward)
         self.eigen_smooth = eigen_smooth
         self.size = (inputs.shape[-1], inputs.shape[-2])  # (width, height)
         # [(owner layer index, activation [1, C, H, W] as numpy)] after the reshape transform
