@@ -27,6 +27,7 @@ setup(
         'mmengine>=0.7.1,<1.0',
         'mmdet>=3.0.0,<4.0',
         'grad-cam>=1.5,<2',
+        'captum>=0.9',  # occlusion (multi-output attributions: every box from one pass)
         'opencv-python>=4.5',
         'numpy',
     ],

@@ -53,7 +53,7 @@ REPO = Path(__file__).parents[1]
 FIRST_SEED = 100000
 OUTSIDE = EVIDENCE_CLASSES.index('tagged')
 METHODS = ['odam', 'hirescam', 'layercam', 'gradcam', 'gradcam++', 'ssgradcam', 'eigencam',
-           'drise', 'relevancy'] + list(BASELINES)
+           'drise', 'occlusion', 'relevancy'] + list(BASELINES)
 QUICK = ['odam', 'layercam', 'gradcam'] + list(BASELINES)
 COLUMNS = ('in', 'pointing_in', 'mass_in', 'rank_in', 'out', 'pointing_out', 'mass_out',
            'rank_out', 's/box', 'sanity')
@@ -142,6 +142,7 @@ def main():
                         help='layers of every layer-reading method (default: theirs)')
     parser.add_argument('--score-thr', type=float, default=0.3)
     parser.add_argument('--drise-masks', type=int, default=1000)
+    parser.add_argument('--window', type=int, default=16, help="occlusion's window (pixels)")
     parser.add_argument('--sanity', type=int, default=3,
                         help='scenes of the parameter-randomisation check (0: off)')
     parser.add_argument('--quick', action='store_true', help=f'12 scenes, {QUICK}')
@@ -170,6 +171,8 @@ def main():
         options = {}
         if method == 'drise':
             options = dict(method=dict(type='drise', num_masks=args.drise_masks, progress=False))
+        elif method == 'occlusion':
+            options = dict(method=dict(type='occlusion', window=args.window, progress=False))
         elif args.target_layers and method not in BASELINES:
             options = dict(target_layers=args.target_layers)
         try:

@@ -84,6 +84,14 @@ def demo_model():
 
 
 @pytest.fixture(scope='session')
+def evidence_demo():
+    """The RTMDet evidence demo: a cue alone sets each object's class (``shapes``,
+    ``kind='evidence'``)."""
+    return build_detector(str(REPO / 'demo' / 'rtmdet_evidence.py'),
+                          str(REPO / 'demo' / 'rtmdet_evidence.pth'))
+
+
+@pytest.fixture(scope='session')
 def browser():
     """Debian's Chromium, headless, driven by Playwright (its own browser download is not
     used: nothing is downloaded at run time)."""

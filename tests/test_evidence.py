@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from mmdet_cam import DetCAM, build_detector
+from mmdet_cam import DetCAM
 from mmdet_cam.boxes import box_iou, box_mask, tracked_score
 from mmdet_cam.engine.candidates import CandidateScorer
 from mmdet_cam.metrics import evidence_mass, evidence_pointing, rank_accuracy
 from mmdet_cam.shapes import EVIDENCE_CLASSES, make_evidence_image, make_image, write_split
-
-from conftest import REPO
 
 
 @pytest.fixture(scope='module')
@@ -143,12 +141,6 @@ def test_evidence_metrics_on_hand_made_maps():
     half[0, :9] = 0.9
     assert rank_accuracy(half, cue) == pytest.approx(0.5)
     assert evidence_mass(-on_cue, cue) == 0.0  # negative evidence is no mass
-
-
-@pytest.fixture(scope='module')
-def evidence_demo():
-    return build_detector(str(REPO / 'demo' / 'rtmdet_evidence.py'),
-                          str(REPO / 'demo' / 'rtmdet_evidence.pth'))
 
 
 def test_the_evidence_demo_uses_the_cues_and_fails_without_them(evidence_demo):

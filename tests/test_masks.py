@@ -276,7 +276,7 @@ def test_mask_scoring_rcnn_candidates_are_rescored_in_chunks_without_pasting(mod
 
 @pytest.mark.slow
 def test_methods_that_rerun_the_detector_follow_the_mask(instance_demo):
-    """D-RISE and the perturbation methods weigh each re-run by the best mask IoU x class
+    """D-RISE, occlusion and the perturbation methods weigh each re-run by the best mask IoU x class
     agreement among the raw candidates' unpasted masks, not by boxes."""
     drise = dict(type='drise', num_masks=200, progress=False)
     masks = DetCAM(instance_demo, target='mask', method=drise, score_thr=0.3)(DEMO_IMAGE)
@@ -286,6 +286,11 @@ def test_methods_that_rerun_the_detector_follow_the_mask(instance_demo):
     hits = [pointing_hit_mask(masks.cams[k], masks.detections.masks[k].numpy())
             for k in range(len(masks))]
     assert np.mean(hits) >= 0.6
+    occlusion = dict(type='occlusion', window=32, progress=False)
+    hidden = DetCAM(instance_demo, target='mask', method=occlusion, score_thr=0.3)(DEMO_IMAGE)
+    by_box = DetCAM(instance_demo, method=occlusion, score_thr=0.3)(DEMO_IMAGE)
+    assert len(hidden) == len(masks) and np.isfinite(hidden.cams).all()
+    assert not np.allclose(hidden.cams, by_box.cams, atol=1e-3)
     ablation = DetCAM(instance_demo, target='mask', method='ablationcam', score_thr=0.3)(
         DEMO_IMAGE)
     assert np.isfinite(ablation.cams).all() and ablation.cams.max() > 0

@@ -83,12 +83,20 @@ class MaskedCandidates:
     in [0, 1] of ``self.size``, the size the test pipeline resizes the image to, and gives per
     mask the candidates (original-image pixels) of the image with its pixels multiplied by the
     mask, as the data preprocessor receives them (padding left as it is). The pipeline runs
-    once, not once per mask, and nothing is made at the original image's size."""
+    once, not once per mask, and nothing is made at the original image's size.
+    ``self.perturbed(images)`` takes the perturbed copies themselves (``[B, 3, h, w]``, copies
+    of ``self.resized``)."""
 
     def __init__(self, scorer: CandidateScorer, image: np.ndarray):
         data = scorer.pipeline(dict(img=image, img_id=0))
         self.scorer, self.image, self.sample = scorer, data['inputs'], data['data_samples']
         self.size = resized_image_size(self.sample.metainfo)
+
+    @property
+    def resized(self) -> Tensor:
+        """The image as the test pipeline resized it: ``[3, h, w]`` float32."""
+        height, width = self.size
+        return self.image[:, :height, :width].float()
 
     def __call__(self, masks: np.ndarray) -> List[InstanceData]:
         height, width = self.size
@@ -97,11 +105,25 @@ class MaskedCandidates:
             chunk = torch.from_numpy(masks[first:first + self.scorer.batch_size])
             images = self.image.float().repeat(len(chunk), 1, 1, 1)
             images[:, :, :height, :width] *= chunk[:, None]
-            batch = self.scorer.model.data_preprocessor(dict(  # a list, as a data loader gives
-                inputs=list(images), data_samples=[copy.deepcopy(self.sample) for _ in chunk]),
-                False)
-            results += self.scorer.candidates(batch['inputs'], batch['data_samples'])
+            results += self._candidates(images)
         return results
+
+    def perturbed(self, images: Tensor) -> List[InstanceData]:
+        """Candidates of ``[B, 3, h, w]`` perturbed copies of :attr:`resized`."""
+        height, width = self.size
+        results = []
+        for first in range(0, len(images), self.scorer.batch_size):
+            chunk = images[first:first + self.scorer.batch_size]
+            padded = self.image.float().repeat(len(chunk), 1, 1, 1)
+            padded[:, :, :height, :width] = chunk
+            results += self._candidates(padded)
+        return results
+
+    def _candidates(self, images: Tensor) -> List[InstanceData]:
+        batch = self.scorer.model.data_preprocessor(dict(  # a list, as a data loader gives
+            inputs=list(images), data_samples=[copy.deepcopy(self.sample) for _ in images]),
+            False)
+        return self.scorer.candidates(batch['inputs'], batch['data_samples'])
 
 
 class RawCandidatesModel(nn.Module):
