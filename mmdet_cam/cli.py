@@ -20,7 +20,7 @@ from .engine.named_boxes import parse_box_specs, read_boxes_file
 from .errors import BadImageError, BadInputError, DetCAMError, InputNotFoundError
 from .methods import box_specific_alternative, method_names
 from .outputs import build_sinks, describe_run, top_words
-from .settings import FUSE_MODES, CAMSettings, OutputSettings
+from .settings import FUSE_MODES, PIXEL_EVIDENCE_METHOD, CAMSettings, OutputSettings
 
 CAM, OUTPUT = CAMSettings(), OutputSettings()  # the defaults
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -240,6 +240,11 @@ def run(args) -> int:
                   f'box\'s map also marks other objects of those channels); --method '
                   f'{alternative} (the default, chosen by the faithfulness benchmark) keeps '
                   'each map on its own box', file=sys.stderr)
+    if detections and any(cam.kind.uses_layers for cam, _ in panels):
+        print(f'\nnote: maps at target layers show the features that drove each box, which are '
+              'not always the pixels that decided it; for "what in the image made this box" use '
+              f'--method {PIXEL_EVIDENCE_METHOD} (one forward per window position: slower)',
+              file=sys.stderr)
     summary = (f'{len(sources) - len(failed)} of {len(sources)} inputs, {detections} '
                f'detections, {time.time() - start:.1f} s -> {out_dir}')
     print(f'\ndone: {summary}' + (f' ({len(failed)} failed)' if failed else ''))

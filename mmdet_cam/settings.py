@@ -13,6 +13,9 @@ from .errors import BadInputError, UnknownNameError
 
 # The default method, chosen by benchmarks/faithfulness.py (docs/benchmarks.md, Faithfulness)
 DEFAULT_METHOD = 'odam'
+# The method that finds the pixels that decided a box, chosen by benchmarks/evidence.py
+# (docs/benchmarks.md, Evidence known by construction): slower, so not the default
+PIXEL_EVIDENCE_METHOD = 'occlusion'
 FUSE_MODES = ('mean', 'max', 'own')
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mmdet_cam.methods import DEFAULT_METHOD
+from mmdet_cam.settings import PIXEL_EVIDENCE_METHOD
 
 from conftest import make_scene, small_config
 
@@ -229,16 +230,25 @@ def test_bad_input_gets_a_one_line_error(config, images, tmp_path, case, message
     assert len([row for row in lines if row.startswith('error')]) == 1
 
 
-@pytest.mark.parametrize('method, note', [('gradcam++', True), ('ssgradcam++', False)])
-def test_channel_pooled_methods_get_a_note_naming_the_box_specific_one(tmp_path, method, note):
+@pytest.mark.parametrize('method, expected', [
+    ('gradcam++', ['not box-specific', 'what in the image made this box']),
+    ('ssgradcam++', ['what in the image made this box']),
+    ('occlusion', [])])
+def test_notes_name_the_box_specific_method_and_the_one_for_deciding_pixels(tmp_path, method,
+                                                                            expected):
     repo = Path(__file__).parents[1]
+    options = ['--method-options', 'window=64'] if method == 'occlusion' else []
     out = run(repo / 'demo' / 'rtmdet_shapes.py', repo / 'demo' / 'rtmdet_shapes.pth',
-              repo / 'demo' / 'images' / 'shapes_1.jpg', '--method', method,
+              repo / 'demo' / 'images' / 'shapes_1.jpg', '--method', method, *options,
               '--out-dir', tmp_path)
     notes = [line for line in out.stderr.splitlines() if line.startswith('note:')]
-    assert len(notes) == int(note)
-    if note:
-        assert 'not box-specific' in notes[0] and f'--method {DEFAULT_METHOD}' in notes[0]
+    assert len(notes) == len(expected), notes
+    for note, words in zip(notes, expected):
+        assert words in note
+    if expected[:1] == ['not box-specific']:
+        assert f'--method {DEFAULT_METHOD}' in notes[0]
+    if expected:
+        assert f'--method {PIXEL_EVIDENCE_METHOD}' in notes[-1]
 
 
 def test_named_boxes_are_explained_and_reported_with_their_match(tmp_path):
