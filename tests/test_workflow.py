@@ -224,3 +224,31 @@ def test_test_loop_explains_masks_and_scores_them_against_gt_masks(val_root, tmp
     summaries = [json.loads(p.read_text()) for p in (tmp_path / 'cam').rglob('*.json')]
     rows = [row for summary in summaries for row in summary['detections']]
     assert rows and all('energy_in_mask' in row for row in rows)
+
+
+@pytest.mark.slow
+def test_test_loop_scores_the_maps_on_the_evidence_the_annotations_record(tmp_path):
+    """The evidence demo in mmdet's test loop: CAMLocalizationMetric reads each object's cue
+    from the annotation file and scores the maps on it, inside and outside the boxes; occlusion
+    finds the cues where the default's neck-level maps do not."""
+    root = tmp_path / 'evidence'
+    write_split(root, 'val', 4, seed=7, kind='evidence')
+    metrics = {}
+    for method, option in (('odam', 'method=odam'), ('occlusion', 'method.window=24')):
+        work_dir = tmp_path / method
+        options = [f'{key}={value}' for key, value in val_split_options(root).items()]
+        options += [f'test_evaluator.1.evidence_file={root}/val.json',
+                    f'custom_hooks.0.{option}']
+        out = subprocess.run([sys.executable, str(REPO / 'tools' / 'test_cam.py'),
+                              str(REPO / 'configs' / 'rtmdet_evidence_cam.py'),
+                              str(REPO / 'demo' / 'rtmdet_evidence.pth'), '--work-dir',
+                              str(work_dir), '--cfg-options', *options],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        metrics[method] = json.loads((work_dir / 'test_metrics.json').read_text())
+    odam, occlusion = metrics['odam'], metrics['occlusion']
+    assert odam['coco/bbox_mAP_50'] >= 0.8
+    for run in (odam, occlusion):
+        assert run['cam/evidence_in'] + run['cam/evidence_out'] >= 6
+        assert run['cam/evidence_in'] >= 2 and run['cam/evidence_out'] >= 1, run
+    assert occlusion['cam/evidence_pointing'] >= 0.6 > odam['cam/evidence_pointing'] + 0.2
