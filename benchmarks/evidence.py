@@ -37,7 +37,6 @@ from mmdet_cam import DetCAM, build_detector
 from mmdet_cam.boxes import tracked_score
 from mmdet_cam.engine.candidates import CandidateScorer
 from mmdet_cam.errors import DetCAMError
-from mmdet_cam.methods import MethodKind
 from mmdet_cam.metrics import (
     evidence_mass,
     evidence_pointing,
@@ -125,8 +124,8 @@ def evaluate(model, method: str, found: list, options: dict, score_thr: float,
             row[f'{name}_{where}'] = float(np.mean(column))
     row['s/box'] = seconds / boxes if boxes else float('nan')
     correlations = [value for _, image, *_ in found[:sanity_scenes] if cam is not None
-                    and cam.kind is not MethodKind.BLACK_BOX
-                    for value in parameter_randomisation(cam, image).head_randomised]
+                    for value in parameter_randomisation(cam, image,
+                                                         head_only=True).head_randomised]
     row['sanity'] = float(np.nanmean(correlations)) if correlations else float('nan')
     return row
 

@@ -49,3 +49,15 @@ def test_spearman_ignores_pixels_both_maps_leave_at_zero():
     a[2, :4], b[2, :4] = [1, 2, 3, 4], [4, 3, 2, 1]
     assert spearman(a, b) == pytest.approx(-1.0)
     assert spearman(a, np.zeros_like(a)) == 0.0
+
+
+def test_a_black_box_method_follows_the_same_detections_into_the_randomised_head(demo_model):
+    """D-RISE re-runs the detector: once the head is random it follows the original
+    detections (box and class) among the random head's candidates, and its maps change;
+    ``head_only`` stops the cascade there (each step costs a whole run of the method)."""
+    cam = DetCAM(demo_model, method=dict(type='drise', num_masks=100, progress=False), topk=2)
+    result = parameter_randomisation(cam, IMAGE, head_only=True)
+    assert result.steps and all(step.startswith('bbox_head.') for step in result.steps)
+    np.testing.assert_array_equal(result.detections.bboxes.numpy(),
+                                  cam(IMAGE).detections.bboxes.numpy())
+    assert result.head_randomised.mean() < 0.5, result.head_randomised

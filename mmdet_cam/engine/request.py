@@ -184,8 +184,9 @@ class Request:
 
     @property
     def reported_detections(self) -> bool:
-        """Whether the boxes are reported detections, chosen by a selection."""
-        return isinstance(self.boxes, Detections)
+        """Whether the boxes are reported detections, chosen by a selection (held fixed or
+        not: ``FixedCandidates`` of them, in the sanity check)."""
+        return isinstance(getattr(self.boxes, 'boxes', self.boxes), Detections)
 
     @property
     def contrast(self) -> bool:

@@ -31,6 +31,7 @@ from mmengine.utils import ProgressBar
 
 from ..boxes import mask_ious
 from ..engine.candidates import CandidateScorer, MaskedCandidates
+from ..engine.fixed_candidates import FixedCandidates
 from ..engine.request import Request
 from ..engine.session import BoxCAMs, Session
 from ..model.detector import num_classes_of
@@ -52,7 +53,7 @@ class BlackBoxPipeline(ReRunningPipeline):
             'it explains the reported detections only (not named boxes or another class)')
 
     def explain(self, session: Session, request: Request) -> BoxCAMs:
-        detections = session.detect(request.boxes.select)
+        detections = _detections(session, request.boxes)
         masks = request.reads_masks
         scorer = CandidateScorer(session.model, session.pipeline,
                                  getattr(self.method, 'batch_size', 8),
@@ -63,6 +64,16 @@ class BlackBoxPipeline(ReRunningPipeline):
                            detections.masks.numpy() if masks else None)
         return BoxCAMs(detections, maps, masked.sample,
                        [[] for _ in range(len(detections))])
+
+
+def _detections(session: Session, boxes):
+    """The detections to explain: the selection's, or, for ``FixedCandidates`` (the sanity
+    check), those of the first call, followed in a changed model by box and class."""
+    if not isinstance(boxes, FixedCandidates):
+        return session.detect(boxes.select)
+    if boxes.detections is None:
+        boxes.detections = session.detect(boxes.boxes.select)
+    return boxes.detections
 
 
 @CAM_METHODS.register_module(name='drise')

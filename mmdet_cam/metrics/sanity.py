@@ -103,9 +103,11 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def parameter_randomisation(cam, image, seed: int = 0) -> SanityResult:
+def parameter_randomisation(cam, image, seed: int = 0, head_only: bool = False) -> SanityResult:
     """Cascading randomisation of ``cam.model`` (a copy; the model itself is not changed) for
-    the detections ``cam`` explains in ``image`` (a path or BGR array)."""
+    the detections ``cam`` explains in ``image`` (a path or BGR array). ``head_only``: stop
+    once the box head is random (enough for ``head_randomised``; a method that re-runs the
+    detector pays a whole run per step)."""
     image = read_image(image)
     fixed = FixedCandidates(Detections(cam.select))
     proposals = {}
@@ -117,7 +119,11 @@ def parameter_randomisation(cam, image, seed: int = 0) -> SanityResult:
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(seed)
         warnings.simplefilter('ignore')  # random blocks leave some maps without gradient
-        for name, block in cascade_blocks(model):
+        blocks = cascade_blocks(model)
+        if head_only:
+            head = blocks[0][0].split('.')[0]
+            blocks = [(name, block) for name, block in blocks if name.split('.')[0] == head]
+        for name, block in blocks:
             reinitialise(block)
             with pinned_proposals(model, proposals):
                 result = randomised(image, candidates=fixed)
