@@ -13,10 +13,13 @@ detections. A pixel's value is the mean score drop of the windows that hide it; 
 the drops (a hidden part that raises the score is not evidence for the box) and scales them to
 [0, 1].
 """
+import sys
+
 import cv2
 import numpy as np
 import torch
 from captum.attr import Occlusion as CaptumOcclusion
+from mmengine.utils import ProgressBar
 
 from ..boxes import tracked_mask_score, tracked_score
 from ..registry import CAM_METHODS
@@ -36,7 +39,7 @@ class Occlusion:
             of the window's scale), ``'mean'`` (the image's mean colour) or a number (a grey
             level, 0-255).
         batch_size: occluded images per forward pass.
-        progress: show captum's progress over the window positions.
+        progress: show a progress bar over the window positions.
     """
 
     kind = MethodKind.BLACK_BOX  # BlackBoxPipeline runs it on the image, no gradients
@@ -71,8 +74,13 @@ class Occlusion:
         raw candidates of the copies). With ``instance_masks`` (``[N, H, W]`` boolean), the
         detections' masks are followed instead of their boxes."""
         image = candidates_fn.resized
+        # captum's own progress bar counts something else than the forwards: ours counts them
+        positions = np.prod([-(-(side - self.window) // self.stride) + 1 for side in size])
+        bar = ProgressBar(positions + 1, file=sys.stderr) if self.progress else None
 
         def tracked(images: torch.Tensor) -> torch.Tensor:  # [B, 3, h, w] -> [B, N]
+            if bar is not None:
+                bar.update(len(images))
             return torch.tensor([
                 [tracked_score(c.bboxes, c.scores, c.labels, box, label)
                  if instance_masks is None else tracked_mask_score(c, mask, label)
@@ -83,7 +91,9 @@ class Occlusion:
         drops = CaptumOcclusion(tracked).attribute(
             image[None], sliding_window_shapes=(3, self.window, self.window),
             strides=(3, self.stride, self.stride), baselines=self.baseline_of(image)[None],
-            perturbations_per_eval=self.batch_size, show_progress=self.progress)
+            perturbations_per_eval=self.batch_size)
+        if bar is not None:
+            sys.stderr.write('\n')
         maps = drops.reshape(len(bboxes), *image.shape).sum(dim=1).clamp(min=0).numpy()
         # constant on stride-sized cells: smoothed, so a peak is the middle of the windows
         # that hide the evidence, not the corner of a cell
