@@ -240,7 +240,7 @@ def run(args) -> int:
                   f'box\'s map also marks other objects of those channels); --method '
                   f'{alternative} (the default, chosen by the faithfulness benchmark) keeps '
                   'each map on its own box', file=sys.stderr)
-    if detections and any(cam.kind.uses_layers for cam, _ in panels):
+    if detections and any(cam.layers_read for cam, _ in panels):
         print(f'\nnote: maps at target layers show the features that drove each box, which are '
               'not always the pixels that decided it; for "what in the image made this box" use '
               f'--method {PIXEL_EVIDENCE_METHOD} (one forward per window position: slower)',
