@@ -7,7 +7,7 @@
 #   python tools/publish_checkpoint.py demo/dino_shapes.pth work_dirs/dino_evidence_start.pth \
 #       --take backbone.=demo/rtmdet_evidence.pth
 #   python tools/train.py demo/dino_evidence.py --work-dir work_dirs/dino_evidence
-#   python tools/publish_checkpoint.py work_dirs/dino_evidence/epoch_12.pth \
+#   python tools/publish_checkpoint.py work_dirs/dino_evidence/epoch_8.pth \
 #       demo/dino_evidence.pth --half
 _base_ = './dino_shapes.py'
 
@@ -22,13 +22,10 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'val.json')
 test_evaluator = val_evaluator
 
-max_epochs = 12
+max_epochs = 8
 train_cfg = dict(max_epochs=max_epochs, val_interval=4)
 # the backbone at the full rate: telling the classes apart is new, and it happens in fine detail
 optim_wrapper = dict(optimizer=dict(lr=0.0002),
                      paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=1.0)}))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=100),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[9], gamma=0.1),
-]
+param_scheduler = [dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=100)]
 load_from = 'work_dirs/dino_evidence_start.pth'
