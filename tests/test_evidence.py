@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from mmdet_cam import DetCAM
+from mmdet_cam import DetCAM, build_detector
 from mmdet_cam.boxes import box_iou, box_mask, tracked_score
 from mmdet_cam.engine.candidates import CandidateScorer
 from mmdet_cam.metrics import evidence_mass, evidence_pointing, rank_accuracy
 from mmdet_cam.shapes import EVIDENCE_CLASSES, make_evidence_image, make_image, write_split
+
+from conftest import REPO
 
 
 @pytest.fixture(scope='module')
@@ -143,12 +145,16 @@ def test_evidence_metrics_on_hand_made_maps():
     assert evidence_mass(-on_cue, cue) == 0.0  # negative evidence is no mass
 
 
-def test_the_evidence_demo_uses_the_cues_and_fails_without_them(evidence_demo):
-    """The intervention that makes the cue ground truth for this model: on fresh scenes, the
-    demo finds the objects of their class, and the same scene without an object's cue drops
-    the detection's tracked score to at most half for at least 80% of them."""
-    cam = DetCAM(evidence_demo)
-    scorer = CandidateScorer(evidence_demo, cam.pipeline)
+@pytest.mark.parametrize('demo', ['rtmdet', pytest.param('dino', marks=pytest.mark.slow)])
+def test_the_evidence_demo_uses_the_cues_and_fails_without_them(evidence_demo, demo):
+    """The intervention that makes the cue ground truth for this model: on fresh scenes, each
+    evidence demo (CNN and DETR-style) finds the objects of their class, and the same scene
+    without an object's cue drops the detection's tracked score to at most half for at least
+    80% of them."""
+    model = evidence_demo if demo == 'rtmdet' else build_detector(
+        str(REPO / 'demo' / 'dino_evidence.py'), str(REPO / 'demo' / 'dino_evidence.pth'))
+    cam = DetCAM(model)
+    scorer = CandidateScorer(model, cam.pipeline)
     ratios, objects_seen, found = [], 0, 0
     for seed in range(200000, 200008):
         image, objects = make_evidence_image(np.random.default_rng(seed))
