@@ -87,3 +87,11 @@ def _detection_of(detections, obj):
     ious = box_iou(detections.bboxes.numpy(), obj['bbox'])
     ious[detections.labels.numpy() != obj['label']] = 0
     return int(np.argmax(ious)) if len(ious) and ious.max() >= 0.5 else None
+
+
+def test_no_detections_no_maps_and_a_window_larger_than_the_image_is_one_window(demo_model):
+    none = DetCAM(demo_model, method=dict(type='occlusion', progress=False),
+                  score_thr=0.99999)(DEMO_IMAGE)
+    assert len(none) == 0 and none.cams.shape == (0,) + none.image.shape[:2]
+    whole = occlusion(demo_model, window=1000)(DEMO_IMAGE)
+    assert whole.cams.shape == (2,) + whole.image.shape[:2] and np.isfinite(whole.cams).all()

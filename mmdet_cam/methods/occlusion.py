@@ -8,7 +8,7 @@ function captum attributes is, per detection, its *tracked score*: the best IoU 
 of its class among the raw candidates of the occluded image (``mmdet_cam.boxes.tracked_score``;
 for the mask target, mask IoU), as D-RISE and the deletion metric follow a detection. captum
 takes that ``[copies, detections]`` output whole, so every detection is explained by the same
-forwards: an image costs ``(h / stride) x (w / stride)`` forwards whatever the number of
+forwards: an image costs about ``(h / stride) x (w / stride)`` forwards whatever the number of
 detections. A pixel's value is the mean score drop of the windows that hide it; the map keeps
 the drops (a hidden part that raises the score is not evidence for the box) and scales them to
 [0, 1].
@@ -73,9 +73,12 @@ class Occlusion:
         ``MaskedCandidates`` (its ``resized`` image is occluded, its ``perturbed`` gives the
         raw candidates of the copies). With ``instance_masks`` (``[N, H, W]`` boolean), the
         detections' masks are followed instead of their boxes."""
+        if len(bboxes) == 0:
+            return np.zeros((0, *size), np.float32)
         image = candidates_fn.resized
+        window = [min(self.window, side) for side in size]  # an image smaller than the window
         # captum's own progress bar counts something else than the forwards: ours counts them
-        positions = np.prod([-(-(side - self.window) // self.stride) + 1 for side in size])
+        positions = np.prod([-(-(side - w) // self.stride) + 1 for side, w in zip(size, window)])
         bar = ProgressBar(positions + 1, file=sys.stderr) if self.progress else None
 
         def tracked(images: torch.Tensor) -> torch.Tensor:  # [B, 3, h, w] -> [B, N]
@@ -89,7 +92,7 @@ class Occlusion:
                 for c in candidates_fn.perturbed(images)], dtype=torch.float64)
 
         drops = CaptumOcclusion(tracked).attribute(
-            image[None], sliding_window_shapes=(3, self.window, self.window),
+            image[None], sliding_window_shapes=(3, *window),
             strides=(3, self.stride, self.stride), baselines=self.baseline_of(image)[None],
             perturbations_per_eval=self.batch_size)
         if bar is not None:
