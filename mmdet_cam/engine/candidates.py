@@ -99,14 +99,7 @@ class MaskedCandidates:
         return self.image[:, :height, :width].float()
 
     def __call__(self, masks: np.ndarray) -> List[InstanceData]:
-        height, width = self.size
-        results = []
-        for first in range(0, len(masks), self.scorer.batch_size):
-            chunk = torch.from_numpy(masks[first:first + self.scorer.batch_size])
-            images = self.image.float().repeat(len(chunk), 1, 1, 1)
-            images[:, :, :height, :width] *= chunk[:, None]
-            results += self._candidates(images)
-        return results
+        return self.perturbed(self.resized * torch.from_numpy(masks)[:, None])
 
     def perturbed(self, images: Tensor) -> List[InstanceData]:
         """Candidates of ``[B, 3, h, w]`` perturbed copies of :attr:`resized`."""
@@ -116,14 +109,11 @@ class MaskedCandidates:
             chunk = images[first:first + self.scorer.batch_size]
             padded = self.image.float().repeat(len(chunk), 1, 1, 1)
             padded[:, :, :height, :width] = chunk
-            results += self._candidates(padded)
+            batch = self.scorer.model.data_preprocessor(dict(  # a list, as a data loader gives
+                inputs=list(padded), data_samples=[copy.deepcopy(self.sample) for _ in chunk]),
+                False)
+            results += self.scorer.candidates(batch['inputs'], batch['data_samples'])
         return results
-
-    def _candidates(self, images: Tensor) -> List[InstanceData]:
-        batch = self.scorer.model.data_preprocessor(dict(  # a list, as a data loader gives
-            inputs=list(images), data_samples=[copy.deepcopy(self.sample) for _ in images]),
-            False)
-        return self.scorer.candidates(batch['inputs'], batch['data_samples'])
 
 
 class RawCandidatesModel(nn.Module):

@@ -21,7 +21,7 @@ import torch
 from captum.attr import Occlusion as CaptumOcclusion
 from mmengine.utils import ProgressBar
 
-from ..boxes import tracked_mask_score, tracked_score
+from ..engine.candidates import TrackedDetection, TrackedMask
 from ..registry import CAM_METHODS
 from .kinds import MethodKind
 
@@ -81,15 +81,15 @@ class Occlusion:
         positions = np.prod([-(-(side - w) // self.stride) + 1 for side, w in zip(size, window)])
         bar = ProgressBar(positions + 1, file=sys.stderr) if self.progress else None
 
+        targets = ([TrackedDetection(box, label) for box, label in zip(bboxes, labels)]
+                   if instance_masks is None else
+                   [TrackedMask(mask, label) for mask, label in zip(instance_masks, labels)])
+
         def tracked(images: torch.Tensor) -> torch.Tensor:  # [B, 3, h, w] -> [B, N]
             if bar is not None:
                 bar.update(len(images))
-            return torch.tensor([
-                [tracked_score(c.bboxes, c.scores, c.labels, box, label)
-                 if instance_masks is None else tracked_mask_score(c, mask, label)
-                 for box, mask, label in zip(bboxes, _or_nones(instance_masks, len(bboxes)),
-                                             labels)]
-                for c in candidates_fn.perturbed(images)], dtype=torch.float64)
+            return torch.tensor([[float(target(c)) for target in targets]
+                                 for c in candidates_fn.perturbed(images)], dtype=torch.float64)
 
         drops = CaptumOcclusion(tracked).attribute(
             image[None], sliding_window_shapes=(3, *window),
@@ -104,7 +104,3 @@ class Occlusion:
                          for m in maps]) if len(maps) else maps
         peak = maps.max(axis=(1, 2), keepdims=True)
         return np.where(peak > 0, maps / np.where(peak > 0, peak, 1), 0).astype(np.float32)
-
-
-def _or_nones(masks, count: int):
-    return [None] * count if masks is None else masks
