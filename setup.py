@@ -33,7 +33,7 @@ setup(
     ],
     # browser tests drive Debian's chromium (apt-get install chromium) with Playwright
     extras_require={
-        'tests': ['pytest>=7', 'playwright>=1.40', 'ruff==0.17.6'],
+        'tests': ['pytest>=7', 'playwright>=1.40', 'ruff==0.17.6', 'tensorboard>=2.14'],
         # text-prompted detectors (Grounding DINO, GLIP); their Grounding DINO layers import
         # fairscale. transformers < 4.52: GLIP's fusion layers import apply_chunking_to_forward
         # and mmpretrain 1.2 imports GenerationMixin from transformers.modeling_utils, which

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
 
 from mmdet_cam import DetCAM, build_detector
@@ -86,10 +87,12 @@ def baseline_map(kind: str, shape, box, rng) -> np.ndarray:
 
 
 def evaluate(model, method, samples, scorer, steps, score_thr, road_images, sanity_images,
-             partial: Path, seed=0, target_layers=None, target='score'):
-    """One method's summary row and mean curves. Each image's figures are appended to
-    ``partial`` as it finishes, and images found there are not computed again."""
-    cam = DetCAM(model, method='gradcam' if method in BASELINES else method,
+             partial: Path, seed=0, target_layers=None, target='score', options=None):
+    """One method's summary row and mean curves (``options``: the method's own). Each image's
+    figures are appended to ``partial`` as it finishes, and images found there are not
+    computed again."""
+    cam = DetCAM(model, method='gradcam' if method in BASELINES else dict(type=method,
+                                                                           **(options or {})),
                  score_thr=score_thr, target_layers=target_layers, target=target)
     images = {}
     if partial.is_file():
@@ -179,6 +182,13 @@ def default_by_evidence(rows: dict) -> str:
     return max(eligible, key=lambda m: eligible[m]['oa']) if eligible else ''
 
 
+def method_options(options: dict, method: str) -> dict:
+    """The options of ``--method-options`` that apply to ``method``: unprefixed ones and
+    those named ``method.key``."""
+    return {key.split('.', 1)[-1]: value for key, value in options.items()
+            if '.' not in key or key.startswith(f'{method}.')}
+
+
 def table_row(method: str, row: dict) -> str:
     cells = [str(row['boxes'])] + [f'{row[c]:.3f}' if np.isfinite(row[c]) else '-'
                                    for c in COLUMNS[1:]]
@@ -223,6 +233,10 @@ def main():
     parser.add_argument('--target', choices=['score', 'mask'], default='score',
                         help="what the maps explain; 'mask': each detection's mask (instance "
                         'segmentors), pointing and energy against the GT masks')
+    parser.add_argument('--method-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        default={}, help="options of the methods (not the baselines): "
+                        "'key=value' for every method, 'method.key=value' for one, e.g. "
+                        "occlusion.baseline=mean; their rows are named 'method[key=value]'")
     parser.add_argument('--plot', help='default: docs/faithfulness_curves.png for the shipped '
                         'demo model, work_dirs/faithfulness/<settings>.png for others')
     args = parser.parse_args()
@@ -256,15 +270,19 @@ def main():
           'sanity | last | s/box |')
     print('|---|' + '---:|' * len(COLUMNS))
     for method in methods:
-        if method not in done:
-            partial = store.with_name(f'{settings}.{method}.images.jsonl')
+        options = {} if method in BASELINES else method_options(args.method_options, method)
+        name = method + (f"[{','.join(f'{k}={v}' for k, v in options.items())}]"
+                         if options else '')
+        if name not in done:
+            partial = store.with_name(f'{settings}.{name}.images.jsonl')
             row, curve = evaluate(model, method, samples, scorer, args.steps, args.score_thr,
                                   args.road_images, args.sanity_images, partial,
-                                  target_layers=args.target_layers, target=args.target)
-            done[method] = dict(method=method, row=row, curves=curve)
+                                  target_layers=args.target_layers, target=args.target,
+                                  options=options)
+            done[name] = dict(method=name, row=row, curves=curve)
             with store.open('a') as f:
-                f.write(json.dumps(done[method]) + '\n')
-        print(table_row(method, done[method]['row']), flush=True)
+                f.write(json.dumps(done[name]) + '\n')
+        print(table_row(name, done[name]['row']), flush=True)
     # the plot and the pick cover every method measured with these settings, not only this run's
     everything = {method: done[method] for method in sorted(done, key=lambda m: m in BASELINES)}
     plot({m: d['curves'] for m, d in everything.items()}, Path(args.plot), args.steps)

@@ -51,6 +51,11 @@ class DetCAMResult:
             its value (gradient x token embedding at the language model's input, summed over
             the embedding; from the same backward as its map). None for detectors without
             text and for methods that use no gradients.
+        dataset_meta: the model's ``classes`` and ``palette``, for drawing.
+
+    In a Jupyter notebook a result shows itself: the overlay of every map with the boxes,
+    then one thumbnail per detection with its class and score (``_repr_html_``; plain
+    ``_repr_png_``: the overlay alone).
     """
     detections: InstanceData
     cams: np.ndarray
@@ -58,9 +63,18 @@ class DetCAMResult:
     zero_gradient_layers: List[List[str]]
     tokens: Optional[List[str]] = None
     token_attributions: Optional[np.ndarray] = None
+    dataset_meta: Optional[dict] = None
 
     def __len__(self) -> int:
         return len(self.detections)
+
+    def _repr_png_(self) -> bytes:
+        from .visualization.notebook import result_png
+        return result_png(self)
+
+    def _repr_html_(self) -> str:
+        from .visualization.notebook import result_html
+        return result_html(self)
 
 
 class DetCAM:
@@ -216,7 +230,10 @@ class DetCAM:
         image = read_image(img)
         cam = self if texts is None else self.with_texts(texts)
         with PATCH_LOCK:
-            return cam._call(image, candidates, boxes, labels, explain_class, contrast)
+            result = cam._call(image, candidates, boxes, labels, explain_class, contrast)
+        result.dataset_meta = dict(getattr(cam.model, 'dataset_meta', None) or {},
+                                   classes=cam.class_names)
+        return result
 
     def _call(self, image, candidates, boxes, labels, explain_class, contrast) -> DetCAMResult:
         session, reported = self._session(image), None  # one preprocessing for both runs

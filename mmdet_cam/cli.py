@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--html', action='store_true',
                         help='also write an offline report, <out-dir>/index.html: point at a box '
                         'to see its map')
+    parser.add_argument('--atlas', action='store_true',
+                        help='also write the evidence atlas of the run: per class, the mean map '
+                        'around its boxes and the share of it inside / outside them '
+                        '(<out-dir>/atlas.json, atlas_<class>.jpg; on the --html index)')
     parser.add_argument('--list-layers', action='store_true',
                         help="print the model's layers with output shapes for the first image, "
                         'then exit')
@@ -171,7 +175,7 @@ def run(args) -> int:
     from .model.prompts import use_language_model
     output = OutputSettings.of(alpha=args.alpha, renormalize=args.renormalize,
                                per_box=args.per_box, save_npy=args.save_npy,
-                               save_all=args.save_all, html=args.html)
+                               save_all=args.save_all, html=args.html, atlas=args.atlas)
     if args.contrast and not args.explain_class:
         raise BadInputError('--contrast needs --explain-class CLASS, the class to contrast with')
     sources = expand_inputs(args.img)
@@ -248,9 +252,10 @@ def run(args) -> int:
     summary = (f'{len(sources) - len(failed)} of {len(sources)} inputs, {detections} '
                f'detections, {time.time() - start:.1f} s -> {out_dir}')
     print(f'\ndone: {summary}' + (f' ({len(failed)} failed)' if failed else ''))
-    for _, sinks in panels:
-        for message in sinks.close():
-            print(message)
+    # the first panel's report is closed last: its index shows every panel's atlas
+    messages = [sinks.close() for _, sinks in reversed(panels)]
+    for message in (m for panel in reversed(messages) for m in panel):
+        print(message)
     return 1 if failed else 0
 
 
@@ -391,16 +396,17 @@ def explain_video(panels, source: str, what: dict) -> int:
     if reader.frame_cnt == 0 or reader.width == 0:
         raise BadImageError(f'cannot read video {source}')
     stem = Path(source).stem
-    writers = [(cam, sinks.files) for cam, sinks in panels]
+    writers = [(cam, sinks.files, sinks) for cam, sinks in panels]
     videos = [cv2.VideoWriter(str(writer.out_dir / f'{writer.file_stem(stem)}_cam.mp4'),
                               cv2.VideoWriter_fourcc(*'mp4v'), reader.fps,
-                              (reader.width, reader.height)) for _, writer in writers]
+                              (reader.width, reader.height)) for _, writer, _ in writers]
     frames, count = [[] for _ in panels], 0
     progress = ProgressBar(reader.frame_cnt)
     try:
         for index, frame in enumerate(reader):
-            for (cam, writer), video, described in zip(writers, videos, frames):
+            for (cam, writer, sinks), video, described in zip(writers, videos, frames):
                 result = cam(frame, **what)
+                sinks.add_frame(result)  # the atlas
                 video.write(writer.render(result))
                 if writer.html:
                     writer.write_report_images(result, stem, index)
@@ -410,7 +416,7 @@ def explain_video(panels, source: str, what: dict) -> int:
     finally:
         for video in videos:
             video.release()
-    for (_, writer), described in zip(writers, frames):
+    for (_, writer, _), described in zip(writers, frames):
         summary = dict(video=source, fps=reader.fps, image_size=[reader.height, reader.width],
                        **writer.settings, **writer.panel_fields(stem), frames=described,
                        **(dict(palette=writer.palette) if writer.palette else {}))

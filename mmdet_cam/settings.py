@@ -113,6 +113,9 @@ class OutputSettings(_Settings):
         save_npy: also write the maps as ``.npy``.
         save_all: also write ``<stem>_original.jpg`` and ``<stem>_detection.jpg``.
         html: also write the interactive report (``index.html``).
+        atlas: also write the evidence atlas at the end of the run: per class, the mean map
+            in the box frame and its mass inside / around / outside the boxes
+            (``atlas.json``, ``atlas_<class>.jpg``).
     """
     alpha: float = 0.5
     renormalize: bool = False
@@ -120,6 +123,7 @@ class OutputSettings(_Settings):
     save_npy: bool = False
     save_all: bool = False
     html: bool = False
+    atlas: bool = False
 
     def __post_init__(self):
         if not 0 <= self.alpha <= 1:

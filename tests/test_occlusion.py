@@ -49,10 +49,10 @@ def test_the_blurred_baseline_erases_a_small_part_and_keeps_the_colours():
     image = np.full((3, 64, 64), 100, np.float32)
     image[:, 30:36, 30:36] = 250  # a 6-pixel cue
     image[:, :, 40:] = 20  # a region 3 blur sigmas away keeps its colour
-    blurred = Occlusion(window=16).baseline_of(torch.from_numpy(image)).numpy()
+    blurred = Occlusion().baseline_of(torch.from_numpy(image), window=16).numpy()
     assert blurred[:, 30:36, 30:36].max() < 100 + 0.3 * 150  # the cue fades into its object
     assert abs(blurred[0, 10, 10] - 100) < 1 and abs(blurred[0, 10, 63] - 20) < 1
-    mean = Occlusion(baseline='mean').baseline_of(torch.from_numpy(image))
+    mean = Occlusion(baseline='mean').baseline_of(torch.from_numpy(image), 16)
     assert mean.std() == 0 and float(mean[0, 0, 0]) == pytest.approx(image.mean(), rel=1e-5)
 
 
@@ -62,7 +62,11 @@ def test_options_are_checked():
     with pytest.raises(UnknownNameError, match="baseline must be 'blur'"):
         build_cam_method(dict(type='occlusion', baseline='noise'), None)
     method = build_cam_method(dict(type='occlusion', window=24), None)
-    assert (method.window, method.stride) == (24, 12)
+    assert (method.windows, method.strides) == ([24], [12])
+    method = build_cam_method(dict(type='occlusion', window=[16, 48]), None)
+    assert (method.windows, method.strides) == ([16, 48], [8, 24])
+    with pytest.raises(UnknownNameError, match='one stride per window'):
+        build_cam_method(dict(type='occlusion', window=[16, 48], stride=8), None)
 
 
 @pytest.mark.slow

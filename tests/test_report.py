@@ -293,3 +293,67 @@ def test_the_selected_instances_mask_is_outlined(browser, mask_report):
         assert box[0] - 6 <= x1 and box[1] - 6 <= y1 and x2 <= box[2] + 6 and y2 <= box[3] + 6
         assert (x2 - x1) * (y2 - y1) >= 0.5 * (box[2] - box[0]) * (box[3] - box[1])
     page.close()
+
+
+@pytest.fixture(scope='module')
+def atlas_report(tmp_path_factory):
+    """Fresh evidence scenes explained by the CLI with --html --atlas."""
+    from mmdet_cam.shapes import write_split
+    root = tmp_path_factory.mktemp('evidence')
+    write_split(root, 'val', 4, seed=4243, kind='evidence')
+    out = tmp_path_factory.mktemp('atlas_report')
+    run = subprocess.run([sys.executable, TOOL, str(REPO / 'demo' / 'rtmdet_evidence.py'),
+                          str(REPO / 'demo' / 'rtmdet_evidence.pth'), str(root / 'val'),
+                          '--out-dir', str(out), '--html', '--atlas'],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+def test_the_index_shows_the_atlas_and_its_class_filter_selects_one(browser, atlas_report):
+    atlas = json.loads((atlas_report / 'atlas.json').read_text())
+    page = browser.new_page(viewport={'width': 1280, 'height': 900})
+    errors = []
+    page.on('pageerror', lambda error: errors.append(str(error)))
+    page.goto((atlas_report / 'index.html').as_uri())
+    figures = page.locator('.atlas figure')
+    assert figures.count() == len(atlas['classes'])
+    for k in range(figures.count()):
+        figure = figures.nth(k)
+        name = figure.get_attribute('data-class')
+        entry = atlas['classes'][name]
+        assert name in figure.inner_text() and f"{entry['detections']} detection" in \
+            figure.inner_text()
+        if entry['picture']:  # the picture is loaded, not a broken image
+            assert figure.locator('img').evaluate('img => img.naturalWidth') == 288
+            assert f"{100 * entry['inside']:.0f}% in the box" in figure.inner_text()
+    page.select_option('[data-role=class]', 'tagged')
+    shown = [f.get_attribute('data-class') for f in figures.all() if f.is_visible()]
+    assert shown == ['tagged']
+    page.select_option('[data-role=class]', '')
+    assert all(f.is_visible() for f in figures.all())
+    assert not errors
+    page.close()
+
+
+def test_a_result_renders_itself_in_a_notebook(browser, demo_model):
+    """What Jupyter shows for a ``DetCAMResult`` (``_repr_html_``), rendered headlessly: the
+    overlay at the image's size, then one thumbnail per detection with its class and score."""
+    from mmdet_cam import DetCAM
+    result = DetCAM(demo_model)(str(REPO / 'demo' / 'images' / 'shapes_1.jpg'))
+    assert len(result) >= 2
+    overlay = cv2.imdecode(np.frombuffer(result._repr_png_(), np.uint8), cv2.IMREAD_COLOR)
+    assert overlay.shape == result.image.shape and overlay.std() > 10
+    page = browser.new_page(viewport={'width': 1280, 'height': 900})
+    page.set_content(result._repr_html_())
+    images = page.locator('img')
+    assert images.count() == 1 + len(result)
+    sizes = [img.evaluate('i => [i.naturalWidth, i.naturalHeight]') for img in images.all()]
+    assert sizes[0] == [result.image.shape[1], result.image.shape[0]]
+    assert all(height == 128 and width > 0 for width, height in sizes[1:])
+    captions = page.locator('figcaption').all_inner_texts()
+    names = result.dataset_meta['classes']
+    for k, caption in enumerate(captions):
+        label, score = int(result.detections.labels[k]), float(result.detections.scores[k])
+        assert caption == f'{k}: {names[label]} {score:.2f}'
+    page.close()

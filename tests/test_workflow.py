@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -252,3 +253,41 @@ def test_test_loop_scores_the_maps_on_the_evidence_the_annotations_record(tmp_pa
         assert run['cam/evidence_in'] + run['cam/evidence_out'] >= 6
         assert run['cam/evidence_in'] >= 2 and run['cam/evidence_out'] >= 1, run
     assert occlusion['cam/evidence_pointing'] >= 0.6 > odam['cam/evidence_pointing'] + 0.2
+
+
+def test_the_hook_sends_overlays_and_the_atlas_to_the_configs_tensorboard(val_root, tmp_path):
+    """With TensorBoard among the config's vis_backends, every explained test image's overlay
+    and the atlas pictures reach its event file (read back with tensorboard's own reader),
+    next to the files the hook writes as before."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mmdet_cam.model.checkpoint import load_checkpoint
+
+    cfg = Config.fromfile(str(CONFIG))
+    cfg.work_dir = str(tmp_path)
+    cfg.merge_from_dict(val_split_options(val_root))
+    cfg.visualizer.vis_backends = [dict(type='LocalVisBackend'),
+                                   dict(type='TensorboardVisBackend')]
+    cfg.custom_hooks = [dict(type='DetCAMHook', method='odam', score_thr=0.3, atlas=True)]
+    runner = Runner.from_cfg(cfg)
+    load_checkpoint(runner.model, str(CHECKPOINT))
+    runner.test()
+
+    events = sorted(tmp_path.glob('**/events.out.tfevents*'))
+    assert events, sorted(str(p) for p in tmp_path.rglob('*'))
+    reader = EventAccumulator(str(events[0].parent), size_guidance={'images': 0})
+    reader.Reload()
+    tags = set(reader.Tags()['images'])
+    stems = sorted(p.stem for p in (val_root / 'val').glob('*.jpg'))
+    assert {f'cam/odam/{stem}' for stem in stems} <= tags
+    atlas = json.loads((tmp_path / 'cam' / 'atlas.json').read_text())
+    pictured = {name for name, c in atlas['classes'].items() if c['picture']}
+    assert pictured and {f'cam/odam/atlas/{name}' for name in pictured} <= tags
+    image = reader.Images(f'cam/odam/{stems[0]}')[0]
+    decoded = cv2.imdecode(np.frombuffer(image.encoded_image_string, np.uint8), cv2.IMREAD_COLOR)
+    written = cv2.imread(str(tmp_path / 'cam' / f'{stems[0]}_cam.jpg'))
+    assert decoded.shape == written.shape  # the overlay the files sink writes
+    assert np.abs(decoded.astype(float) - written).mean() < 8  # JPEG against PNG
+    assert not list(tmp_path.glob('**/vis_image/*'))  # the local backend gets no copies

@@ -44,27 +44,48 @@ class Occlusion:
 
     kind = MethodKind.BLACK_BOX  # BlackBoxPipeline runs it on the image, no gradients
 
-    def __init__(self, window: int = 16, stride: int = None, baseline='blur',
+    def __init__(self, window=16, stride=None, baseline='blur',
                  batch_size: int = 16, progress: bool = True):
-        stride = stride or max(1, window // 2)
-        if window < 1 or stride < 1 or batch_size < 1:
+        self.windows = [int(w) for w in np.atleast_1d(window)]
+        self.strides = ([int(s) for s in np.atleast_1d(stride)] if stride is not None else
+                        [max(1, w // 2) for w in self.windows])
+        if len(self.strides) != len(self.windows):
+            raise ValueError(f'occlusion needs one stride per window, got windows '
+                             f'{self.windows} and strides {self.strides}')
+        if min(self.windows + self.strides) < 1 or batch_size < 1:
             raise ValueError('occlusion needs window, stride and batch_size >= 1, got '
-                             f'{window}, {stride} and {batch_size}')
+                             f'{self.windows}, {self.strides} and {batch_size}')
         if not (baseline in ('blur', 'mean') or isinstance(baseline, (int, float))):
             raise ValueError(f"baseline must be 'blur', 'mean' or a grey level, got {baseline!r}")
-        self.window, self.stride, self.baseline = int(window), int(stride), baseline
+        self.baseline = baseline
         self.batch_size, self.progress = batch_size, progress
 
-    def baseline_of(self, image: torch.Tensor) -> torch.Tensor:
-        """What replaces hidden pixels of ``image`` (``[3, h, w]``), the same shape."""
+    def baseline_of(self, image: torch.Tensor, window: int) -> torch.Tensor:
+        """What replaces hidden pixels of ``image`` (``[3, h, w]``) under a window of side
+        ``window``, the same shape."""
         if self.baseline == 'mean':
             return image.mean(dim=(1, 2), keepdim=True).expand_as(image).clone()
         if self.baseline == 'blur':
             pixels = image.permute(1, 2, 0).numpy()
-            blurred = cv2.GaussianBlur(pixels, (0, 0), sigmaX=self.window / 2,
+            blurred = cv2.GaussianBlur(pixels, (0, 0), sigmaX=window / 2,
                                        borderType=cv2.BORDER_REPLICATE)
             return torch.from_numpy(blurred.reshape(pixels.shape)).permute(2, 0, 1).contiguous()
         return torch.full_like(image, float(self.baseline))
+
+    def drops(self, tracked, image: torch.Tensor, window, stride: int) -> np.ndarray:
+        """``[N, h, w]`` score drops of one window size, smoothed and scaled to [0, 1] per
+        detection, so that every size counts alike in the sum."""
+        drops = CaptumOcclusion(tracked).attribute(
+            image[None], sliding_window_shapes=(3, *window), strides=(3, stride, stride),
+            baselines=self.baseline_of(image, max(window))[None],
+            perturbations_per_eval=self.batch_size)
+        maps = drops.reshape(-1, *image.shape).sum(dim=1).clamp(min=0).numpy()
+        # constant on stride-sized cells: smoothed, so a peak is the middle of the windows
+        # that hide the evidence, not the corner of a cell
+        maps = np.stack([cv2.GaussianBlur(m.astype(np.float32), (0, 0), stride / 2)
+                         for m in maps])
+        peak = maps.max(axis=(1, 2), keepdims=True)
+        return np.where(peak > 0, maps / np.where(peak > 0, peak, 1), 0)
 
     def __call__(self, size, bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                  candidates_fn, num_classes: int, instance_masks=None) -> np.ndarray:
@@ -76,14 +97,15 @@ class Occlusion:
         if len(bboxes) == 0:
             return np.zeros((0, *size), np.float32)
         image = candidates_fn.resized
-        window = [min(self.window, side) for side in size]  # an image smaller than the window
-        # captum's own progress bar counts something else than the forwards: ours counts them
-        positions = np.prod([-(-(side - w) // self.stride) + 1 for side, w in zip(size, window)])
-        bar = ProgressBar(positions + 1, file=sys.stderr) if self.progress else None
-
         targets = ([TrackedDetection(box, label) for box, label in zip(bboxes, labels)]
                    if instance_masks is None else
                    [TrackedMask(mask, label) for mask, label in zip(instance_masks, labels)])
+        # a window larger than the image is clamped to it
+        scales = [([min(w, side) for side in size], s) for w, s in zip(self.windows, self.strides)]
+        # captum's own progress bar counts something else than the forwards: ours counts them
+        positions = sum(np.prod([-(-(side - w) // stride) + 1 for side, w in zip(size, window)])
+                        for window, stride in scales)
+        bar = ProgressBar(positions + len(scales), file=sys.stderr) if self.progress else None
 
         def tracked(images: torch.Tensor) -> torch.Tensor:  # [B, 3, h, w] -> [B, N]
             if bar is not None:
@@ -91,16 +113,8 @@ class Occlusion:
             return torch.tensor([[float(target(c)) for target in targets]
                                  for c in candidates_fn.perturbed(images)], dtype=torch.float64)
 
-        drops = CaptumOcclusion(tracked).attribute(
-            image[None], sliding_window_shapes=(3, *window),
-            strides=(3, self.stride, self.stride), baselines=self.baseline_of(image)[None],
-            perturbations_per_eval=self.batch_size)
+        maps = sum(self.drops(tracked, image, window, stride) for window, stride in scales)
         if bar is not None:
             sys.stderr.write('\n')
-        maps = drops.reshape(len(bboxes), *image.shape).sum(dim=1).clamp(min=0).numpy()
-        # constant on stride-sized cells: smoothed, so a peak is the middle of the windows
-        # that hide the evidence, not the corner of a cell
-        maps = np.stack([cv2.GaussianBlur(m.astype(np.float32), (0, 0), self.stride / 2)
-                         for m in maps]) if len(maps) else maps
         peak = maps.max(axis=(1, 2), keepdims=True)
         return np.where(peak > 0, maps / np.where(peak > 0, peak, 1), 0).astype(np.float32)

@@ -4,7 +4,8 @@ per image on which pointing at a box shows that box's map.
 The pages are built from what :class:`~mmdet_cam.outputs.files.ResultWriter` wrote with
 ``html=True``: each image's JSON summary, ``<stem>_cam.jpg`` (the thumbnail),
 ``<stem>_original.jpg``, and the maps as JET images, ``<stem>_map<k>.jpg`` per box and
-``<stem>_map_all.jpg`` (the maximum over boxes); for a video the same per frame, with a frame
+``<stem>_map_all.jpg`` (the maximum over boxes), and the evidence atlas (``atlas*.json``)
+on the index when the run made one; for a video the same per frame, with a frame
 slider on its page. A run that explained each image several ways (methods or layers, one
 writer per ``panel``) gets the ways side by side on one page, one box selection for all.
 Everything is referenced by relative path, so the folder opens from disk, moves as a whole and
@@ -100,9 +101,22 @@ def write_report(out_dir) -> Path:
             page.render(entry=entry, data=_script_json(entry), **neighbours), encoding='utf-8')
     classes = sorted({name for e in entries for name, _ in e['classes_scores']})
     index = out_dir / 'index.html'
-    index.write_text(env.get_template('index.html').render(entries=entries, classes=classes),
-                     encoding='utf-8')
+    index.write_text(env.get_template('index.html').render(
+        entries=entries, classes=classes, atlases=read_atlases(out_dir)), encoding='utf-8')
     return index
+
+
+def read_atlases(out_dir: Path) -> List[dict]:
+    """The evidence atlases of the run in ``out_dir`` (``atlas*.json``, one per panel)."""
+    atlases = []
+    for path in sorted(out_dir.glob('atlas*.json')):
+        try:
+            atlas = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(atlas, dict) and isinstance(atlas.get('classes'), dict):
+            atlases.append(atlas)
+    return atlases
 
 
 def _script_json(value) -> str:

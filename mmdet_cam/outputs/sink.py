@@ -12,6 +12,9 @@ class Sink:
         """One explained image: a ``DetCAMResult``, the image's stem (file name without
         extension), where it came from, and more entries for its record (``extra``)."""
 
+    def add_frame(self, result) -> None:
+        """One explained frame of a video (whose files the CLI writes itself)."""
+
     def close(self) -> Optional[str]:
         """After the last image: finish the output; returns what to tell the user, if
         anything (e.g. where a report is)."""
@@ -32,6 +35,10 @@ class Sinks(List[Sink]):
         for sink in self:
             sink.add(result, stem, source, extra)
 
+    def add_frame(self, result) -> None:
+        for sink in self:
+            sink.add_frame(result)
+
     def close(self) -> List[str]:
         """Close every sink; what they have to tell."""
         return [message for message in (sink.close() for sink in self) if message]
@@ -40,7 +47,8 @@ class Sinks(List[Sink]):
 def build_sinks(out_dir, dataset_meta: dict, run: dict, output, panel: Optional[str] = None,
                 panel_index: int = 0) -> Sinks:
     """The sinks the output settings ask for: the files and JSON (always; with ``html``, the
-    report's images too) and, for the first panel with ``html``, the report's pages.
+    report's images too), with ``atlas`` the evidence atlas (one per panel) and, for the first
+    panel with ``html``, the report's pages (after the atlas, which its index shows).
 
     Args:
         out_dir: existing, writable folder.
@@ -49,11 +57,15 @@ def build_sinks(out_dir, dataset_meta: dict, run: dict, output, panel: Optional[
         output: an :class:`~mmdet_cam.settings.OutputSettings`.
         panel, panel_index: the way of explaining in a multi-panel run (None: the only one).
     """
-    from .files import ResultWriter
+    from .atlas import AtlasSink
+    from .files import ResultWriter, panel_slug
     from .report import ReportSink
     files = ResultWriter(out_dir, dataset_meta, run, output, panel=panel,
                          panel_index=panel_index)
     sinks = [files]
+    if output.atlas:
+        sinks.append(AtlasSink(out_dir, dataset_meta, run,
+                               name=f'atlas.{panel_slug(panel)}' if panel else 'atlas'))
     if output.html and panel_index == 0:  # one report for all panels
         sinks.append(ReportSink(out_dir))
     return Sinks(sinks, files)

@@ -36,6 +36,7 @@ from ..errors import BadInputError, UnknownNameError
 from ..metrics import detection_faithfulness, mask_tracker, tracker, triage
 from ..model.layers import predicting_detector
 from ..outputs import Sinks, build_sinks, describe_run
+from ..outputs.visualizer import VisualizerSink, remote_backends
 from ..settings import CAMSettings, OutputSettings
 
 
@@ -55,7 +56,13 @@ class DetCAMHook(Hook):
             write it, as for the CLI (the fields of :class:`~mmdet_cam.settings.OutputSettings`:
             ``alpha``, ``renormalize``, ``per_box``, ``save_npy``, ``html``: the report of the
             explained test images, ``<out_dir>/index.html``, with the triage tags and missed
-            objects when ``triage`` is on).
+            objects when ``triage`` is on; ``atlas``: the per-class evidence atlas of the run,
+            ``<out_dir>/atlas.json``).
+
+    Where the config's ``visualizer`` has backends other than ``LocalVisBackend``
+    (``TensorboardVisBackend``, ``WandbVisBackend``, ``MLflowVisBackend``, ...), each overlay is
+    also sent to them as ``cam/<method>/<image stem>``, and the atlas pictures at the end as
+    ``cam/<method>/atlas/<class>``; the files are written as without them.
     """
 
     priority = 'NORMAL'
@@ -98,6 +105,10 @@ class DetCAMHook(Hook):
         out_dir = Path(runner.work_dir) / self.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self.sinks = build_sinks(out_dir, dataset_meta, describe_run(self.cam), self.output)
+        backends = remote_backends(runner.visualizer)
+        if backends:  # TensorBoard, W&B, ... of the config's vis_backends: the overlays too
+            self.sinks.append(VisualizerSink(backends, self.sinks.files.render,
+                                             self.cam.method_pipeline.name, out_dir))
         self.request = self.cam.request()
         if self.faithfulness_steps > 0:
             if self.request.reads_masks:  # refused before the first image, not at it

@@ -1,0 +1,122 @@
+"""The atlas sink: per class, where its detections' maps lie relative to their boxes, averaged
+over every image of the run (``mmdet_cam.metrics.atlas``). At the end of the run it writes
+``atlas.json`` and one picture per class, ``atlas_<class>.jpg``; in a distributed run the
+processes' atlases are gathered and the main process writes them."""
+import json
+import re
+from pathlib import Path
+from typing import Dict, Optional
+
+import cv2
+import mmcv
+import numpy as np
+from mmdet.visualization.palette import get_palette
+from mmengine.dist import all_gather_object, barrier, is_main_process
+
+from ..metrics.atlas import ClassAtlas, frame_box
+from ..visualization import heatmap
+from .sink import Sink
+
+ATLAS_SIZE, ATLAS_MARGIN = 96, 1.0  # frame pixels; box sizes of context on each side
+PICTURE_SIZE = 288  # the pictures' side: the box frame enlarged 3x, readable at a glance
+
+
+class AtlasSink(Sink):
+    """Gathers each detection's map in its box frame, per class, and writes the atlas.
+
+    Args:
+        out_dir: existing, writable folder.
+        dataset_meta: ``classes`` (every class is listed, with 0 detections if none was
+            explained) and ``palette`` (the box outline's colour).
+        run: the run's description (:func:`~mmdet_cam.outputs.run.describe_run`), recorded
+            in ``atlas.json``.
+        name: the atlas's file stem (``atlas``; one per panel in multi-panel runs).
+    """
+
+    def __init__(self, out_dir, dataset_meta: dict, run: dict, name: str = 'atlas'):
+        self.out_dir, self.run, self.name = Path(out_dir), run, name
+        self.class_names = list(dataset_meta.get('classes') or ())
+        self.palette = dataset_meta.get('palette') or 'random'
+        self.classes: Dict[int, ClassAtlas] = {}
+        self.images = 0
+
+    def add(self, result, stem: str, source: Optional[str] = None,
+            extra: Optional[dict] = None) -> None:
+        self.add_frame(result)
+
+    def add_frame(self, result) -> None:
+        self.images += 1
+        detections = result.detections
+        for cam, box, label in zip(result.cams, detections.bboxes.tolist(),
+                                   detections.labels.tolist()):
+            atlas = self.classes.setdefault(int(label), ClassAtlas(ATLAS_SIZE))
+            atlas.add(cam, box, ATLAS_MARGIN)
+
+    def close(self) -> Optional[str]:
+        parts = all_gather_object((self.images, self.classes))
+        barrier()
+        if not is_main_process():
+            return None
+        images, classes = 0, {}
+        for count, part in parts:
+            images += count
+            for label, atlas in part.items():
+                classes.setdefault(label, ClassAtlas(ATLAS_SIZE)).merge(atlas)
+        return self.write(images, classes)
+
+    def class_name(self, label: int) -> str:
+        return self.class_names[label] if label < len(self.class_names) else str(label)
+
+    def write(self, images: int, classes: Dict[int, ClassAtlas]) -> str:
+        """Write ``<name>.json`` and the pictures; returns the line to tell the user."""
+        labels = sorted(set(range(len(self.class_names))) | set(classes))
+        palette = get_palette(self.palette, max(labels, default=0) + 1)
+        entries = {}
+        for label in labels:
+            atlas = classes.get(label, ClassAtlas(ATLAS_SIZE))
+            name = self.class_name(label)
+            entry = atlas.summary()
+            entry['picture'] = None
+            if atlas.detections:
+                entry['picture'] = f'{self.name}_{file_safe(name)}.jpg'
+                mmcv.imwrite(atlas_picture(atlas, name, palette[label]),
+                             str(self.out_dir / entry['picture']))
+            entries[name] = entry
+        detections = sum(atlas.detections for atlas in classes.values())
+        record = dict(self.run, images=images, detections=detections,
+                      frame=dict(size=ATLAS_SIZE, margin=ATLAS_MARGIN,
+                                 box=list(frame_box(ATLAS_SIZE, ATLAS_MARGIN))),
+                      classes=entries)
+        path = self.out_dir / f'{self.name}.json'
+        path.write_text(json.dumps(record, indent=2))
+        if not detections:
+            return f'atlas: no detection in {images} image(s), nothing to average ({path})'
+        return f'atlas: {detections} detections of {len(classes)} class(es) -> {path}'
+
+
+def atlas_picture(atlas: ClassAtlas, name: str, colour) -> np.ndarray:
+    """The class's mean map in the box frame (scaled to its maximum) with the box outline in
+    the class colour, and a caption: the class, its count and its mass inside the box."""
+    mean = atlas.mean_map()
+    peak = float(mean.max())
+    picture = heatmap(mean / peak if peak > 0 else mean)
+    picture = cv2.resize(picture, (PICTURE_SIZE, PICTURE_SIZE), interpolation=cv2.INTER_LINEAR)
+    scale = PICTURE_SIZE / atlas.size
+    x1, y1, x2, y2 = (round(v * scale) for v in frame_box(atlas.size, ATLAS_MARGIN))
+    bgr = tuple(int(c) for c in colour[::-1])
+    cv2.rectangle(picture, (x1, y1), (x2 - 1, y2 - 1), (255, 255, 255), 4, cv2.LINE_AA)
+    cv2.rectangle(picture, (x1, y1), (x2 - 1, y2 - 1), bgr, 2, cv2.LINE_AA)
+    summary = atlas.summary()
+    inside = ('no map' if summary['inside'] is None
+              else f"{summary['inside']:.0%} in box")
+    caption = np.full((44, PICTURE_SIZE, 3), 255, np.uint8)
+    cv2.putText(caption, name[:24], (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, bgr, 2,
+                cv2.LINE_AA)
+    cv2.putText(caption, f'n={summary["detections"]}  {inside}', (6, 38),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.5, (40, 40, 40), 1, cv2.LINE_AA)
+    return np.concatenate([picture, caption])
+
+
+def file_safe(name: str) -> str:
+    """A class name as part of a file name."""
+    return re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('_') or 'class'
