@@ -120,15 +120,15 @@ def test_cli_atlas_of_a_folder_averages_every_detection_per_class(evidence_scene
 def test_occlusions_atlas_puts_the_tagged_class_outside_its_boxes(evidence_demo):
     """The question the atlas answers: the tagged class is decided by a tag beside the object,
     the others by a cue inside it; occlusion (the method for "what in the image") shows it."""
-    cam = DetCAM(evidence_demo, method=dict(type='occlusion', window=24, progress=False))
+    cam = DetCAM(evidence_demo, method=dict(type='occlusion', progress=False))
     sink = AtlasSink(Path('/nonexistent'), dict(classes=EVIDENCE_CLASSES), {})
     rng = np.random.default_rng(20261205)
-    for k in range(4):
+    for k in range(6):
         image, _ = make_evidence_image(rng)
         sink.add(cam(image), f'scene{k}')
     summary = {EVIDENCE_CLASSES[label]: atlas.summary() for label, atlas in sink.classes.items()}
     assert summary['tagged']['detections'] >= 2, summary
-    assert summary['tagged']['outside'] >= 0.5, summary
-    for name in ('cross', 'ring'):
-        if summary.get(name, {}).get('detections'):
-            assert summary[name]['outside'] <= 0.35, summary
+    inner = [summary[name]['outside'] for name in ('cross', 'ring') if name in summary]
+    # 12 other scenes (docs/benchmarks.md): 0.52 outside for tagged, 0.26 and 0.13 for the others
+    assert inner and summary['tagged']['outside'] >= 0.35, summary
+    assert summary['tagged']['outside'] > max(inner) + 0.1, summary
