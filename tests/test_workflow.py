@@ -46,6 +46,7 @@ def val_split_options(val_root: Path) -> dict:
 def run_test_loop(work_dir: Path, val_root: Path, processes: int) -> dict:
     options = [f'{key}={value}' for key, value in val_split_options(val_root).items()]
     options.append('custom_hooks.0.html=True')  # the report, written once all processes are done
+    options.append('custom_hooks.0.atlas=True')  # gathered from every process
     options.append('test_dataloader.batch_size=2')
     tool = [str(REPO / 'tools' / 'test_cam.py'), str(FAITHFULNESS_CONFIG), str(CHECKPOINT),
             '--work-dir', str(work_dir), '--cfg-options', *options]
@@ -69,12 +70,18 @@ def test_test_loop_writes_one_output_per_image_and_metrics_agree_across_processe
     for work_dir in (tmp_path / 'one', tmp_path / 'two'):
         cam_dir = work_dir / 'cam'
         assert sorted(p.name for p in cam_dir.glob('*_cam.jpg')) == [f'{s}_cam.jpg' for s in stems]
-        assert sorted(p.stem for p in cam_dir.glob('*.json')) == stems
+        assert sorted(p.stem for p in cam_dir.glob('*.json')) == sorted(stems + ['atlas'])
         assert sorted(p.stem for p in cam_dir.glob('*.html')) == sorted(stems + ['index'])
-        for path in cam_dir.glob('*.json'):  # the hook's faithfulness figures, per detection
+        for path in cam_dir.glob('0*.json'):  # the hook's faithfulness figures, per detection
             for row in json.loads(path.read_text())['detections']:
                 assert 0 <= row['deletion'] <= 1 and 0 <= row['insertion'] <= 1
                 assert row['oa'] == pytest.approx(row['insertion'] - row['deletion'], abs=2e-4)
+    atlases = [json.loads((tmp_path / run / 'cam' / 'atlas.json').read_text())['classes']
+               for run in ('one', 'two')]
+    assert sum(c['detections'] for c in atlases[0].values()) >= single['cam/explained'] > 0
+    for name, entry in atlases[0].items():  # every process's detections, in one atlas
+        assert entry['detections'] == atlases[1][name]['detections']
+        assert entry['inside'] == pytest.approx(atlases[1][name]['inside'], abs=1e-4)
     assert single['cam/matched'] > 0
     for key in ('cam/pointing', 'cam/energy', 'cam/chance', 'cam/matched', 'coco/bbox_mAP',
                 'cam/deletion', 'cam/insertion', 'cam/oa', 'cam/explained'):
