@@ -132,3 +132,18 @@ def test_occlusions_atlas_puts_the_tagged_class_outside_its_boxes(evidence_demo)
     # 12 other scenes (docs/benchmarks.md): 0.52 outside for tagged, 0.26 and 0.13 for the others
     assert inner and summary['tagged']['outside'] >= 0.35, summary
     assert summary['tagged']['outside'] > max(inner) + 0.1, summary
+
+
+@pytest.mark.slow
+def test_cli_atlas_of_images_without_detections_says_so_and_exits_0(tmp_path):
+    folder = tmp_path / 'blank'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'grey.jpg'), np.full((120, 160, 3), 128, np.uint8))
+    run = subprocess.run([sys.executable, TOOL, str(REPO / 'demo' / 'rtmdet_shapes.py'),
+                          str(REPO / 'demo' / 'rtmdet_shapes.pth'), str(folder), '--out-dir',
+                          str(tmp_path / 'cam'), '--atlas'], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stdout.splitlines() if line.startswith('atlas:')]
+    assert len(lines) == 1 and lines[0].startswith('atlas: no detection in 1 image(s)')
+    atlas = json.loads((tmp_path / 'cam' / 'atlas.json').read_text())
+    assert atlas['detections'] == 0 and set(atlas['classes']) == {'square', 'circle', 'triangle'}
