@@ -32,6 +32,16 @@ def test_maps_are_valid_box_specific_and_higher_on_their_own_box(demo_model):
         assert cam[inside].mean() > 2 * cam[~inside].mean()
 
 
+def test_several_window_sizes_add_their_maps(demo_model):
+    both = occlusion(demo_model, window=[32, 64], baseline='mean')(DEMO_IMAGE)
+    coarse = occlusion(demo_model, window=64, baseline='mean')(DEMO_IMAGE)
+    assert both.cams.shape == coarse.cams.shape and both.cams.max() == pytest.approx(1)
+    assert not np.allclose(both.cams, coarse.cams)  # the 32-pixel windows add detail
+    for cam, box in zip(both.cams, both.detections.bboxes.tolist()):
+        inside = box_mask(cam.shape, box)
+        assert cam[inside].mean() > 2 * cam[~inside].mean()
+
+
 def test_every_detection_from_the_same_forwards_equals_each_alone(demo_model):
     """captum attributes the ``[copies, detections]`` output whole: box 1's map explained
     together with box 0 is its map explained alone."""

@@ -33,11 +33,13 @@ class Occlusion:
     Args:
         window: side of the occluding square, in pixels of the network input (the image as
             the test pipeline resized it); about the size of the parts that should show.
-        stride: step of the window (default: half the window). A map's detail is one stride;
-            the cost is one forward per window position.
+            Several sizes (``[16, 48]``): the map adds theirs, each scaled to its maximum.
+        stride: step of the window (default: half the window; one per window size). A map's
+            detail is one stride; the cost is one forward per window position.
         baseline: what replaces hidden pixels: ``'blur'`` (the image blurred with a Gaussian
-            of the window's scale), ``'mean'`` (the image's mean colour) or a number (a grey
-            level, 0-255).
+            of the window's scale: a part vanishes into its surroundings, what made the class),
+            ``'mean'`` (the image's mean colour, as the deletion metric removes pixels) or a
+            number (a grey level, 0-255).
         batch_size: occluded images per forward pass.
         progress: show a progress bar over the window positions.
     """
