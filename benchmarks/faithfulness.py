@@ -31,9 +31,9 @@ the sanity check (below 0.5), random maps excluded.
     nohup python benchmarks/faithfulness.py > faithfulness.log 2>&1 &   # 40 images, ~45 min
 
 Prints a markdown table and writes the mean deletion/insertion curves per method to
-``docs/faithfulness_curves.png`` (the documented run; others to ``work_dirs/faithfulness/``). Rows are kept in ``work_dirs/faithfulness/<settings>.jsonl``
-as they finish, and each image's figures in ``<settings>.<method>.images.jsonl``: a run that
-is stopped resumes at the image where it was.
+``docs/faithfulness_curves.png`` (the documented run; others next to their rows). Rows are kept
+in ``work_dirs/faithfulness/<settings>.jsonl`` as they finish, and each image's figures in
+``<settings>.<method>.images.jsonl``: a run that is stopped resumes at the image where it was.
 """
 import json
 import sys
