@@ -2,7 +2,6 @@
 globs and videos. A thin shell: flags -> ``DetCAM`` -> files."""
 import argparse
 import glob
-import json
 import sys
 import tempfile
 import time
@@ -20,6 +19,8 @@ from .engine.named_boxes import parse_box_specs, read_boxes_file
 from .errors import BadImageError, BadInputError, DetCAMError, InputNotFoundError
 from .methods import box_specific_alternative, method_names
 from .outputs import build_sinks, describe_run, top_words
+from .outputs.atomic import write_json
+from .outputs.resume import check_resumable, detections_in, earlier_summaries, run_settings
 from .settings import FUSE_MODES, PIXEL_EVIDENCE_METHOD, CAMSettings, OutputSettings
 
 CAM, OUTPUT = CAMSettings(), OutputSettings()  # the defaults
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='also write the evidence atlas of the run: per class, the mean map '
                         'around its boxes and the share of it inside / outside them '
                         '(<out-dir>/atlas.json, atlas_<class>.jpg; on the --html index)')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue an interrupted run into the same --out-dir: images whose '
+                        'files are complete and were made with the same settings are kept; a '
+                        'folder made with other settings is refused')
     parser.add_argument('--list-layers', action='store_true',
                         help="print the model's layers with output shapes for the first image, "
                         'then exit')
@@ -208,11 +213,15 @@ def run(args) -> int:
         return print_layers(cam, sources[0])
     panels = []  # (DetCAM, Sinks) per way each image is explained
     dataset_meta = dict(cam.model.dataset_meta, classes=cam.class_names)
+    settings = run_settings(args)
     for k, (name, way) in enumerate(explanation_ways(cam, methods, args, options)):
-        panels.append((way, build_sinks(out_dir, dataset_meta,
-                                        describe_run(way, args.explain_class), output,
+        run_description = dict(describe_run(way, args.explain_class), run_settings=settings)
+        panels.append((way, build_sinks(out_dir, dataset_meta, run_description, output,
                                         panel=name, panel_index=k)))
-    start, failed, detections, most = time.time(), [], 0, 0
+    writers = [sinks.files for _, sinks in panels]
+    if args.resume:  # before any work: nothing in a folder made otherwise is overwritten
+        check_resumable(writers, [Path(s).stem for s in sources], settings)
+    start, failed, detections, most, kept = time.time(), [], 0, 0, 0
     images = [s for s in sources if not is_video(s)]
     progress = ProgressBar(len(images)) if len(images) > 1 else None
     for source in sources:
@@ -226,6 +235,17 @@ def run(args) -> int:
                 continue
             boxes, labels = named[Path(source).name]
             what = dict(boxes=boxes, labels=labels)
+        # a video's atlas part is not kept per frame: with --atlas it is explained again
+        earlier = (earlier_summaries(writers, Path(source).stem)
+                   if args.resume and not (is_video(source) and output.atlas) else None)
+        if earlier is not None:
+            for _, sinks in panels:
+                sinks.restore(Path(source).stem)
+            count = detections_in(earlier[0])
+            detections, most, kept = detections + count, max(most, count), kept + 1
+            if progress is not None and not is_video(source):
+                progress.update()
+            continue
         try:
             count = (explain_video(panels, source, what) if is_video(source)
                      else explain_image(panels, source, args.show, what))
@@ -251,7 +271,8 @@ def run(args) -> int:
               file=sys.stderr)
     summary = (f'{len(sources) - len(failed)} of {len(sources)} inputs, {detections} '
                f'detections, {time.time() - start:.1f} s -> {out_dir}')
-    print(f'\ndone: {summary}' + (f' ({len(failed)} failed)' if failed else ''))
+    print(f'\ndone: {summary}' + (f' ({len(failed)} failed)' if failed else '')
+          + (f' ({kept} kept from the earlier run)' if kept else ''))
     # the first panel's report is closed last: its index shows every panel's atlas
     messages = [sinks.close() for _, sinks in reversed(panels)]
     for message in (m for panel in reversed(messages) for m in panel):
@@ -420,8 +441,7 @@ def explain_video(panels, source: str, what: dict) -> int:
         summary = dict(video=source, fps=reader.fps, image_size=[reader.height, reader.width],
                        **writer.settings, **writer.panel_fields(stem), frames=described,
                        **(dict(palette=writer.palette) if writer.palette else {}))
-        (writer.out_dir / f'{writer.file_stem(stem)}.json').write_text(
-            json.dumps(summary, indent=2))
+        write_json(writer.out_dir / f'{writer.file_stem(stem)}.json', summary)
     return count
 
 

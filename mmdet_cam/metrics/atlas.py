@@ -77,14 +77,17 @@ class ClassAtlas:
     share_sums: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(SHARES, 0.0))
 
     def add(self, cam: np.ndarray, box: Sequence[float], margin: float = 1.0) -> None:
-        frame, valid = box_frame(cam, box, self.size, margin)
+        """One detection: its map ``cam`` (the whole image's) and its box."""
+        self.add_part(*box_frame(cam, box, self.size, margin), mass_shares(cam, box, margin))
+
+    def add_part(self, frame: np.ndarray, valid: np.ndarray, shares: Optional[dict]) -> None:
+        """One detection as :func:`box_frame` and :func:`mass_shares` gave it."""
         if self.frame_sum is None:
             self.frame_sum = np.zeros((self.size, self.size), np.float64)
             self.seen = np.zeros((self.size, self.size), np.int64)
         self.frame_sum += np.where(valid, frame, 0)  # unseen pixels add nothing
         self.seen += valid
         self.detections += 1
-        shares = mass_shares(cam, box, margin)
         if shares is None:
             self.flat += 1
             return

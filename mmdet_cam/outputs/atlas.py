@@ -1,8 +1,9 @@
 """The atlas sink: per class, where its detections' maps lie relative to their boxes, averaged
-over every image of the run (``mmdet_cam.metrics.atlas``). At the end of the run it writes
+over every image of the run (``mmdet_cam.metrics.atlas``). Each image's part (its detections'
+box frames and mass shares) is kept in ``<stem>.atlas.npz``, so that a resumed run rebuilds
+the atlas from the images an earlier run explained. At the end of the run it writes
 ``atlas.json`` and one picture per class, ``atlas_<class>.jpg``; in a distributed run the
 processes' atlases are gathered and the main process writes them."""
-import json
 import re
 from pathlib import Path
 from typing import Dict, Optional
@@ -13,8 +14,10 @@ import numpy as np
 from mmdet.visualization.palette import get_palette
 from mmengine.dist import all_gather_object, barrier, is_main_process
 
-from ..metrics.atlas import ClassAtlas, frame_box
+from ..errors import InputNotFoundError
+from ..metrics.atlas import SHARES, ClassAtlas, box_frame, frame_box, mass_shares
 from ..visualization import heatmap
+from .atomic import atomic_path, write_json
 from .sink import Sink
 
 ATLAS_SIZE, ATLAS_MARGIN = 96, 1.0  # frame pixels; box sizes of context on each side
@@ -40,17 +43,35 @@ class AtlasSink(Sink):
         self.classes: Dict[int, ClassAtlas] = {}
         self.images = 0
 
+    def part_path(self, stem: str) -> Path:
+        return self.out_dir / f'{stem}.{self.name}.npz'
+
     def add(self, result, stem: str, source: Optional[str] = None,
             extra: Optional[dict] = None) -> None:
-        self.add_frame(result)
+        part = image_part(result)
+        with atomic_path(self.part_path(stem)) as path:
+            np.savez_compressed(path, **part)
+        self.take(part)
 
     def add_frame(self, result) -> None:
+        self.take(image_part(result))
+
+    def restore(self, stem: str) -> None:
+        path = self.part_path(stem)
+        if not path.is_file():
+            raise InputNotFoundError(f'--resume: {path} is missing (the atlas part of an '
+                                     f'image explained earlier); run without --resume')
+        with np.load(path) as part:
+            self.take(dict(part))
+
+    def take(self, part: dict) -> None:
+        """One image's detections (:func:`image_part`) into their classes' atlases."""
         self.images += 1
-        detections = result.detections
-        for cam, box, label in zip(result.cams, detections.bboxes.tolist(),
-                                   detections.labels.tolist()):
+        for label, frame, valid, shares in zip(part['labels'], part['frames'], part['valid'],
+                                               part['shares']):
             atlas = self.classes.setdefault(int(label), ClassAtlas(ATLAS_SIZE))
-            atlas.add(cam, box, ATLAS_MARGIN)
+            atlas.add_part(frame.astype(np.float32), valid,
+                           None if np.isnan(shares[0]) else dict(zip(SHARES, shares.tolist())))
 
     def close(self) -> Optional[str]:
         parts = all_gather_object((self.images, self.classes))
@@ -79,8 +100,8 @@ class AtlasSink(Sink):
             entry['picture'] = None
             if atlas.detections:
                 entry['picture'] = f'{self.name}_{file_safe(name)}.jpg'
-                mmcv.imwrite(atlas_picture(atlas, name, palette[label]),
-                             str(self.out_dir / entry['picture']))
+                with atomic_path(self.out_dir / entry['picture']) as path:
+                    mmcv.imwrite(atlas_picture(atlas, name, palette[label]), str(path))
             entries[name] = entry
         detections = sum(atlas.detections for atlas in classes.values())
         record = dict(self.run, images=images, detections=detections,
@@ -88,10 +109,29 @@ class AtlasSink(Sink):
                                  box=list(frame_box(ATLAS_SIZE, ATLAS_MARGIN))),
                       classes=entries)
         path = self.out_dir / f'{self.name}.json'
-        path.write_text(json.dumps(record, indent=2))
+        write_json(path, record)
         if not detections:
             return f'atlas: no detection in {images} image(s), nothing to average ({path})'
         return f'atlas: {detections} detections of {len(classes)} class(es) -> {path}'
+
+
+def image_part(result) -> dict:
+    """One image's share of the atlas, as arrays: per detection its ``labels``, box
+    ``frames`` (float16: what is kept and what is summed, so a resumed run sums the same
+    numbers), their ``valid`` pixels and mass ``shares`` (``SHARES`` order; NaN for a flat
+    map)."""
+    frames, valid, shares = [], [], []
+    for cam, box in zip(result.cams, result.detections.bboxes.tolist()):
+        frame, seen = box_frame(cam, box, ATLAS_SIZE, ATLAS_MARGIN)
+        frames.append(frame)
+        valid.append(seen)
+        share = mass_shares(cam, box, ATLAS_MARGIN)
+        shares.append([share[key] for key in SHARES] if share else [np.nan] * len(SHARES))
+    size = (len(frames), ATLAS_SIZE, ATLAS_SIZE)
+    return dict(labels=np.asarray(result.detections.labels.tolist(), np.int64),
+                frames=np.asarray(frames, np.float16).reshape(size),
+                valid=np.asarray(valid, bool).reshape(size),
+                shares=np.asarray(shares, np.float64).reshape(-1, len(SHARES)))
 
 
 def atlas_picture(atlas: ClassAtlas, name: str, colour) -> np.ndarray:

@@ -1,6 +1,5 @@
 """The files sink: for each explained image its overlay, per-box images, maps and JSON
 summary (and, for the HTML report, the maps alone)."""
-import json
 import re
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -20,6 +19,7 @@ from ..metrics import (
 )
 from ..settings import OutputSettings
 from ..visualization import BoxDrawer, fuse_boxes, heatmap, overlay, renormalize_in_boxes
+from .atomic import atomic_path, write_json
 from .report import frame_stem
 from .sink import Sink
 
@@ -94,14 +94,16 @@ class ResultWriter(Sink):
             self.imwrite(f'{stem}_detection.jpg', self.drawer.draw(result.image,
                                                                    result.detections))
         if self.save_npy:
-            np.save(self.out_dir / f'{stem}_cams.npy', result.cams)
+            with atomic_path(self.out_dir / f'{stem}_cams.npy') as path:
+                np.save(path, result.cams)
         summary = dict(image=source, image_size=list(result.image.shape[:2]), **self.settings,
                        **self.panel_fields(group),
                        **({'tokens': result.tokens} if result.tokens else {}),
                        detections=self.describe(result),
                        **(extra or {}),
                        **(dict(palette=self.palette) if self.palette else {}))
-        (self.out_dir / f'{stem}.json').write_text(json.dumps(summary, indent=2))
+        # written last: an image whose JSON is there has all its files (resumed runs skip it)
+        write_json(self.out_dir / f'{stem}.json', summary)
         return picture
 
     def write_report_images(self, result, stem: str, frame: Optional[int] = None) -> None:
@@ -175,8 +177,9 @@ class ResultWriter(Sink):
         return rows
 
     def imwrite(self, name: str, image: np.ndarray) -> None:
-        if not mmcv.imwrite(image, str(self.out_dir / name)):
-            raise DetCAMError(f'cannot write {self.out_dir / name}')
+        with atomic_path(self.out_dir / name) as path:
+            if not mmcv.imwrite(image, str(path)):
+                raise DetCAMError(f'cannot write {self.out_dir / name}')
 
 
 def _mask_fields(cam: np.ndarray, mask) -> dict:

@@ -16,6 +16,10 @@ class Sink:
     def add_frame(self, result) -> None:
         """One explained frame of a video (whose files the CLI writes itself)."""
 
+    def restore(self, stem: str) -> None:
+        """An image that an earlier run with the same settings explained into the same folder
+        (a resumed run skips it): take what that run wrote, as if it had been ``add``-ed."""
+
     def close(self) -> Optional[str]:
         """After the last image: finish the output; returns what to tell the user, if
         anything (e.g. where a report is)."""
@@ -39,6 +43,10 @@ class Sinks(List[Sink]):
     def add_frame(self, result) -> None:
         for sink in self:
             sink.add_frame(result)
+
+    def restore(self, stem: str) -> None:
+        for sink in self:
+            sink.restore(stem)
 
     def close(self) -> List[str]:
         """Close every sink; what they have to tell."""
