@@ -298,3 +298,44 @@ def test_the_hook_sends_overlays_and_the_atlas_to_the_configs_tensorboard(val_ro
     assert decoded.shape == written.shape  # the overlay the files sink writes
     assert np.abs(decoded.astype(float) - written).mean() < 8  # JPEG against PNG
     assert not list(tmp_path.glob('**/vis_image/*'))  # the local backend gets no copies
+
+
+def test_a_killed_test_run_resumed_gives_the_files_and_metrics_of_an_uninterrupted_one(
+        tmp_path):
+    """``DetCAMHook(resume=True)``: the test loop killed with SIGKILL mid-way and started
+    again explains only the images it had not finished, and ends with the same per-image JSON,
+    triage, atlas and metrics as a run that was never interrupted."""
+    import signal
+    import time
+    root = tmp_path / 'shapes'
+    write_split(root, 'val', 12, seed=12)
+    options = [f'{key}={value}' for key, value in val_split_options(root).items()]
+    options += ['custom_hooks.0.atlas=True']
+
+    def command(work_dir: Path, *more: str) -> list:
+        return [sys.executable, str(REPO / 'tools' / 'test_cam.py'), str(FAITHFULNESS_CONFIG),
+                str(CHECKPOINT), '--work-dir', str(work_dir), '--triage', '--cfg-options',
+                *options, *more]
+
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    whole, resumed = tmp_path / 'whole', tmp_path / 'resumed'
+    out = subprocess.run(command(whole), capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    process = subprocess.Popen(command(resumed, 'custom_hooks.0.resume=True'), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list((resumed / 'cam').glob('0*.json'))) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 2 <= len(list((resumed / 'cam').glob('0*.json'))) < 12, 'not killed mid-way'
+    out = subprocess.run(command(resumed, 'custom_hooks.0.resume=True'), capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def files(work_dir: Path) -> dict:
+        return {p.name: p.read_bytes() for p in sorted((work_dir / 'cam').glob('*.json'))}
+
+    assert files(resumed) == files(whole)  # per image, triage.json and atlas.json, byte for byte
+    metrics = [json.loads((w / 'test_metrics.json').read_text()) for w in (whole, resumed)]
+    assert metrics[0] == metrics[1] and metrics[0]['cam/explained'] > 0

@@ -17,17 +17,20 @@ false positives and missed objects of the whole run, gathered from every process
 predictions and metrics are not touched. In distributed runs every process explains its own
 shard of the test set.
 """
+import dataclasses
 import json
 import logging
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 from mmdet.registry import HOOKS
 from mmengine.dist import all_gather_object, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
+from mmengine.structures import InstanceData
 
 from ..api import DetCAM
 from ..engine.candidates import CandidateScorer
@@ -36,6 +39,8 @@ from ..errors import BadInputError, UnknownNameError
 from ..metrics import detection_faithfulness, mask_tracker, tracker, triage
 from ..model.layers import predicting_detector
 from ..outputs import Sinks, build_sinks, describe_run
+from ..outputs.atomic import atomic_path, write_json
+from ..outputs.resume import check_resumable, earlier_summaries
 from ..outputs.visualizer import VisualizerSink, remote_backends
 from ..settings import CAMSettings, OutputSettings
 
@@ -50,6 +55,11 @@ class DetCAMHook(Hook):
         faithfulness_steps: perturbation steps of each deletion / insertion curve; 0: off.
         triage: tag detections TP / FP and explain the missed ground-truth boxes.
         triage_iou: IoU at which a detection matches a ground-truth box (as mmdet's mAP).
+        resume: continue a stopped test run into the same folder: images whose files are
+            complete and were made with the same settings (``run_settings`` in their JSON) are
+            not explained again; what the metrics need of them (maps, detections,
+            faithfulness) is kept per image in ``<stem>.maps.npz``. A folder made with other
+            settings is refused before the first image.
         **settings: what to explain, as for ``DetCAM`` (the fields of
             :class:`~mmdet_cam.settings.CAMSettings`: ``method``, ``target_layers``,
             ``target``, ``score_thr``, ``topk``, ``classes``, ``fuse``, ...), and how to
@@ -73,13 +83,15 @@ class DetCAMHook(Hook):
                  faithfulness_steps: int = 0,
                  triage: bool = False,
                  triage_iou: float = 0.5,
+                 resume: bool = False,
                  **settings):
         cam_options, rest = CAMSettings.split(settings)
         output_options, unknown = OutputSettings.split(rest)
         if unknown:
             raise UnknownNameError(
                 f"DetCAMHook got unknown option(s) {', '.join(sorted(unknown))}; it takes "
-                'interval, out_dir, faithfulness_steps, triage, triage_iou and the fields of '
+                'interval, out_dir, faithfulness_steps, triage, triage_iou, resume and the '
+                'fields of '
                 f"CAMSettings ({', '.join(CAMSettings.names())}) and OutputSettings "
                 f"({', '.join(OutputSettings.names())})")
         self.settings = CAMSettings.of(**cam_options)
@@ -91,6 +103,7 @@ class DetCAMHook(Hook):
         self.sinks: Optional[Sinks] = None
         self.scorer: Optional[CandidateScorer] = None
         self.triage, self.triage_iou = triage, triage_iou
+        self.resume = resume
         self.ground_truth: dict = {}  # image path -> (boxes, labels, ignored)
         self.errors: list = []  # the run's false positives and missed objects
         self.said_missed = False  # whether the log said why missed objects are not explained
@@ -104,7 +117,13 @@ class DetCAMHook(Hook):
         self.cam = DetCAM(model, settings=self.settings, config=runner.cfg)
         out_dir = Path(runner.work_dir) / self.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.sinks = build_sinks(out_dir, dataset_meta, describe_run(self.cam), self.output)
+        settings = self.run_settings()
+        self.sinks = build_sinks(out_dir, dataset_meta,
+                                 dict(describe_run(self.cam), run_settings=settings), self.output)
+        if self.resume:  # before the first image: nothing made otherwise is overwritten
+            dataset = runner.test_dataloader.dataset
+            check_resumable([self.sinks.files], [Path(dataset.get_data_info(i)['img_path']).stem
+                                                 for i in range(len(dataset))], settings)
         backends = remote_backends(runner.visualizer)
         if backends:  # TensorBoard, W&B, ... of the config's vis_backends: the overlays too
             self.sinks.append(VisualizerSink(backends, self.sinks.files.render,
@@ -124,17 +143,66 @@ class DetCAMHook(Hook):
         if not self.every_n_inner_iters(batch_idx, self.interval):
             return
         for sample in data_batch['data_samples']:
-            result = self.cam(sample.img_path)
             stem = Path(sample.img_path).stem
-            extra = self.tag_and_explain_missed(result, stem, sample.img_path) \
-                if self.triage else None
+            if self.resume and self.restore(sample, stem):
+                continue
+            result = self.cam(sample.img_path)
             if self.scorer is not None:  # also in the image's JSON and report
                 sample.cam_faithfulness = [self.faithfulness(result, k)
                                            for k in range(len(result))]
                 result.detections.faithfulness = sample.cam_faithfulness
-            self.sinks.add(result, stem, sample.img_path, extra)
+            # after the figures: the run's list of errors holds each row as the JSON does
+            extra = self.tag_and_explain_missed(result, stem, sample.img_path) \
+                if self.triage else None
             sample.cams = result.cams
             sample.cam_detections = result.detections
+            if self.resume:  # before the JSON, which the files sink writes last
+                self.keep(sample, stem)
+            self.sinks.add(result, stem, sample.img_path, extra)
+
+    def run_settings(self) -> dict:
+        """What decides an explained image's files and figures, as its JSON records it (a
+        resumed run keeps an image only where they are the same)."""
+        settings = dict(dataclasses.asdict(self.settings), **dataclasses.asdict(self.output),
+                        interval=self.interval, faithfulness_steps=self.faithfulness_steps,
+                        triage=self.triage, triage_iou=self.triage_iou)
+        return json.loads(json.dumps(settings, default=repr))
+
+    def maps_path(self, stem: str) -> Path:
+        return self.sinks.files.out_dir / f'{stem}.maps.npz'
+
+    def keep(self, sample, stem: str) -> None:
+        """What the metrics read of an explained image, for a resumed run."""
+        detections = sample.cam_detections
+        faithfulness = json.dumps(sample.get('cam_faithfulness'))
+        with atomic_path(self.maps_path(stem)) as path:
+            np.savez_compressed(path, cams=sample.cams, bboxes=detections.bboxes.numpy(),
+                                scores=detections.scores.numpy(),
+                                labels=detections.labels.numpy(),
+                                faithfulness=np.array(faithfulness))
+
+    def restore(self, sample, stem: str) -> bool:
+        """Give ``sample`` what an earlier run of the same settings kept of it, and the sinks
+        its files; False where that run did not finish the image."""
+        earlier = earlier_summaries([self.sinks.files], stem)
+        if earlier is None or not self.maps_path(stem).is_file():
+            return False
+        with np.load(self.maps_path(stem)) as kept:
+            sample.cams = kept['cams']
+            sample.cam_detections = InstanceData(
+                bboxes=torch.from_numpy(kept['bboxes']), scores=torch.from_numpy(kept['scores']),
+                labels=torch.from_numpy(kept['labels']))
+            faithfulness = json.loads(str(kept['faithfulness']))
+        if faithfulness is not None:
+            sample.cam_faithfulness = faithfulness
+        if self.triage:  # the image's false positives and missed objects, as it listed them
+            summary = earlier[0]
+            self.errors += ([dict(image=sample.img_path, **row) for row in summary['detections']
+                             if row.get('tag') == 'FP']
+                            + [dict(image=sample.img_path, **row)
+                               for row in summary.get('missed', [])])
+        self.sinks.restore(stem)
+        return True
 
     def tag_and_explain_missed(self, result, stem: str, path: str) -> dict:
         """Tags ``result``'s detections (``tags``), explains the missed ground-truth boxes
@@ -193,8 +261,7 @@ class DetCAMHook(Hook):
             summary = dict(iou_thr=self.triage_iou, score_thr=self.settings.score_thr,
                            false_positives=[e for e in errors if e['tag'] == 'FP'],
                            missed=[e for e in errors if e['tag'] == 'FN'])
-            path = Path(runner.work_dir) / self.out_dir / 'triage.json'
-            path.write_text(json.dumps(summary, indent=2))
+            write_json(Path(runner.work_dir) / self.out_dir / 'triage.json', summary)
 
     def faithfulness(self, result, k: int) -> dict:
         """Deletion / insertion AUCs and OA of detection ``k``'s map (its mask followed by mask
