@@ -117,11 +117,11 @@ def test_cli_atlas_of_a_folder_averages_every_detection_per_class(evidence_scene
 
 
 @pytest.mark.slow
-def test_occlusions_atlas_puts_the_tagged_class_outside_its_boxes(evidence_demo):
+def test_occlusions_atlas_puts_the_tagged_class_outside_its_boxes(evidence_demo, tmp_path):
     """The question the atlas answers: the tagged class is decided by a tag beside the object,
     the others by a cue inside it; occlusion (the method for "what in the image") shows it."""
     cam = DetCAM(evidence_demo, method=dict(type='occlusion', progress=False))
-    sink = AtlasSink(Path('/nonexistent'), dict(classes=EVIDENCE_CLASSES), {})
+    sink = AtlasSink(tmp_path, dict(classes=EVIDENCE_CLASSES), {})
     rng = np.random.default_rng(20261205)
     for k in range(6):
         image, _ = make_evidence_image(rng)
