@@ -277,6 +277,9 @@ def test_the_hook_sends_overlays_and_the_atlas_to_the_configs_tensorboard(val_ro
     cfg.merge_from_dict(val_split_options(val_root))
     cfg.visualizer.vis_backends = [dict(type='LocalVisBackend'),
                                    dict(type='TensorboardVisBackend')]
+    # mmengine keeps one visualizer per name for the process: a Runner of an earlier test
+    # would lend this one its own (local-only) visualizer
+    cfg.visualizer.name = f'tensorboard_{tmp_path.name}'
     cfg.custom_hooks = [dict(type='DetCAMHook', method='odam', score_thr=0.3, atlas=True)]
     runner = Runner.from_cfg(cfg)
     load_checkpoint(runner.model, str(CHECKPOINT))
