@@ -342,3 +342,13 @@ def test_a_killed_test_run_resumed_gives_the_files_and_metrics_of_an_uninterrupt
     assert files(resumed) == files(whole)  # per image, triage.json and atlas.json, byte for byte
     metrics = [json.loads((w / 'test_metrics.json').read_text()) for w in (whole, resumed)]
     assert metrics[0] == metrics[1] and metrics[0]['cam/explained'] > 0
+
+    # resuming with other settings is refused in one line, and nothing is touched
+    before = files(resumed)
+    out = subprocess.run(command(resumed, 'custom_hooks.0.resume=True',
+                                 'custom_hooks.0.score_thr=0.5'),
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'score_thr: 0.3 then, 0.5 now' in errors[0], out.stderr[-2000:]
+    assert files(resumed) == before

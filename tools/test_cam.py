@@ -24,6 +24,7 @@ from mmengine.dist import get_rank
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
+from mmdet_cam.errors import DetCAMError
 from mmdet_cam.model.checkpoint import load_checkpoint
 
 
@@ -87,4 +88,8 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except DetCAMError as error:  # a user mistake (e.g. resuming into another run's folder)
+        print(f'error: {error}', file=sys.stderr)
+        sys.exit(2)
