@@ -46,7 +46,7 @@ def report_entries(out_dir) -> List[dict]:
         if not isinstance(summary, dict):
             continue
         stem = summary.get('group', path.stem)
-        if 'detections' in summary:
+        if isinstance(summary.get('detections'), list):  # (atlas.json counts them: not an image)
             frames = [dict(stem=path.stem, detections=summary['detections'])]
             originals, thumbnail = [stem], f'{path.stem}_cam.jpg'
         elif 'frames' in summary and summary['frames']:
