@@ -417,16 +417,15 @@ def explain_video(panels, source: str, what: dict) -> int:
     if reader.frame_cnt == 0 or reader.width == 0:
         raise BadImageError(f'cannot read video {source}')
     stem = Path(source).stem
-    writers = [(cam, sinks.files, sinks) for cam, sinks in panels]
-    videos = [cv2.VideoWriter(str(writer.out_dir / f'{writer.file_stem(stem)}_cam.mp4'),
+    videos = [cv2.VideoWriter(str(sinks.files.out_dir / f'{sinks.files.file_stem(stem)}_cam.mp4'),
                               cv2.VideoWriter_fourcc(*'mp4v'), reader.fps,
-                              (reader.width, reader.height)) for _, writer, _ in writers]
+                              (reader.width, reader.height)) for _, sinks in panels]
     frames, count = [[] for _ in panels], 0
     progress = ProgressBar(reader.frame_cnt)
     try:
         for index, frame in enumerate(reader):
-            for (cam, writer, sinks), video, described in zip(writers, videos, frames):
-                result = cam(frame, **what)
+            for (cam, sinks), video, described in zip(panels, videos, frames):
+                result, writer = cam(frame, **what), sinks.files
                 sinks.add_frame(result)  # the atlas
                 video.write(writer.render(result))
                 if writer.html:
@@ -437,11 +436,12 @@ def explain_video(panels, source: str, what: dict) -> int:
     finally:
         for video in videos:
             video.release()
-    for (_, writer, _), described in zip(writers, frames):
+    for (_, sinks), described in zip(panels, frames):
+        writer = sinks.files
         summary = dict(video=source, fps=reader.fps, image_size=[reader.height, reader.width],
                        **writer.settings, **writer.panel_fields(stem), frames=described,
                        **(dict(palette=writer.palette) if writer.palette else {}))
-        write_json(writer.out_dir / f'{writer.file_stem(stem)}.json', summary)
+        write_json(writer.json_path(stem), summary)
     return count
 
 

@@ -16,7 +16,7 @@ from mmengine.dist import all_gather_object, barrier, is_main_process
 
 from ..errors import InputNotFoundError
 from ..metrics.atlas import SHARES, ClassAtlas, box_frame, frame_box, mass_shares
-from ..visualization import heatmap
+from ..visualization import class_name, heatmap
 from .atomic import atomic_path, write_json
 from .sink import Sink
 
@@ -86,7 +86,7 @@ class AtlasSink(Sink):
         return self.write(images, classes)
 
     def class_name(self, label: int) -> str:
-        return self.class_names[label] if label < len(self.class_names) else str(label)
+        return class_name(self.class_names, label)
 
     def write(self, images: int, classes: Dict[int, ClassAtlas]) -> str:
         """Write ``<name>.json`` and the pictures; returns the line to tell the user."""

@@ -18,7 +18,14 @@ from ..metrics import (
     pointing_hit_mask,
 )
 from ..settings import OutputSettings
-from ..visualization import BoxDrawer, fuse_boxes, heatmap, overlay, renormalize_in_boxes
+from ..visualization import (
+    BoxDrawer,
+    class_name,
+    fuse_boxes,
+    heatmap,
+    overlay,
+    renormalize_in_boxes,
+)
 from .atomic import atomic_path, write_json
 from .report import frame_stem
 from .sink import Sink
@@ -64,6 +71,10 @@ class ResultWriter(Sink):
         """The prefix of this writer's files for an image (or video) named ``stem``."""
         return f'{stem}.{panel_slug(self.panel)}' if self.panel else stem
 
+    def json_path(self, stem: str) -> Path:
+        """This writer's JSON summary of the image (or video) named ``stem``."""
+        return self.out_dir / f'{self.file_stem(stem)}.json'
+
     def panel_fields(self, stem: str) -> dict:
         """What a JSON summary records of the panel it belongs to (nothing without one)."""
         return (dict(group=stem, panel=self.panel, panel_index=self.panel_index)
@@ -103,7 +114,7 @@ class ResultWriter(Sink):
                        **(extra or {}),
                        **(dict(palette=self.palette) if self.palette else {}))
         # written last: an image whose JSON is there has all its files (resumed runs skip it)
-        write_json(self.out_dir / f'{stem}.json', summary)
+        write_json(self.json_path(group), summary)
         return picture
 
     def write_report_images(self, result, stem: str, frame: Optional[int] = None) -> None:
@@ -138,7 +149,7 @@ class ResultWriter(Sink):
                                         result.detections.scores.tolist())]
 
     def class_name(self, label: int) -> str:
-        return self.class_names[label] if label < len(self.class_names) else str(label)
+        return class_name(self.class_names, label)
 
     def describe(self, result) -> List[dict]:
         """Per detection: box, label, class, score, map peak, and the map's share inside."""

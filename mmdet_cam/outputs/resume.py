@@ -3,7 +3,6 @@ there (written last, atomically: its other files are complete) and records the s
 is kept, not explained again; a folder made with other settings is refused before any work,
 so nothing in it is overwritten."""
 import json
-from pathlib import Path
 from typing import List, Optional
 
 from ..errors import BadInputError
@@ -23,7 +22,7 @@ def run_settings(args) -> dict:
 def earlier_summaries(writers, stem: str) -> Optional[List[dict]]:
     """Each writer's JSON summary of ``stem`` from an earlier run, or None unless every
     writer (panel) has one."""
-    paths = [Path(writer.out_dir) / f'{writer.file_stem(stem)}.json' for writer in writers]
+    paths = [writer.json_path(stem) for writer in writers]
     if not all(path.is_file() for path in paths):
         return None
     return [json.loads(path.read_text()) for path in paths]
@@ -34,7 +33,7 @@ def check_resumable(writers, stems, settings: dict) -> None:
     with other settings, naming the settings that differ."""
     for stem in stems:
         for writer in writers:
-            path = Path(writer.out_dir) / f'{writer.file_stem(stem)}.json'
+            path = writer.json_path(stem)
             if not path.is_file():
                 continue
             try:

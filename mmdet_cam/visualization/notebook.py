@@ -7,7 +7,7 @@ import html
 import cv2
 import numpy as np
 
-from .overlays import BoxDrawer, fuse_boxes, overlay
+from .overlays import BoxDrawer, class_name, fuse_boxes, overlay
 
 THUMBNAIL_HEIGHT = 128
 
@@ -54,8 +54,7 @@ def result_html(result) -> str:
     cards = []
     for k, (label, score) in enumerate(zip(result.detections.labels.tolist(),
                                            result.detections.scores.tolist())):
-        name = names[label] if label < len(names) else str(label)
-        caption = f'{k}: {name} {score:.2f}'
+        caption = f'{k}: {class_name(names, label)} {score:.2f}'
         cards.append(f'<figure style="margin:0"><figcaption>{html.escape(caption)}'
                      f'</figcaption>{image_tag(png(thumbnail(result, k)), caption)}</figure>')
     count = len(result)

@@ -29,6 +29,11 @@ def renormalize_in_boxes(cams: np.ndarray, bboxes: np.ndarray) -> np.ndarray:
     return out
 
 
+def class_name(names, label: int) -> str:
+    """The name of class ``label`` in ``names``, or the label itself where they end."""
+    return names[label] if label < len(names) else str(label)
+
+
 def fuse_boxes(cams: np.ndarray, shape) -> np.ndarray:
     """One map for the whole image: the maximum over the detections' maps."""
     return cams.max(axis=0) if len(cams) else np.zeros(shape, np.float32)
