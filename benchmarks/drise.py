@@ -18,9 +18,13 @@ count the tables give
   r(ours, ours') the same between two of ours
   pointing       share of boxes whose map peaks inside the box, ours and VEM's
 
-then a convergence table on the first image: r(ours, ours') against the number of masks, and a
+then a convergence table on the first image: r(ours, ours') against the number of masks, a
 precision table: masks/s in float32 and under bfloat16 autocast (float16 on CUDA), and the
-Pearson r per box between the two at the same seed, next to float32's between two seeds.
+Pearson r per box between the two at the same seed, next to float32's between two seeds, and a
+mask table on the instance demo (``demo/rtmdet-ins_shapes.py``): masks/s explaining the boxes and
+the masks (``target='mask'``), the latter with the default ``mask_candidate_iou`` (only
+candidates whose box meets a detection's have their masks compared) and with every candidate's
+mask (``None``), and the r between the two at the same seed.
 
 VEM is a benchmark extra, not a dependency. Its metadata pins ``matplotlib<3.7``, whose wheels
 are built for numpy 1 and break ``import mmdet`` under numpy 2, so install it without its
@@ -30,6 +34,7 @@ dependencies (only ``pandas`` is needed for the D-RISE module):
     python benchmarks/drise.py --quick          # 1 image, 300 masks, a few minutes
     python benchmarks/drise.py --tables speed   # throughput only, on an otherwise idle machine
     python benchmarks/drise.py --tables precision   # bfloat16 (CUDA: float16) against float32
+    python benchmarks/drise.py --tables mask        # the mask target on the instance demo
     nohup python benchmarks/drise.py > drise.log 2>&1 &   # 2 images, ~45 min on 2 cores
 """
 import argparse
@@ -119,7 +124,7 @@ def main():
     parser.add_argument('--upscale', type=int, default=4,
                         help='the speed table also times the first image enlarged this many '
                         'times (a photo-sized input; 1: not)')
-    tables = ['speed', 'agreement', 'convergence', 'precision']
+    tables = ['speed', 'agreement', 'convergence', 'precision', 'mask']
     parser.add_argument('--tables', nargs='+', default=tables, choices=tables)
     parser.add_argument('--quick', action='store_true', help='1 image, 300 masks')
     args = parser.parse_args()
@@ -209,6 +214,38 @@ def main():
             print(f'| {name} | {len(detections)} | {rates["float32"]:.1f} | '
                   f'{rates[reduced]:.1f} | {rates[reduced] / rates["float32"]:.2f}x | '
                   f'{pearson(low, full):.3f} | {pearson(other, full):.2f} |', flush=True)
+    if 'mask' in args.tables:
+        mask_table(args, samples)
+
+
+def mask_table(args, samples):
+    """D-RISE explaining the instance demo's boxes and masks."""
+    model = build_detector(str(REPO / 'demo' / 'rtmdet-ins_shapes.py'),
+                           str(REPO / 'demo' / 'rtmdet-ins_shapes.pth'))
+
+    def run(target, iou='default'):
+        options = {} if iou == 'default' else dict(mask_candidate_iou=iou)
+
+        def maps(image, detections, masks, seed):
+            cam = DetCAM(model, topk=args.topk, target=target, method=dict(
+                type='drise', num_masks=masks, seed=seed, progress=False, **options))
+            return cam(image).cams
+        return maps
+
+    runs = {'box': run('score'), 'mask': run('mask'), 'every': run('mask', None)}
+    print(f'\n| image | boxes | box target masks/s | mask target masks/s | every candidate\'s mask '
+          f'masks/s | r(mask, every) | r(every, every\') |  (instance demo; {args.masks} masks, '
+          f'the same seed, another for \'; speed: {args.timing_masks} masks, median of 3 '
+          'alternating runs)')
+    print('|---|---:|---:|---:|---:|---:|---:|')
+    for name, image, _ in samples:
+        rates = throughput(runs, image, None, args.timing_masks, 3)
+        near, every = runs['mask'](image, None, args.masks, 0), runs['every'](image, None,
+                                                                               args.masks, 0)
+        other = runs['every'](image, None, args.masks, 1)
+        print(f'| {name} | {len(near)} | {rates["box"]:.1f} | {rates["mask"]:.1f} | '
+              f'{rates["every"]:.1f} | {pearson(near, every):.3f} | {pearson(other, every):.2f} |',
+              flush=True)
 
 
 if __name__ == '__main__':

@@ -56,7 +56,7 @@ def tracked_score(bboxes, scores, labels, box: Sequence[float], label: int,
 
 
 def mask_ious(candidates, masks: Sequence[np.ndarray],
-              keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+              keep: Optional[torch.Tensor] = None, group: int = 16) -> torch.Tensor:
     """``[len(masks), len(candidates)]``: IoU of each candidate's mask with each of ``masks``
     (boolean, original-image pixels); only for the candidates ``keep`` selects (boolean,
     default all), 0 for the others.
@@ -65,8 +65,11 @@ def mask_ious(candidates, masks: Sequence[np.ndarray],
     fields, e.g. from ``CandidateScorer(..., masks=True)``), placed on the image by its box in
     both spaces (``mask_boxes`` on the grid, ``bboxes`` on the image); it is thresholded and
     placed once for all ``masks``. Each of ``masks`` is resampled onto that grid as the share
-    of each cell it covers (RoIAlign), so no candidate's mask is drawn at the image's size."""
+    of each cell it covers (RoIAlign), ``group`` masks at a time, so no candidate's mask is
+    drawn at the image's size."""
     from torchvision.ops import roi_align
+
+    from .engine.mask_logits import candidate_mask_logits
     grid_w = (candidates.mask_boxes[:, 2] - candidates.mask_boxes[:, 0]).float()
     grid_h = (candidates.mask_boxes[:, 3] - candidates.mask_boxes[:, 1]).float()
     boxes = candidates.bboxes.float()
@@ -76,7 +79,7 @@ def mask_ious(candidates, masks: Sequence[np.ndarray],
     ious = torch.zeros(len(masks), len(boxes))
     if not keep.any():
         return ious
-    logits = candidates.mask_logits[keep].float()
+    logits = candidate_mask_logits(candidates, keep).float()
     height, width = logits.shape[-2:]
     sx = (boxes[keep, 2] - boxes[keep, 0]) / grid_w[keep]  # image pixels per grid cell
     sy = (boxes[keep, 3] - boxes[keep, 1]) / grid_h[keep]
@@ -87,19 +90,46 @@ def mask_ious(candidates, masks: Sequence[np.ndarray],
     samples = int(np.ceil(float(torch.maximum(sx, sy).max()))) + 1
     # candidates on one shared grid (a dense head's whole-image map) are resampled once; the
     # grid's corner, worked out from each candidate's box, differs by float rounding
-    regions, index = torch.unique((regions * 64).round() / 64, dim=0, return_inverse=True)
-    inside = (logits > candidates.mask_thresholds[keep, None, None]).float()
+    regions = (regions * 64).round() / 64
+    if (regions == regions[0]).all():
+        regions, index = regions[:1], torch.zeros(len(regions), dtype=torch.long)
+    else:
+        regions, index = torch.unique(regions, dim=0, return_inverse=True)
+    inside = (logits > candidates.mask_thresholds[keep, None, None]).float().flatten(1)
     cell = sx * sy
-    inside_area = inside.sum((1, 2)) * cell
-    for row, mask in enumerate(masks):
-        if not mask.any():
-            continue
-        covered = roi_align(torch.from_numpy(mask.astype(np.float32))[None, None], regions,
-                            (height, width), 1.0, samples, aligned=True)[index, 0]
-        intersection = (inside * covered).sum((1, 2)) * cell
-        union = inside_area + float(mask.sum()) - intersection
-        ious[row, keep] = intersection / union.clamp(min=1e-6)
+    inside_area = inside.sum(1) * cell
+    for first in range(0, len(masks), group):  # masks resampled together, a group at a time
+        chosen = np.stack([np.asarray(m, np.float32) for m in masks[first:first + group]])
+        covered = roi_align(torch.from_numpy(chosen)[None], regions, (height, width), 1.0,
+                            samples, aligned=True).flatten(2)  # [regions, masks, cells]
+        intersection = (inside @ covered[0].T if len(regions) == 1 else
+                        torch.einsum('nk,nmk->nm', inside, covered[index])) * cell[:, None]
+        union = inside_area[:, None] + torch.from_numpy(chosen.sum((1, 2))) - intersection
+        ious[first:first + len(chosen), keep] = (intersection / union.clamp(min=1e-6)).T
     return ious
+
+
+def best_mask_match(candidates, mask: np.ndarray, weights: torch.Tensor,
+                    chunk: int = 16) -> float:
+    """The maximum over candidates of :func:`mask_ious` with ``mask`` x the candidate's weight
+    (``weights``: ``[len(candidates)]``, in [0, 1]; 0 leaves a candidate out).
+
+    Exact, and cheap where candidates' masks are drawn on demand (RTMDet-Ins): candidates are
+    read in chunks of ``chunk`` by falling weight, and reading stops once no remaining weight
+    can beat the best product found (an IoU is at most 1)."""
+    weights = torch.as_tensor(weights, dtype=torch.float32)
+    order = torch.nonzero(weights > 0)[:, 0]
+    order = order[weights[order].argsort(descending=True)]
+    best = 0.0
+    for first in range(0, len(order), chunk):
+        index = order[first:first + chunk]
+        if float(weights[index[0]]) <= best:
+            break
+        keep = torch.zeros(len(weights), dtype=torch.bool)
+        keep[index] = True
+        ious = mask_ious(candidates, [mask], keep)[0]
+        best = max(best, float((ious * weights)[index].max()))
+    return best
 
 
 def tracked_mask_score(candidates, mask: np.ndarray, label: int) -> float:
@@ -107,7 +137,4 @@ def tracked_mask_score(candidates, mask: np.ndarray, label: int) -> float:
     :func:`tracked_score`): the maximum over candidates of ``label`` of :func:`mask_ious` x
     the candidate's probability."""
     same = torch.as_tensor(candidates.labels) == int(label)
-    if not same.any():
-        return 0.0
-    ious = mask_ious(candidates, [mask], same)[0]
-    return float((ious * candidates.scores.float())[same].max())
+    return best_mask_match(candidates, mask, candidates.scores.float() * same)

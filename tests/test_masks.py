@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from mmdet_cam import DetCAM, build_detector
+from mmdet_cam.boxes import mask_ious, tracked_mask_score
 from mmdet_cam.engine.candidates import CandidateScorer
 from mmdet_cam.engine.capture import differentiable_inference, frozen_parameters
-from mmdet_cam.engine.mask_logits import instance_mask_logits
+from mmdet_cam.engine.mask_logits import candidate_mask_logits, instance_mask_logits
 from mmdet_cam.errors import BadInputError, UnsupportedModelError
 from mmdet_cam.metrics import pointing_hit_mask
 from mmdet_cam.model.detector import preprocess
@@ -207,7 +208,9 @@ def test_mask_tracking_follows_the_mask_not_the_box(instance_demo):
     result = DetCAM(instance_demo, target='mask', score_thr=0.3)(DEMO_IMAGE)
     scorer = CandidateScorer(instance_demo, DetCAM(instance_demo).pipeline, masks=True)
     candidates = scorer([result.image])[0]
-    assert 'masks' not in candidates and candidates.mask_logits.shape[0] == len(candidates)
+    assert 'masks' not in candidates
+    every = candidate_mask_logits(candidates, torch.ones(len(candidates), dtype=torch.bool))
+    assert every.shape[0] == len(candidates)
     masks = result.detections.masks.numpy()
     for k in range(len(result)):
         label = int(result.detections.labels[k])
@@ -220,6 +223,34 @@ def test_mask_tracking_follows_the_mask_not_the_box(instance_demo):
                   and int(result.detections.labels[j]) != label]
         for j in others:
             assert mask_tracker(scorer, masks[j], label)([result.image])[0] < 0.5 * own
+        # read by falling score until none can beat the best: the maximum over every candidate
+        same = candidates.labels == label
+        brute = mask_ious(candidates, [masks[k]], same)[0] * candidates.scores
+        assert tracked_mask_score(candidates, masks[k], label) == pytest.approx(
+            float(brute[same].max()), abs=1e-6)
+
+
+def test_rtmdet_ins_candidate_masks_are_the_heads_own(instance_demo):
+    """RTMDet-Ins candidates' masks, drawn on demand as batched matrix products, are the
+    logits mmdet's dynamic convolutions give, for the same candidates in the same order
+    (repeated priors, one per class, included)."""
+    scorer = CandidateScorer(instance_demo, DetCAM(instance_demo).pipeline, masks=True)
+    outputs = []  # the head's outputs end with the image's mask features
+    handle = instance_demo.bbox_head.register_forward_hook(
+        lambda module, args, output: outputs.append(output[-1][0]))
+    try:
+        candidates = scorer([mmcv.imread(DEMO_IMAGE)])[0]
+    finally:
+        handle.remove()
+    features = outputs[-1]
+    chosen = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(0))[:300]
+    assert len(torch.unique(candidates.priors[chosen], dim=0)) < len(chosen)  # repeats
+    with torch.no_grad():
+        expected = instance_demo.bbox_head._mask_predict_by_feat_single(
+            features, candidates.kernels[chosen], candidates.priors[chosen])
+    drawn = candidate_mask_logits(candidates, chosen)
+    height, width = drawn.shape[-2:]
+    torch.testing.assert_close(drawn, expected[:, :height, :width], rtol=1e-5, atol=1e-4)
 
 
 def test_roi_head_candidates_carry_the_heads_own_unpasted_masks(models):
@@ -283,6 +314,12 @@ def test_methods_that_rerun_the_detector_follow_the_mask(instance_demo):
     boxes = DetCAM(instance_demo, method=drise, score_thr=0.3)(DEMO_IMAGE)
     assert len(masks) >= 4 and np.isfinite(masks.cams).all()
     assert not np.allclose(masks.cams, boxes.cams, atol=1e-3)  # same masks, other weights
+    # only candidates near a detection have their masks compared: the maps of every
+    # candidate's, at the same seed, to r >= 0.95
+    every = DetCAM(instance_demo, target='mask', score_thr=0.3,
+                   method=dict(drise, mask_candidate_iou=None))(DEMO_IMAGE)
+    assert min(np.corrcoef(a.ravel(), b.ravel())[0, 1]
+               for a, b in zip(masks.cams, every.cams)) >= 0.95
     hits = [pointing_hit_mask(masks.cams[k], masks.detections.masks[k].numpy())
             for k in range(len(masks))]
     assert np.mean(hits) >= 0.6

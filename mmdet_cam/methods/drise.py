@@ -12,7 +12,8 @@ size and mapped onto the original image as every other method's maps.
 A mask's weight for a detection is the best *similarity* among the masked image's raw
 candidates (no score threshold, no NMS): IoU x cosine of class-probability vectors; for the
 mask target, the IoU of the detection's mask with each candidate's (``boxes.mask_ious``: the
-candidates' unpasted masks) instead of the boxes'. mmdet
+candidates' unpasted masks; only candidates whose box overlaps a detection's) instead of the
+boxes'. mmdet
 reports one probability per candidate and class, so both vectors are completed as the
 reference implementation (``vision-explanation-methods``' ``expand_class_scores``) completes
 them: the score at the label and ``(1 - score) / C`` at the other ``C`` entries; objectness is
@@ -76,6 +77,9 @@ def _detections(session: Session, boxes):
     return boxes.detections
 
 
+MASK_CANDIDATE_IOU = float(__import__("os").environ.get("MCI", "0"))
+
+
 @CAM_METHODS.register_module(name='drise')
 class DRISE:
     """D-RISE maps for given detections.
@@ -92,6 +96,11 @@ class DRISE:
         dtype: ``'float32'``, or the masked forwards under autocast at ``'bfloat16'`` (CPUs
             with bfloat16 instructions) or ``'float16'`` (CUDA): faster, and the maps agree
             with float32's at the same seed to the degree ``benchmarks/drise.py`` measures.
+        mask_candidate_iou: with the mask target, only candidates whose box overlaps a
+            detection's box by more than this IoU (default 0: at all) have their masks
+            compared with its mask (a candidate's mask lies around its box; drawing the masks
+            of thousands of candidates for every copy cost several times the detector);
+            ``None``: every candidate's.
     """
 
     DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
@@ -102,7 +111,8 @@ class DRISE:
 
     def __init__(self, num_masks: int = 2000, grid: int = 16, p: float = 0.5,
                  batch_size: int = 16, seed: int = 0, progress: bool = True,
-                 upsample: str = 'bilinear', dtype: str = 'float32'):
+                 upsample: str = 'bilinear', dtype: str = 'float32',
+                 mask_candidate_iou: Optional[float] = 0.0):
         if num_masks < 1 or grid < 1 or batch_size < 1 or not 0 < p < 1:
             raise ValueError('drise needs num_masks, grid and batch_size >= 1 and 0 < p < 1, '
                              f'got {num_masks}, {grid}, {batch_size} and {p}')
@@ -115,6 +125,7 @@ class DRISE:
         self.dtype = self.DTYPES[dtype]
         self.num_masks, self.grid, self.p = num_masks, grid, p
         self.batch_size, self.seed, self.progress = batch_size, seed, progress
+        self.mask_candidate_iou = mask_candidate_iou
 
     def masks(self, height: int, width: int) -> Iterator[np.ndarray]:
         """Batches of ``[B, height, width]`` float32 masks in [0, 1], ``num_masks`` in all."""
@@ -147,7 +158,7 @@ class DRISE:
         bar = ProgressBar(self.num_masks, file=sys.stderr) if self.progress else None
         for masks in self.masks(height, width):
             weights = np.stack([similarity(bboxes, scores, labels, c, num_classes,
-                                           instance_masks)
+                                           instance_masks, self.mask_candidate_iou)
                                 for c in candidates_fn(masks)], axis=1)  # [N, B]
             weighted += np.tensordot(weights, masks, axes=1)
             total += masks.sum(axis=0)
@@ -164,20 +175,24 @@ class DRISE:
 
 
 def similarity(bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, candidates,
-               num_classes: int, instance_masks: Optional[np.ndarray] = None) -> np.ndarray:
+               num_classes: int, instance_masks: Optional[np.ndarray] = None,
+               mask_candidate_iou: Optional[float] = None) -> np.ndarray:
     """Per detection, the best IoU (of boxes, or of ``instance_masks`` with the candidates'
-    masks) x class-vector cosine over ``candidates`` (0 if none)."""
+    masks) x class-vector cosine over ``candidates`` (0 if none). With ``instance_masks``,
+    only the candidates whose box overlaps a detection's by more than ``mask_candidate_iou``
+    (``None``: all) are compared."""
     boxes = np.asarray(candidates.bboxes, np.float64).reshape(-1, 4)
     if len(boxes) == 0 or len(bboxes) == 0:
         return np.zeros(len(bboxes))
     cosine = class_cosine(np.asarray(scores, np.float64), np.asarray(labels),
                           np.asarray(candidates.scores, np.float64),
                           np.asarray(candidates.labels), num_classes)
+    box_ious = pairwise_iou(np.asarray(bboxes, np.float64), boxes)
     if instance_masks is None:
-        ious = pairwise_iou(np.asarray(bboxes, np.float64), boxes)
-    else:
-        ious = mask_ious(candidates, instance_masks).numpy()
-    return (ious * cosine).max(axis=1)
+        return (box_ious * cosine).max(axis=1)
+    near = None if mask_candidate_iou is None else torch.from_numpy(
+        (box_ious > mask_candidate_iou).any(axis=0))
+    return (mask_ious(candidates, instance_masks, near).numpy() * cosine).max(axis=1)
 
 
 def class_cosine(scores_a, labels_a, scores_b, labels_b, num_classes: int) -> np.ndarray:
