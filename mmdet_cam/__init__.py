@@ -11,6 +11,7 @@ from .errors import (
     DetCAMError,
     DetCAMWarning,
     NonFiniteGradientWarning,
+    SaturatedScoreWarning,
     UntrainedModelWarning,
     ZeroGradientWarning,
 )
@@ -27,6 +28,7 @@ __all__ = [
     'DetCAM', 'DetCAMResult', 'DetCAMHook', 'CAMLocalizationMetric', 'CAMFaithfulnessMetric',
     'build_detector', 'resolve_config', 'get_layer', 'list_layers', 'DetCAMError',
     'DetCAMWarning', 'ZeroGradientWarning', 'NonFiniteGradientWarning', 'UntrainedModelWarning',
+    'SaturatedScoreWarning',
     'CAM_METHODS', 'CAM_TARGETS', 'RESHAPE_TRANSFORMS', 'CAMSettings', 'OutputSettings',
     'write_report', '__version__'
 ]

@@ -63,6 +63,19 @@ class ZeroGradientWarning(DetCAMWarning):
         self.detection, self.label, self.layers = detection, label, list(layers)
 
 
+class SaturatedScoreWarning(DetCAMWarning):
+    """Detections whose score is saturated (within 1e-4 of 1, so its gradient is 0 or nearly):
+    the ``score`` target explains their log-odds instead, which has the logit's gradient.
+
+    Attributes:
+        detections: their indices in the result.
+    """
+
+    def __init__(self, message: str, detections=()):
+        super().__init__(message)
+        self.detections = list(detections)
+
+
 class NonFiniteGradientWarning(DetCAMWarning):
     """Detections whose gradient held NaN or inf values, which were set to 0 in their maps.
 

@@ -82,6 +82,29 @@ def test_relevancy_reads_the_image_attention_of_a_text_prompted_detector(text_mo
     assert not np.allclose(result.cams[0], result.cams[1])
 
 
+def test_relevancy_attributes_each_box_to_the_prompts_tokens_as_gradient_methods_do(
+        text_models):
+    """Relevancy's token attributions are the gradient methods' (gradient x embedding, from
+    the same backward as its attention gradients); with one entity per chunk of the prompt
+    (separate passes of the language model), a box's own entity is all that can matter."""
+    model, scene = text_models(GROUNDING_DINO), make_scene()
+    options = dict(score_thr=0, topk=3, texts=PROMPT)
+    relevancy = DetCAM(model, method='relevancy', **options)(scene)
+    gradient = DetCAM(model, method='hirescam', **options)(scene)
+    assert relevancy.tokens == gradient.tokens
+    assert relevancy.token_attributions.shape == (3, len(relevancy.tokens))
+    np.testing.assert_allclose(relevancy.token_attributions, gradient.token_attributions,
+                               rtol=1e-4, atol=1e-7)
+    with swapped(model, 'test_cfg', dict(model.test_cfg, chunked_size=1)):
+        split = _TopOfEachEntity(model, method='relevancy', score_thr=0,
+                                 texts=['circle', 'square'])(scene)
+    assert split.detections.labels.tolist() == [0, 1]
+    entity = np.cumsum([token == '[CLS]' for token in split.tokens]) - 1  # token -> entity
+    for label, attributions in zip([0, 1], split.token_attributions):
+        assert np.abs(attributions[entity == label]).sum() > 0
+        assert not attributions[entity != label].any()
+
+
 class _FixedChoices(TorchFunctionMode):
     """While active, ``torch.topk`` (and ``Tensor.topk``) returns the indices it returned in
     the first run, with the values gathered at them: discrete choices held fixed, as autograd

@@ -19,6 +19,7 @@ import sys
 import types
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
@@ -467,6 +468,17 @@ class TokenEmbeddings(_OutputRecorder):
         batch; every chunk's, in order)."""
         return [token for ids in self.ids
                 for token in self.tokenizer.convert_ids_to_tokens(ids[0].tolist())]
+
+
+def token_attributions(grads: Sequence[Optional[Tensor]], embeddings: Sequence[Tensor]):
+    """float32 ``[T]``: one box's attribution per token, its gradient at each of the
+    :class:`TokenEmbeddings` leaves (None: none) times the leaf, summed over channels; the
+    chunks' tokens one after the other."""
+    return np.concatenate([
+        (torch.zeros_like(leaf) if grad is None else
+         torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0) * leaf)[0]
+        .sum(-1).detach().cpu().numpy().astype(np.float32)
+        for grad, leaf in zip(grads, embeddings)])
 
 
 def _word_embeddings(language_model: nn.Module) -> Optional[nn.Module]:

@@ -7,11 +7,15 @@ a backward that stops at the head's outputs first; many boxes can share one batc
 import warnings
 from typing import List, Optional, Sequence
 
-import numpy as np
-import torch
 from torch import Tensor, nn
 
-from .capture import DenseHeadOutputs, LayerCapture, batched_grads_for, grads_for
+from .capture import (
+    DenseHeadOutputs,
+    LayerCapture,
+    batched_grads_for,
+    grads_for,
+    token_attributions,
+)
 from .replay import DenseReplay, RoIReplay
 
 
@@ -49,10 +53,7 @@ class Backward:
         for i in boxes:
             box_grads = grads_for(values[i], self.activations + self.tokens, self.head_outputs)
             if self.tokens:
-                self.token_attributions[i] = np.concatenate([
-                    (torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0) * leaf)[0]
-                    .sum(-1).detach().cpu().numpy().astype(np.float32)
-                    for grad, leaf in zip(box_grads[count:], self.tokens)])
+                self.token_attributions[i] = token_attributions(box_grads[count:], self.tokens)
             grads.append(box_grads[:count])
         return grads
 

@@ -25,7 +25,12 @@ import torch
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
-from ..errors import NonFiniteGradientWarning, UnsupportedModelError, ZeroGradientWarning
+from ..errors import (
+    NonFiniteGradientWarning,
+    SaturatedScoreWarning,
+    UnsupportedModelError,
+    ZeroGradientWarning,
+)
 from ..model.detector import mmdet_failure, preprocess
 from ..model.layers import predicting_detector
 from ..settings import CAMSettings
@@ -47,6 +52,8 @@ from .prompt_chunks import chunk_count, graph_only_for
 from .proposals import added_proposals
 from .replay import recording_rois
 from .request import Request
+from .saturation import saturated, saturation_proof_scores
+from .targets import ScoreTarget
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,7 @@ class CapturedForward:
             stack.enter_context(_candidates_of(model, request, self.pristine_sample))
             stack.enter_context(frozen_parameters(model))
             stack.enter_context(differentiable_inference(model, masks=reads_masks))
+            stack.enter_context(saturation_proof_scores(detector))
             stack.enter_context(torch.enable_grad())
             self.capture = stack.enter_context(LayerCapture(layers, self.layer_names))
             self.shapes = stack.enter_context(FeatureShapes(neck_or_backbone))
@@ -189,6 +197,8 @@ class CapturedForward:
             stack.close()
             raise
         self.values, self.detections = values, _detached(detections, drop=MASK_FIELDS)
+        if isinstance(request.target, ScoreTarget):
+            _warn_saturated(self.detections)
         return self
 
     def __exit__(self, *exc_info):
@@ -313,6 +323,16 @@ def _warn_non_finite(boxes: List[int], detections) -> None:
             f'{", ".join(map(str, labels))}) got NaN/inf gradients from the detector\'s '
             'post-processing; those values were set to 0, so their maps may be incomplete',
             boxes), stacklevel=3)
+
+
+def _warn_saturated(detections) -> None:
+    boxes = torch.nonzero(saturated(detections.scores))[:, 0].tolist()
+    if boxes:
+        warnings.warn(SaturatedScoreWarning(
+            f'{len(boxes)} detection(s) ({", ".join(map(str, boxes))}) have a saturated score '
+            "(1.0 to 4 decimals, so it has almost no gradient): their maps explain the score's "
+            "log-odds (target='logit'), which has the class logit's gradient", boxes),
+            stacklevel=3)
 
 
 def _warn_zero_gradients(zero_layers, detections, layer_names):

@@ -4,9 +4,12 @@ A target maps the detector's differentiable ``pred_instances`` (all detections o
 to a 1-D tensor with one value per detection; the engine back-propagates each value on its
 own. Built-ins, by registry name:
 
-* ``score``: the detection's reported score (default).
+* ``score``: the detection's reported score (default); a saturated score (within 1e-4 of 1,
+  whose gradient is 0 or nearly) is explained by its log-odds instead, with a
+  ``SaturatedScoreWarning`` (``saturation.py``).
 * ``logit``: the log-odds of that score, ``log(s / (1 - s))``. For sigmoid classifiers whose
-  score is the class probability this is exactly the class logit; it does not saturate near 1.
+  score is the class probability this is exactly the class logit; its gradient is the
+  logit's even where the score is exactly 1 (``saturation.py``).
 * ``bbox``: one coordinate of the reported box (``coord`` = ``x1``, ``y1``, ``x2`` or ``y2``,
   original-image pixels), to explain where the box edge was put.
 * ``mask``: for instance segmentors, the sum of the detection's own mask logits over the
@@ -19,6 +22,7 @@ from torch import Tensor
 
 from ..errors import UnknownNameError, UnsupportedModelError
 from ..registry import CAM_TARGETS
+from .saturation import log_odds, saturated
 
 
 @CAM_TARGETS.register_module(name='score')
@@ -28,7 +32,9 @@ class ScoreTarget:
     name = 'score'
 
     def __call__(self, pred_instances: InstanceData) -> Tensor:
-        return pred_instances.scores
+        scores = pred_instances.scores
+        full = saturated(scores)
+        return torch.where(full, log_odds(scores), scores) if full.any() else scores
 
 
 @CAM_TARGETS.register_module(name='logit')
@@ -37,11 +43,8 @@ class LogitTarget:
 
     name = 'logit'
 
-    def __init__(self, eps: float = 1e-6):
-        self.eps = eps
-
     def __call__(self, pred_instances: InstanceData) -> Tensor:
-        return torch.logit(pred_instances.scores, eps=self.eps)
+        return log_odds(pred_instances.scores)
 
 
 @CAM_TARGETS.register_module(name='bbox')

@@ -22,7 +22,7 @@ the encoder layers, so a row times ``R_ii`` and ``R_ii``'s row sums (for its nor
 a few sparse products. The box's query is where its score's gradient enters the last
 cross-attention (the queries' weights there, normalised: one query for DETR-style heads).
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine.attention import AttentionRecord
+from ..engine.capture import token_attributions
 from ..engine.request import Request
 from ..engine.session import BoxCAMs, Session
 from ..errors import UnsupportedModelError
@@ -50,15 +51,27 @@ class AttentionPipeline(Pipeline):
         with session.forward(request, attention=True) as forward:
             if not len(forward.detections):
                 return forward.nothing()
-            maps = _relevancy_maps(self.method, forward.attention.records, forward.values,
-                                   forward.shapes.shapes, forward.inputs)
+            embeddings = forward.tokens.embeddings
+            maps, attributions = _relevancy_maps(
+                self.method, forward.attention.records, forward.values, forward.shapes.shapes,
+                forward.inputs, embeddings)
             return BoxCAMs(forward.detections, maps, forward.data_sample,
-                           [[] for _ in range(len(forward.detections))])
+                           [[] for _ in range(len(forward.detections))],
+                           forward.tokens.tokens if embeddings else None, attributions)
 
 
-def _relevancy_maps(method, records, values: Tensor, feature_shapes, inputs: Tensor) -> np.ndarray:
+def _relevancy_maps(method, records, values: Tensor, feature_shapes, inputs: Tensor,
+                    embeddings: Sequence[Tensor] = ()) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Per box, ``method``'s relevancy map on the network input from the box's gradients at
-    the captured attention probabilities (``attention.AttentionCapture``)."""
+    the captured attention probabilities (``attention.AttentionCapture``), and, for a
+    text-prompted detector (``embeddings``: its prompt's token embeddings, gradient leaves),
+    ``[N, T]`` token attributions.
+
+    The prompt's words reach the boxes through the fusion layers and the queries' dot products
+    with the text, not through attention over image positions, so Chefer's rules give them no
+    relevancy; each token gets the gradient methods' attribution instead (gradient x
+    embedding, ``capture.TokenEmbeddings``), from the same backward as the box's attention
+    gradients: the same numbers a gradient method reports for the box."""
     if not records:
         raise UnsupportedModelError('no attention over image tokens was recorded in the forward')
     if not values.requires_grad:
@@ -66,16 +79,18 @@ def _relevancy_maps(method, records, values: Tensor, feature_shapes, inputs: Ten
     shapes = torch.as_tensor(feature_shapes)
     tokens = int((shapes[:, 0] * shapes[:, 1]).sum())
     in_graph = [i for i, record in enumerate(records) if record.probs.requires_grad]
-    maps = []
+    maps, attributions = [], []
     for value in values:
-        found = torch.autograd.grad(value, [records[i].probs for i in in_graph],
+        found = torch.autograd.grad(value, [records[i].probs for i in in_graph] + list(embeddings),
                                     retain_graph=True, allow_unused=True)
         grads = [None] * len(records)
         for i, grad in zip(in_graph, found):
             grads[i] = grad
         relevancy = method.token_map(records, grads, tokens)
         maps.append(method.image_map(relevancy, shapes, tuple(inputs.shape[-2:])))
-    return np.stack(maps)
+        if embeddings:
+            attributions.append(token_attributions(found[len(in_graph):], embeddings))
+    return np.stack(maps), (np.stack(attributions) if attributions else None)
 
 
 @CAM_METHODS.register_module(name='relevancy')
