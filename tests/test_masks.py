@@ -332,3 +332,26 @@ def test_methods_that_rerun_the_detector_follow_the_mask(instance_demo):
         DEMO_IMAGE)
     assert np.isfinite(ablation.cams).all() and ablation.cams.max() > 0
     assert not np.allclose(ablation.cams[0], ablation.cams[1])
+
+
+def test_solo_heads_draw_a_bounded_number_of_candidate_masks(models, monkeypatch):
+    """With no score threshold an untrained SOLOv2 asks for a mask per (grid cell, class) pair
+    before its NMS (3872 x 80, over 20 GB at 256 px; the zoo's crash rows): only the
+    best-scored ones up to the memory bound are drawn."""
+    from mmdet_cam.engine import capture
+    model = models('solov2/solov2-light_r18_fpn_ms-3x_coco.py')
+    head = model.mask_head
+    drawn, best = [], []
+    single = head._predict_by_feat_single
+
+    def counting(kernel_preds, cls_scores, mask_feats, img_meta, cfg=None):
+        kept = cls_scores > (cfg or head.test_cfg).score_thr
+        drawn.append(int(kept.sum()))
+        best.append(bool(kept.flatten()[cls_scores.flatten().argmax()]))
+        return single(kernel_preds, cls_scores, mask_feats, img_meta, cfg)
+    monkeypatch.setattr(head, '_predict_by_feat_single', counting)
+    monkeypatch.setattr(capture, 'SOLO_MASK_BYTES', 300 * 64 * 64 * 4 * capture.MASK_COPIES)
+    assert head.test_cfg.score_thr == 0 and head.num_classes * 3872 > 300
+    result = DetCAM(model, score_thr=0, topk=3)(make_scene())
+    assert drawn and 0 < max(drawn) <= 300 and all(best)
+    assert np.isfinite(result.cams).all()  # untrained: its masks are empty, so no detection

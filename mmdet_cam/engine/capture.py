@@ -15,6 +15,7 @@
 """
 import contextlib
 import importlib
+import inspect
 import sys
 import types
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -35,7 +36,8 @@ def differentiable_inference(model: Optional[nn.Module] = None,
     """Keep mmdet's inference differentiable while active: :class:`GraphKeepingFunctions`,
     :func:`_graph_keeping_swaps` and, for ``model``'s predicting detector,
     :func:`post_processing_keeps_graph`, :func:`masks_without_gradients` (unless ``masks``:
-    when the masks are what is explained) and :func:`without_activation_checkpoints`. The
+    when the masks are what is explained), :func:`without_activation_checkpoints` and
+    :func:`bounded_solo_candidates`. The
     engine and the library-path adapter both enter it, so both see the same detector."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(_graph_keeping_swaps())
@@ -45,6 +47,7 @@ def differentiable_inference(model: Optional[nn.Module] = None,
             if not masks:
                 stack.enter_context(masks_without_gradients(detector))
             stack.enter_context(without_activation_checkpoints(detector))
+            stack.enter_context(bounded_solo_candidates(detector))
         stack.enter_context(GraphKeepingFunctions())
         yield
 
@@ -206,6 +209,48 @@ def post_processing_keeps_graph(model: nn.Module) -> Iterator[None]:
         for head in heads:
             stack.enter_context(
                 swapped(head, 'predict_by_feat', keeping_graph(head.predict_by_feat)))
+        yield
+
+
+# memory for the masks of the candidates a SOLO head draws before its matrix NMS: each takes
+# about MASK_COPIES float32 maps at a quarter of the input's size (the mask, its sigmoid, its
+# thresholded copy, their products, kept for the backward)
+SOLO_MASK_BYTES = 2 * 2 ** 30
+MASK_COPIES = 8
+
+
+@contextlib.contextmanager
+def bounded_solo_candidates(model: nn.Module) -> Iterator[None]:
+    """While active, a SOLO / SOLOv2 head draws the masks of at most as many candidates as
+    :data:`SOLO_MASK_BYTES` holds, the best-scored (their score threshold raised to that count
+    for the image): mmdet draws a mask for every (grid cell, class) pair above the threshold
+    before its NMS keeps ``nms_pre``, and with no threshold (every raw candidate, or an
+    untrained model) that is 3872 cells x 80 classes, over 20 GB at 256 px. With the usual
+    threshold a trained model stays far below the bound and nothing changes."""
+    from mmengine.config import ConfigDict
+    heads = [m for m in model.modules()
+             if any(c.__name__ == 'SOLOHead' for c in type(m).__mro__)]
+
+    def bounded(head, single):
+        names = list(inspect.signature(single).parameters)
+
+        def predict(*args, **kwargs):
+            bound = dict(zip(names, args), **kwargs)
+            scores, meta = bound['cls_scores'], bound['img_meta']
+            cfg = bound.get('cfg') or ConfigDict(head.test_cfg)
+            height, width = meta['batch_input_shape'][:2]
+            limit = max(1, SOLO_MASK_BYTES // (height * width // 16 * 4 * MASK_COPIES))
+            if scores.numel() > limit and int((scores > cfg.score_thr).sum()) > limit:
+                cutoff = scores.detach().flatten().topk(limit + 1).values[-1]
+                bound['cfg'] = ConfigDict(dict(cfg, score_thr=max(float(cfg.score_thr),
+                                                                   float(cutoff))))
+            return single(**bound)
+        return predict
+
+    with contextlib.ExitStack() as stack:
+        for head in heads:
+            stack.enter_context(swapped(head, '_predict_by_feat_single',
+                                        bounded(head, head._predict_by_feat_single)))
         yield
 
 

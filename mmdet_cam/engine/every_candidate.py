@@ -16,6 +16,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..model.layers import predicting_detector
 from ..patching import swapped
+from .capture import bounded_solo_candidates
 from .mask_logits import roi_masks_unpasted, rtmdet_ins_boxes_only, unpasted_candidate_masks
 
 
@@ -27,7 +28,8 @@ def every_candidate(model: nn.Module, cap: int = 100000, masks: bool = False) ->
     detector = predicting_detector(model)
     head = getattr(detector, 'roi_head', None) or getattr(detector, 'bbox_head', None)
     original = getattr(head, 'test_cfg', None)
-    with (unpasted_candidate_masks(detector) if masks else _masks_off(detector)):
+    with (unpasted_candidate_masks(detector) if masks else _masks_off(detector)), \
+            bounded_solo_candidates(detector):
         if not isinstance(original, dict):
             yield
             return
