@@ -352,3 +352,17 @@ def test_a_killed_test_run_resumed_gives_the_files_and_metrics_of_an_uninterrupt
     errors = [line for line in out.stderr.splitlines() if line.startswith('error:')]
     assert len(errors) == 1 and 'score_thr: 0.3 then, 0.5 now' in errors[0], out.stderr[-2000:]
     assert files(resumed) == before
+    # so is resuming with other weights, whatever the checkpoint's name
+    import torch
+    checkpoint = torch.load(CHECKPOINT, map_location='cpu', weights_only=True)
+    state = checkpoint.get('state_dict', checkpoint)
+    name = next(key for key, value in state.items() if value.is_floating_point())
+    state[name] = state[name] + 1e-3
+    retrained = tmp_path / 'retrained.pth'
+    torch.save(checkpoint, retrained)
+    out = subprocess.run([part if part != str(CHECKPOINT) else str(retrained)
+                          for part in command(resumed, 'custom_hooks.0.resume=True')],
+                         capture_output=True, text=True, timeout=600, env=env)
+    errors = [line for line in out.stderr.splitlines() if line.startswith('error:')]
+    assert out.returncode == 2 and len(errors) == 1 and 'weights:' in errors[0], out.stderr[-2000:]
+    assert files(resumed) == before

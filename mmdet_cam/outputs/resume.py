@@ -2,8 +2,11 @@
 there (written last, atomically: its other files are complete) and records the same settings
 is kept, not explained again; a folder made with other settings is refused before any work,
 so nothing in it is overwritten."""
+import hashlib
 import json
 from typing import List, Optional
+
+from torch import nn
 
 from ..errors import BadInputError
 
@@ -17,6 +20,17 @@ def run_settings(args) -> dict:
     settings = {key: value for key, value in sorted(vars(args).items())
                 if key not in NOT_SETTINGS}
     return json.loads(json.dumps(settings))  # as read back: tuples become lists
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A digest of ``model``'s weights and buffers: a test run records it among its settings,
+    since the checkpoint's path says nothing when a training run rewrites it (and
+    ``tools/test_cam.py`` loads it outside the Runner's ``load_from``)."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def earlier_summaries(writers, stem: str) -> Optional[List[dict]]:

@@ -40,7 +40,7 @@ from ..metrics import detection_faithfulness, mask_tracker, tracker, triage
 from ..model.layers import predicting_detector
 from ..outputs import Sinks, build_sinks, describe_run
 from ..outputs.atomic import atomic_path, write_json
-from ..outputs.resume import check_resumable, earlier_summaries
+from ..outputs.resume import check_resumable, earlier_summaries, weights_fingerprint
 from ..outputs.visualizer import VisualizerSink, remote_backends
 from ..settings import CAMSettings, OutputSettings
 
@@ -117,7 +117,7 @@ class DetCAMHook(Hook):
         self.cam = DetCAM(model, settings=self.settings, config=runner.cfg)
         out_dir = Path(runner.work_dir) / self.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
-        settings = self.run_settings()
+        settings = dict(self.run_settings(), weights=weights_fingerprint(model))
         self.sinks = build_sinks(out_dir, dataset_meta,
                                  dict(describe_run(self.cam), run_settings=settings), self.output)
         if self.resume:  # before the first image: nothing made otherwise is overwritten
@@ -162,7 +162,8 @@ class DetCAMHook(Hook):
 
     def run_settings(self) -> dict:
         """What decides an explained image's files and figures, as its JSON records it (a
-        resumed run keeps an image only where they are the same)."""
+        resumed run keeps an image only where they are the same; with the model's
+        ``weights_fingerprint``)."""
         settings = dict(dataclasses.asdict(self.settings), **dataclasses.asdict(self.output),
                         interval=self.interval, faithfulness_steps=self.faithfulness_steps,
                         triage=self.triage, triage_iou=self.triage_iou)
