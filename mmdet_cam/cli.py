@@ -20,7 +20,13 @@ from .errors import BadImageError, BadInputError, DetCAMError, InputNotFoundErro
 from .methods import box_specific_alternative, method_names
 from .outputs import build_sinks, describe_run, top_words
 from .outputs.atomic import write_json
-from .outputs.resume import check_resumable, detections_in, earlier_summaries, run_settings
+from .outputs.resume import (
+    check_resumable,
+    detections_in,
+    earlier_summaries,
+    run_settings,
+    weights_fingerprint,
+)
 from .settings import FUSE_MODES, PIXEL_EVIDENCE_METHOD, CAMSettings, OutputSettings
 
 CAM, OUTPUT = CAMSettings(), OutputSettings()  # the defaults
@@ -213,7 +219,7 @@ def run(args) -> int:
         return print_layers(cam, sources[0])
     panels = []  # (DetCAM, Sinks) per way each image is explained
     dataset_meta = dict(cam.model.dataset_meta, classes=cam.class_names)
-    settings = run_settings(args)
+    settings = dict(run_settings(args), weights=weights_fingerprint(model))
     for k, (name, way) in enumerate(explanation_ways(cam, methods, args, options)):
         run_description = dict(describe_run(way, args.explain_class), run_settings=settings)
         panels.append((way, build_sinks(out_dir, dataset_meta, run_description, output,
