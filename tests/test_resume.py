@@ -1,6 +1,7 @@
 """Long runs lose nothing: a folder run killed with SIGKILL and resumed with ``--resume`` ends
 with the same files as a run that was never interrupted; a folder made with other settings is
 refused before anything in it is overwritten."""
+import copy
 import signal
 import subprocess
 import sys
@@ -71,3 +72,23 @@ def test_resuming_into_a_folder_made_otherwise_is_refused_and_changes_nothing(fo
     assert len(errors) == 1 and 'Traceback' not in run.stderr
     assert 'score_thr: 0.3 then, 0.5 now' in errors[0] and "method: 'odam' then" in errors[0]
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
+
+
+def test_a_hooks_recorded_settings_name_objects_without_memory_addresses():
+    """A target (or method) given as an object or a function is recorded by its import path
+    and attributes: two runs with equal settings record the same, so a resumed run keeps
+    their images (a repr with an address refused every resume)."""
+    import json
+
+    from mmdet_cam import DetCAMHook
+    from mmdet_cam.engine.targets import BoxCoordinateTarget
+
+    def own_target(pred_instances):
+        return pred_instances.scores
+
+    for target in (BoxCoordinateTarget('y2'), own_target):
+        first = DetCAMHook(target=target).run_settings()
+        again = DetCAMHook(target=copy.copy(target)).run_settings()
+        assert first == again and '0x' not in json.dumps(first)
+    assert DetCAMHook(target=BoxCoordinateTarget('y2')).run_settings() != \
+        DetCAMHook(target=BoxCoordinateTarget('x1')).run_settings()

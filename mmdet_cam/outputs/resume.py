@@ -22,6 +22,19 @@ def run_settings(args) -> dict:
     return json.loads(json.dumps(settings))  # as read back: tuples become lists
 
 
+def recorded(value):
+    """``value`` as a run's settings record it (for ``json.dumps(..., default=recorded)``):
+    a function or class by its import path, an object by its class's and its attributes,
+    never by a ``repr`` holding a memory address (which would differ in every run and refuse
+    every resume)."""
+    if isinstance(value, type) or callable(value) and hasattr(value, '__qualname__'):
+        return f'{value.__module__}.{value.__qualname__}'
+    kind = type(value)
+    attributes = {key: item for key, item in sorted(vars(value).items())
+                  if not key.startswith('_')} if hasattr(value, '__dict__') else {}
+    return dict(type=f'{kind.__module__}.{kind.__qualname__}', **attributes)
+
+
 def weights_fingerprint(model: nn.Module) -> str:
     """A digest of ``model``'s weights and buffers: a test run records it among its settings,
     since the checkpoint's path says nothing when a training run rewrites it (and

@@ -40,7 +40,12 @@ from ..metrics import detection_faithfulness, mask_tracker, tracker, triage
 from ..model.layers import predicting_detector
 from ..outputs import Sinks, build_sinks, describe_run
 from ..outputs.atomic import atomic_path, write_json
-from ..outputs.resume import check_resumable, earlier_summaries, weights_fingerprint
+from ..outputs.resume import (
+    check_resumable,
+    earlier_summaries,
+    recorded,
+    weights_fingerprint,
+)
 from ..outputs.visualizer import VisualizerSink, remote_backends
 from ..settings import CAMSettings, OutputSettings
 
@@ -167,7 +172,7 @@ class DetCAMHook(Hook):
         settings = dict(dataclasses.asdict(self.settings), **dataclasses.asdict(self.output),
                         interval=self.interval, faithfulness_steps=self.faithfulness_steps,
                         triage=self.triage, triage_iou=self.triage_iou)
-        return json.loads(json.dumps(settings, default=repr))
+        return json.loads(json.dumps(settings, default=recorded))
 
     def maps_path(self, stem: str) -> Path:
         return self.sinks.files.out_dir / f'{stem}.maps.npz'
