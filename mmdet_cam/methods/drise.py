@@ -77,9 +77,6 @@ def _detections(session: Session, boxes):
     return boxes.detections
 
 
-MASK_CANDIDATE_IOU = float(__import__("os").environ.get("MCI", "0"))
-
-
 @CAM_METHODS.register_module(name='drise')
 class DRISE:
     """D-RISE maps for given detections.
