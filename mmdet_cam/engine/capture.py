@@ -197,19 +197,37 @@ def post_processing_keeps_graph(model: nn.Module) -> Iterator[None]:
     its features. Detaches anywhere else (e.g. DETR's reference points) are left alone.
     """
     from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
-    heads = [m for m in model.modules() if isinstance(m, BaseDenseHead)]
+    with post_processing_under([m for m in model.modules() if isinstance(m, BaseDenseHead)],
+                               DetachKeepsGraph):
+        yield
 
-    def keeping_graph(predict_by_feat):
+
+@contextlib.contextmanager
+def post_processing_under(heads: Sequence[nn.Module], mode) -> Iterator[None]:
+    """While active, each of ``heads`` runs its ``predict_by_feat`` (its post-processing)
+    under a fresh ``mode()`` (a ``TorchFunctionMode``)."""
+    def under_mode(predict_by_feat):
         def predict(*args, **kwargs):
-            with DetachKeepsGraph():
+            with mode():
                 return predict_by_feat(*args, **kwargs)
         return predict
 
     with contextlib.ExitStack() as stack:
         for head in heads:
-            stack.enter_context(
-                swapped(head, 'predict_by_feat', keeping_graph(head.predict_by_feat)))
+            if hasattr(head, 'predict_by_feat'):
+                stack.enter_context(
+                    swapped(head, 'predict_by_feat', under_mode(head.predict_by_feat)))
         yield
+
+
+def box_heads(model: nn.Module) -> List[nn.Module]:
+    """The detector's box heads: its ``bbox_head`` (a dense or DETR head) or the
+    ``roi_head.bbox_head`` of each RoI stage (a cascade holds one per stage)."""
+    heads = []
+    for name, module in model.named_modules():
+        if name.split('.')[-1] == 'bbox_head':
+            heads += list(module) if isinstance(module, nn.ModuleList) else [module]
+    return heads
 
 
 # memory for the masks of the candidates a SOLO head draws before its matrix NMS: each takes
@@ -463,10 +481,7 @@ class FinalHeadOutputs:
     ``bbox_head``, a dense or DETR head, or the ``roi_head.bbox_head`` of each RoI stage)."""
 
     def __init__(self, model: nn.Module):
-        self.heads: List[nn.Module] = []
-        for name, module in model.named_modules():
-            if name.split('.')[-1] == 'bbox_head':  # a cascade holds one per stage
-                self.heads += list(module) if isinstance(module, nn.ModuleList) else [module]
+        self.heads = box_heads(model)
         self.tensors: List[Tensor] = []
         self._handles = []
 

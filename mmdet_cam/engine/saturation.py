@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..patching import swapped
+from .capture import box_heads, post_processing_under
 
 EPS = 1e-12
 # a score this close to 1 has a gradient too small to show (s (1 - s) < 1e-4)
@@ -73,22 +73,7 @@ class _ActivationsWithFloor(TorchFunctionMode):
 
 @contextlib.contextmanager
 def saturation_proof_scores(model: nn.Module) -> Iterator[None]:
-    """While active, the box heads' (every module named ``bbox_head``) post-processing
-    activations keep a gradient at saturation (see the module's docstring)."""
-    heads = []
-    for name, module in model.named_modules():
-        if name.split('.')[-1] == 'bbox_head':  # a cascade holds one per stage
-            heads += list(module) if isinstance(module, nn.ModuleList) else [module]
-
-    def floored(predict_by_feat):
-        def predict(*args, **kwargs):
-            with _ActivationsWithFloor():
-                return predict_by_feat(*args, **kwargs)
-        return predict
-
-    with contextlib.ExitStack() as stack:
-        for head in heads:
-            if hasattr(head, 'predict_by_feat'):
-                stack.enter_context(swapped(head, 'predict_by_feat',
-                                            floored(head.predict_by_feat)))
+    """While active, the box heads' (``capture.box_heads``) post-processing activations keep
+    a gradient at saturation (see the module's docstring)."""
+    with post_processing_under(box_heads(model), _ActivationsWithFloor):
         yield
