@@ -23,9 +23,9 @@ def build_sinks(out_dir, dataset_meta: dict, run: dict, output, panel: Optional[
     files = ResultWriter(out_dir, dataset_meta, run, output, panel=panel,
                          panel_index=panel_index)
     sinks = [files]
-    if output.atlas:
-        sinks.append(AtlasSink(out_dir, dataset_meta, run,
-                               name=f'atlas.{panel_slug(panel)}' if panel else 'atlas'))
+    if output.atlas:  # first: an image's atlas part is written before its JSON, which says done
+        sinks.insert(0, AtlasSink(out_dir, dataset_meta, run,
+                                  name=f'atlas.{panel_slug(panel)}' if panel else 'atlas'))
     if output.html and panel_index == 0:  # one report for all panels
         sinks.append(ReportSink(out_dir))
     return Sinks(sinks, files)
