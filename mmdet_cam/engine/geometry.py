@@ -5,10 +5,11 @@ bottom/right (``Pad`` in the pipeline, ``pad_size_divisor`` in the data preproce
 on the padded input is cropped to the resized image first and only then resized to the
 original size; resizing the padded map directly shifts every map off its box.
 """
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
-from pytorch_grad_cam.utils.image import scale_cam_image
+
+from .fusion import scaled
 
 
 def resized_image_size(metainfo: dict) -> Tuple[int, int]:
@@ -23,11 +24,13 @@ def resized_image_size(metainfo: dict) -> Tuple[int, int]:
     return min(img_h, int(round(ori_h * scale_h))), min(img_w, int(round(ori_w * scale_w)))
 
 
-def to_original_image(maps: np.ndarray, metainfo: dict) -> np.ndarray:
-    """Crop ``(N, H_in, W_in)`` maps to the resized image, min-max normalise each, and resize
-    to ``ori_shape``: returns float32 ``(N, H_ori, W_ori)`` in [0, 1]."""
+def to_original_image(maps: Sequence[np.ndarray], metainfo: dict) -> np.ndarray:
+    """Crop ``(H_in, W_in)`` maps to the resized image, min-max normalise each, and resize
+    to ``ori_shape`` (pytorch_grad_cam's ``scale_cam_image``): returns float32
+    ``(N, H_ori, W_ori)`` in [0, 1]."""
     ori_h, ori_w = metainfo['ori_shape'][:2]
-    if len(maps) == 0:
-        return np.zeros((0, ori_h, ori_w), np.float32)
+    out = np.empty((len(maps), ori_h, ori_w), np.float32)
     h, w = resized_image_size(metainfo)
-    return scale_cam_image(maps[:, :h, :w], (ori_w, ori_h))
+    for image, into in zip(maps, out):
+        into[...] = scaled(image[:h, :w].copy(), (ori_w, ori_h), into)
+    return out

@@ -8,16 +8,20 @@ of those gradients; :meth:`~LayerMaps.shared` gives a gradient-free method's map
 for every box); :meth:`~LayerMaps.cam` runs the formula on one output.
 """
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
+from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import Tensor
 
 from .capture import LayerCapture
 from .fusion import Fusion
 from .gradients import Backward
+from .windows import Gradient, Window, any_nonzero, common_corners, dense, values_of
+
+TOLERANCE = 1e-4  # max |window formula - full formula| relative to the full's max, when checked
 
 
 @dataclass
@@ -33,13 +37,14 @@ class BoxGradients:
     """Gradients of some boxes (``boxes``) at every layer output.
 
     Attributes:
-        pieces: per box, per output, ``[1, C, H, W]`` (after the reshape transform).
+        pieces: per box, per output, ``[1, C, H, W]`` (after the reshape transform), a
+            :class:`~.windows.Window` of it, or None (zero).
         reached: per output, the rows (indices into ``boxes``) with a non-zero gradient there.
         zero_layers: per box, the target layers none of whose outputs it reached.
         own: ``[K, layers]``: per box and target layer, its own output's index.
     """
     boxes: range
-    pieces: List[List[Tensor]]
+    pieces: List[List[Gradient]]
     reached: List[np.ndarray]
     zero_layers: List[List[str]]
     own: np.ndarray
@@ -72,34 +77,39 @@ class LayerMaps:
                         for piece in self.reshape(act, feature_shapes)]
         owners = np.array([owner for owner, _ in self.outputs])
         self.owner_outputs = [np.flatnonzero(owners == o) for o in sorted(set(owners))]
+        # target layers whose output the reshape transform passes through as it is: a box's
+        # gradient there can stay a window
+        self.as_is = [len(pieces) == 1 and pieces[0] is act for act, pieces in
+                      ((a, self.reshape(a, feature_shapes)) for a in capture.activations)]
         self._zero_maps_zero = {}
+        self._window_formula = {}  # output index -> 'local', 'weights' or None (see cam_of)
         self.non_finite: List[int] = []  # boxes whose gradient had NaN/inf (set to 0)
 
     def gradients(self, values: Tensor, boxes: range) -> BoxGradients:
         """The gradients of ``values[boxes]`` at every output, and where they reach."""
         grads = self.backward(values, boxes)
         per_box = [self._finite(i, g) for i, g in zip(boxes, grads)]
-        pieces = [[piece.cpu() for g in box_grads for piece in self.reshape(g, self.shapes)]
-                  for box_grads in per_box]
-        hit = [[bool(piece.any()) for piece in box_pieces] for box_pieces in pieces]
+        pieces = [[piece for g, act, as_is in zip(box_grads, self.capture.activations, self.as_is)
+                   for piece in self._pieces(g, act, as_is)] for box_grads in per_box]
+        hit = [[any_nonzero(piece) for piece in box_pieces] for box_pieces in pieces]
         zero = [self._layers_without_gradient(box_hit) for box_hit in hit]
         # a box usually reaches one pyramid level: the others' all-zero rows are skipped
         reached = [np.array([k for k in range(len(boxes)) if hit[k][index]], int)
                    for index in range(len(self.outputs))]
         return BoxGradients(boxes, pieces, reached, zero, self._own_outputs(pieces, reached))
 
-    def maps(self, grads: BoxGradients, fuse: str) -> np.ndarray:
-        """The ``fuse``d maps ``(K, H_in, W_in)`` of the method for ``grads``' boxes."""
+    def maps(self, grads: BoxGradients, fuse: str) -> List[np.ndarray]:
+        """The ``fuse``d map ``(H_in, W_in)`` of the method for each of ``grads``' boxes."""
         boxes, pieces = grads.boxes, grads.pieces
         fusion = Fusion(fuse, len(boxes), self.size, len(self.outputs), grads.own)
         targets = [self.boxes[i] for i in boxes] if self.boxes else None
-        for index in range(len(self.outputs)):
+        for index, (_, act) in enumerate(self.outputs):
             kept = (grads.reached[index] if self._zero_gradient_gives_zero_map(index)
                     else np.arange(len(boxes)))
-            for chunk in _chunks(kept, pieces[0][index][0].numel()):
-                grad = torch.cat([pieces[k][index] for k in chunk]).numpy()
-                fusion.add(index, chunk, self.cam(
-                    index, grad, None if targets is None else [targets[k] for k in chunk]))
+            for chunk in _chunks(kept, act[0].size):
+                chunk_targets = None if targets is None else [targets[k] for k in chunk]
+                fusion.add_unscaled(index, chunk, self.raw_cam(
+                    index, [pieces[k][index] for k in chunk], chunk_targets))
         return fusion.result()
 
     def shared(self) -> List[np.ndarray]:
@@ -109,11 +119,80 @@ class LayerMaps:
     def cam(self, index: int, grad: np.ndarray, targets=None) -> np.ndarray:
         """The method's maps for one layer output, ReLU'd and resized to the input
         (``targets``: one per row of ``grad``)."""
+        return scale_cam_image(np.maximum(self._formula(index, grad, targets), 0), self.size)
+
+    def raw_cam(self, index: int, grads: List[Gradient], targets=None) -> np.ndarray:
+        """The method's raw maps ``(K, H, W)`` of output ``index`` (at its own size) for
+        ``grads`` (one per box). Gradients held as windows stay windows where the method's
+        formula allows it, which is checked on the first box against the formula on the
+        full-size gradient: ``'local'``, a map that is zero where the gradient is (HiResCAM,
+        ODAM, LayerCAM: the formula runs on the windows), or ``'weights'``, pytorch_grad_cam's
+        channel weights that are spatial means of the gradient (GradCAM: the window's mean,
+        scaled by its share of the level, then one matrix product with the activations)."""
+        formula = None
+        if all(isinstance(g, Window) for g in grads):
+            if index not in self._window_formula:
+                found = self._window_formula_of(index, grads[0], targets and targets[:1])
+                if found != 'unknown':  # 'unknown': the window is the whole level
+                    self._window_formula[index] = found
+            formula = self._window_formula.get(index)
+        if formula is None:
+            act = torch.from_numpy(self.outputs[index][1])
+            grad = torch.cat([dense(g, act) for g in grads]).numpy()
+            return self._formula(index, grad, targets)
+        return self._window_cam(index, grads, targets, formula)
+
+    def _formula(self, index: int, grad: np.ndarray, targets=None) -> np.ndarray:
+        """The method's ``get_cam_image`` on full-size gradients of output ``index``."""
         owner, act = self.outputs[index]
-        cam = self.method.get_cam_image(self.inputs, self.capture.layers[owner], targets,
-                                        np.broadcast_to(act, grad.shape), grad,
-                                        self.eigen_smooth)
-        return scale_cam_image(np.maximum(cam, 0), self.size)
+        return self.method.get_cam_image(self.inputs, self.capture.layers[owner], targets,
+                                         np.broadcast_to(act, grad.shape), grad,
+                                         self.eigen_smooth)
+
+    def _window_cam(self, index: int, windows: List[Window], targets, formula: str) -> np.ndarray:
+        """``(K, H, W)`` raw maps of the level from windows of its gradient."""
+        owner, act = self.outputs[index]
+        height, width = act.shape[-2:]
+        corners, (h, w) = common_corners(
+            [(g.top, g.left, g.top + g.size[0], g.left + g.size[1]) for g in windows],
+            height, width)
+        grad = np.zeros((len(windows), act.shape[1], h, w), np.float32)
+        for k, (g, (y, x)) in enumerate(zip(windows, corners)):
+            grad[k, :, g.top - y:g.top - y + g.size[0], g.left - x:g.left - x + g.size[1]] = \
+                g.values[0].cpu().numpy()
+        crops = np.stack([act[0, :, y:y + h, x:x + w] for y, x in corners])
+        layer = self.capture.layers[owner]
+        if formula == 'weights':
+            weights = self.method.get_cam_weights(self.inputs, layer, targets, crops, grad)
+            weights = np.asarray(weights, np.float32) * (h * w / (height * width))
+            return (weights @ act[0].reshape(act.shape[1], -1)).reshape(-1, height, width)
+        cams = self.method.get_cam_image(self.inputs, layer, targets, crops, grad,
+                                         self.eigen_smooth)
+        maps = np.zeros((len(windows), height, width), np.float32)
+        for k, (y, x) in enumerate(corners):
+            maps[k, y:y + h, x:x + w] = cams[k]
+        return maps
+
+    def _window_formula_of(self, index: int, window: Window, targets) -> Optional[str]:
+        """Which window formula gives the full formula's map for ``window`` (None: neither;
+        ``'unknown'``: the window covers the level, which tells them apart from nothing)."""
+        owner, act = self.outputs[index]
+        if window.size == tuple(act.shape[-2:]):
+            return 'unknown'
+        full = self._formula(index, window.dense().numpy(), targets)
+        formulas = ['local']
+        if (type(self.method).get_cam_image is BaseCAM.get_cam_image
+                and not self.eigen_smooth):
+            formulas.append('weights')
+        scale = max(float(np.abs(full).max()), 1e-30)
+        for formula in formulas:
+            try:
+                mine = self._window_cam(index, [window], targets, formula)
+            except (ValueError, IndexError):  # a formula that needs the full-size arrays
+                continue
+            if float(np.abs(mine - full).max()) <= TOLERANCE * scale:
+                return formula
+        return None
 
     def level_index(self, own: np.ndarray) -> np.ndarray:
         """Each box's own level: its own output's index within the target layer with the
@@ -121,26 +200,41 @@ class LayerMaps:
         widest = max(range(len(self.owner_outputs)), key=lambda o: len(self.owner_outputs[o]))
         return own[:, widest] - self.owner_outputs[widest][0]
 
-    def _own_outputs(self, pieces: List[List[Tensor]], rows: List[np.ndarray]) -> np.ndarray:
+    def _own_outputs(self, pieces: List[List[Gradient]], rows: List[np.ndarray]) -> np.ndarray:
         """``[K, layers]``: per box and target layer, the output with the largest
         ``sum |grad * activation|`` (``pieces[k][output]``: box ``k``'s gradient there;
         ``rows``: per output, the boxes with a gradient there)."""
         energy = np.zeros((len(pieces), len(self.outputs)), np.float64)
         for index, (_, activation) in enumerate(self.outputs):
             if len(rows[index]):
-                weight = torch.from_numpy(activation).abs().flatten()
+                weight = torch.from_numpy(activation).abs()
                 for k in rows[index]:
                     grad = pieces[k][index]
-                    energy[k, index] = float(grad.abs().flatten() @ weight.to(grad))
+                    if isinstance(grad, Window):
+                        mine = weight[..., grad.slices[0], grad.slices[1]]
+                        grad = grad.values
+                    else:
+                        mine = weight
+                    energy[k, index] = float(grad.abs().flatten() @ mine.flatten().to(grad))
         return np.stack([outputs[energy[:, outputs].argmax(axis=1)]
                          for outputs in self.owner_outputs], axis=1)
 
-    def _finite(self, box: int, grads: List[Tensor]) -> List[Tensor]:
+    def _pieces(self, grad: Gradient, activation: Tensor, as_is: bool) -> List[Gradient]:
+        """A gradient at a target layer's output as pieces of its reshaped outputs (on the
+        CPU; windows and None stay as they are where the output passes as it is)."""
+        if as_is:
+            if isinstance(grad, Window):
+                return [Window(grad.values.cpu(), grad.top, grad.left, grad.shape)]
+            return [None if grad is None else grad.cpu()]
+        return [piece.cpu() for piece in self.reshape(dense(grad, activation), self.shapes)]
+
+    def _finite(self, box: int, grads: List[Gradient]) -> List[Gradient]:
         # a finite sum has no NaN or inf in it (one reduction, no mask); else look closer
-        if all(bool(torch.isfinite(g.sum())) or bool(torch.isfinite(g).all()) for g in grads):
+        if all(g is None or bool(torch.isfinite(values_of(g).sum()))
+               or bool(torch.isfinite(values_of(g)).all()) for g in grads):
             return grads
         self.non_finite.append(box)
-        return [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+        return [None if g is None else _nan_to_zero(g) for g in grads]
 
     def _layers_without_gradient(self, reached: List[bool]) -> List[str]:
         """The target layers none of whose outputs got a gradient (``reached``: per output)."""
@@ -154,6 +248,11 @@ class LayerMaps:
             zero = np.zeros_like(self.outputs[index][1])
             self._zero_maps_zero[index] = not self.cam(index, zero).any()
         return self._zero_maps_zero[index]
+
+
+def _nan_to_zero(grad: Gradient) -> Gradient:
+    clean = torch.nan_to_num(values_of(grad), nan=0.0, posinf=0.0, neginf=0.0)
+    return Window(clean, grad.top, grad.left, grad.shape) if isinstance(grad, Window) else clean
 
 
 def _chunks(rows: np.ndarray, size: int, budget: int = 2 ** 22) -> List[np.ndarray]:

@@ -43,6 +43,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..patching import swapped
 from .capture import tensors_in
+from .windows import Gradient, Window, add, common_corners, dense
 
 TOLERANCE = 1e-4  # max |replay - full| relative to max |full|, per level when first checked
 
@@ -102,6 +103,20 @@ def receptive_radius(head: nn.Module, features: Sequence[Tensor]) -> int:
     return max((radius(t.grad_fn) for t in outputs), default=0)
 
 
+def _copy_of(feature: Tensor, activations: Sequence[Tensor]) -> Optional[int]:
+    """The index of the activation ``feature`` is, or is a clone of (``LayerCapture`` hands
+    its consumers clones), so that its gradient is the feature's; None if none."""
+    node = feature.grad_fn
+    if node is not None and type(node).__name__.startswith('CloneBackward'):
+        node = node.next_functions[0][0]
+    for k, activation in enumerate(activations):
+        if feature is activation or (node is not None and (
+                node is activation.grad_fn
+                or getattr(node, 'variable', None) is activation)):
+            return k
+    return None
+
+
 class _HeadReplay:
     """Per-box gradients w.r.t. a head's input ``features`` from a replay of the part of the
     head each box depends on. Subclasses give ``feature_grads``; ``reason`` says why a head
@@ -123,25 +138,35 @@ class _HeadReplay:
         return self.reason is None
 
     def activation_grads(self, values: Tensor, boxes: Sequence[int],
-                         activations: Sequence[Tensor]) -> List[List[Tensor]]:
+                         activations: Sequence[Tensor]) -> List[List[Gradient]]:
         """For the ``boxes`` (indices into ``values``, each one box's score), the gradients
-        w.r.t. ``activations``, which must be the head's input or lie before it."""
+        w.r.t. ``activations``, which must be the head's input or lie before it: a
+        :class:`~.windows.Window` where an activation is the head's input itself, None where
+        a box's gradient does not reach an activation."""
         if self._output_grads is None:  # for all boxes at once
             self._output_grads = output_gradients(values, self.outputs)
+        # the head's inputs that are target layers' outputs: their windows are the gradients
+        same = [_copy_of(f, activations) for f in self.features]
         per_box = []
         for feature_grads in self.feature_grads([self._output_grads[b] for b in boxes],
                                                 [values[b] for b in boxes]):
-            used = [(f, g) for f, g in zip(self.features, feature_grads) if g is not None]
-            grads = (torch.autograd.grad([f for f, _ in used], activations,
-                                         grad_outputs=[g for _, g in used], retain_graph=True,
-                                         allow_unused=True)
-                     if used else [None] * len(activations))
-            per_box.append([torch.zeros_like(a) if g is None else g
-                            for g, a in zip(grads, activations)])
+            grads: List[Gradient] = [None] * len(activations)
+            used = []
+            for f, k, g in zip(self.features, same, feature_grads):
+                if g is not None and k is not None:
+                    grads[k] = add(grads[k], g)
+                elif g is not None:
+                    used.append((f, dense(g, f)))
+            if used:  # activations before the head: a backward from its inputs
+                below = torch.autograd.grad([f for f, _ in used], activations,
+                                            grad_outputs=[g for _, g in used],
+                                            retain_graph=True, allow_unused=True)
+                grads = [add(g, b) for g, b in zip(grads, below)]
+            per_box.append(grads)
         return per_box
 
     def feature_grads(self, output_grads: List['SparseGrad'],
-                      values: Sequence[Tensor]) -> List[List[Optional[Tensor]]]:
+                      values: Sequence[Tensor]) -> List[List[Gradient]]:
         """Per box, the gradients w.r.t. each input level (None: zero), from the box's
         gradients w.r.t. the head outputs (``values``: the boxes' own scalars, for the full
         backward a replay is checked against or falls back to)."""
@@ -196,11 +221,11 @@ class DenseReplay(_HeadReplay):
         for level in range(len(self.features)):
             rows = [b for b, g in enumerate(output_grads) if self._cells(g, level) is not None]
             if rows and self.checked.get(level, True):
-                placed, windows = self._replay(output_grads, rows, level)
-                for b, g in zip(rows, placed):
-                    grads[b][level] = g
+                windows = self._replay(output_grads, rows, level)
+                for b, window in zip(rows, windows):
+                    grads[b][level] = window
                 if level not in self.checked:
-                    self._check(placed[0], windows[0], values[rows[0]], level)
+                    self._check(windows[0], values[rows[0]], level)
             if rows and not self.checked[level]:
                 for b in rows:
                     grads[b][level], = self._full(values[b], [level])
@@ -225,13 +250,12 @@ class DenseReplay(_HeadReplay):
         the box's cells and lying inside the level (so its edges are either the level's own
         or at least ``radius`` away from the box's cells)."""
         r = self.radius
-        size_y = max(min(hi + r + 1, height) - max(lo - r, 0) for lo, hi, _, _ in cells)
-        size_x = max(min(hi + r + 1, width) - max(lo - r, 0) for _, _, lo, hi in cells)
-        return [(min(max(y_lo - r, 0), height - size_y), min(max(x_lo - r, 0), width - size_x))
-                for y_lo, _, x_lo, _ in cells], (size_y, size_x)
+        return common_corners([(max(y_lo - r, 0), max(x_lo - r, 0), min(y_hi + r + 1, height),
+                                min(x_hi + r + 1, width)) for y_lo, y_hi, x_lo, x_hi in cells],
+                              height, width)
 
-    def _replay(self, output_grads, rows: List[int], level: int):
-        """Per row, its gradient w.r.t. the level (full size), and its window as slices."""
+    def _replay(self, output_grads, rows: List[int], level: int) -> List[Window]:
+        """Per row, its gradient w.r.t. the level, on its window."""
         feature = self.features[level]
         height, width = feature.shape[-2:]
         cells = [self._cells(output_grads[b], level) for b in rows]
@@ -258,20 +282,16 @@ class DenseReplay(_HeadReplay):
                         grad_outputs[-1][i, index // area, cell // width - y,
                                          cell % width - x] = grad
         window_grads, = torch.autograd.grad(picked, crops, grad_outputs=grad_outputs)
-        placed, windows = [], []
-        for (y, x), g in zip(corners, window_grads):
-            windows.append((slice(y, y + h), slice(x, x + w)))
-            placed.append(torch.zeros_like(feature))
-            placed[-1][0, :, windows[-1][0], windows[-1][1]] = g
-        return placed, windows
+        return [Window(g[None], y, x, feature.shape) for (y, x), g in zip(corners, window_grads)]
 
-    def _check(self, replayed: Tensor, window, value: Tensor, level: int) -> None:
+    def _check(self, window: Window, value: Tensor, level: int) -> None:
         """The full backward must be exactly zero outside the window (however small a
         dependence on the rest of the level, it shows there) and match the replay inside."""
         reference, = self._full(value, [level])
         outside = reference.clone()
-        outside[0, :, window[0], window[1]] = 0
-        if self._agrees(replayed, reference, level, f'level {level}') and outside.any():
+        outside[0, :, window.slices[0], window.slices[1]] = 0
+        if (self._agrees(window.dense(), reference, level, f'level {level}')
+                and outside.any()):
             self.checked[level] = False
             _debug(f'{type(self.head).__name__} level {level}: the full backward reaches '
                    'beyond the window; the full backward is used')
@@ -305,12 +325,13 @@ class RoIReplay(_HeadReplay):
         grads = [[None] * len(self.features) for _ in output_grads]
         pairs = [(b, r) for b, g in enumerate(output_grads) for r in self._rows(g)]
         if pairs and self.checked.get('rois', True):
-            for (b, row), pooled in zip(pairs, self._replay(output_grads, pairs)):
-                for level, g in enumerate(self._through_roi_align(row, pooled)):
-                    grads[b][level] = g if grads[b][level] is None else grads[b][level] + g
+            pooled = self._replay(output_grads, pairs)
+            for (b, _), levels in zip(pairs, self._through_roi_align([r for _, r in pairs],
+                                                                     pooled)):
+                grads[b] = [add(g, level) for g, level in zip(grads[b], levels)]
             if 'rois' not in self.checked:
                 b = pairs[0][0]
-                replayed = torch.cat([(torch.zeros_like(f) if g is None else g).flatten()
+                replayed = torch.cat([dense(g, f).flatten()
                                       for g, f in zip(grads[b], self.features)])
                 reference = torch.cat([g.flatten() for g in
                                        self._full(values[b], range(len(self.features)))])
@@ -344,13 +365,59 @@ class RoIReplay(_HeadReplay):
                 grad_outputs[k][i, index[mine] % width] = grad[mine]
         return torch.autograd.grad(replayed, pooled, grad_outputs=grad_outputs)[0]
 
-    def _through_roi_align(self, row: int, pooled_grad: Tensor) -> List[Optional[Tensor]]:
+    def _through_roi_align(self, rows: List[int], pooled_grads: Tensor) -> List[List[Gradient]]:
+        """Per RoI row, its gradients w.r.t. the input levels from its pooled features'.
+        With mmdet's ``SingleRoIExtractor``, all rows of a level go through one RoIAlign
+        backward on crops of the level around each RoI (a RoI reads only the cells around its
+        box), each crop its own image of a batch; a window per row. Else one backward of the
+        extractor per row, at full size."""
+        from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+        extractor = self.head.bbox_roi_extractor
+        if type(extractor) is not SingleRoIExtractor:
+            return [self._through_extractor(row, g) for row, g in zip(rows, pooled_grads)]
+        rois = self.rois[rows].type_as(self.features[0])
+        levels = (extractor.map_roi_levels(rois, self.inputs) if self.inputs > 1
+                  else rois.new_zeros(len(rois), dtype=torch.long))
+        result: List[List[Gradient]] = [[None] * len(self.features) for _ in rows]
+        for level in levels.unique().tolist():
+            mine = torch.nonzero(levels == level).squeeze(1)
+            for i, window in zip(mine.tolist(), self._roi_align_windows(
+                    extractor.roi_layers[level], self.features[level], rois[mine],
+                    pooled_grads[mine])):
+                result[i][level] = window
+        return result
+
+    @staticmethod
+    def _roi_align_windows(layer: nn.Module, feature: Tensor, rois: Tensor,
+                           pooled_grads: Tensor) -> List[Window]:
+        """Per RoI, the gradient w.r.t. ``feature`` (one level) of ``layer`` (mmcv's
+        RoIAlign) given its pooled features' gradient, on a window of the level holding every
+        cell its samples read (2 cells of margin; the level's own edges where it reaches
+        them, so the kernel's edge rules apply as in the full run)."""
+        height, width = feature.shape[-2:]
+        scale = layer.spatial_scale
+        offset = 0.5 if getattr(layer, 'aligned', True) else 0.0
+        coords = rois[:, 1:] * scale - offset  # x1, y1, x2, y2 in cells
+        low = (coords[:, :2].floor() - 2).clamp(min=0).long()
+        high = coords[:, 2:].floor().long() + 4  # + 1 cell: a RoI is at least a cell wide
+        spans = [(y0, x0, min(y1, height), min(x1, width))
+                 for (x0, y0), (x1, y1) in zip(low.tolist(), high.tolist())]
+        corners, (h, w) = common_corners(spans, height, width)
+        crops = torch.stack([feature[0, :, y:y + h, x:x + w] for y, x in corners]).detach()
+        crops.requires_grad_()
+        shift = torch.as_tensor([[x / scale, y / scale] * 2 for y, x in corners],
+                                dtype=rois.dtype, device=rois.device)
+        shifted = torch.cat([torch.arange(len(rois), dtype=rois.dtype,
+                                          device=rois.device)[:, None], rois[:, 1:] - shift], 1)
+        grads, = torch.autograd.grad(layer(crops, shifted), crops, grad_outputs=pooled_grads)
+        return [Window(g[None], y, x, feature.shape) for (y, x), g in zip(corners, grads)]
+
+    def _through_extractor(self, row: int, pooled_grad: Tensor) -> List[Optional[Tensor]]:
         leaves = [f.detach().requires_grad_() for f in self.features[:self.inputs]]
         pooled = self.head.bbox_roi_extractor(leaves, self.rois[row:row + 1])
         grads = torch.autograd.grad(pooled, leaves, grad_outputs=pooled_grad[None],
                                     allow_unused=True)
-        return ([torch.zeros_like(f) if g is None else g for g, f in zip(grads, leaves)]
-                + [None] * (len(self.features) - self.inputs))
+        return list(grads) + [None] * (len(self.features) - self.inputs)
 
 
 @contextlib.contextmanager

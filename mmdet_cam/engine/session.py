@@ -82,7 +82,7 @@ class BoxCAMs:
     level (index among the outputs of the target layer with the most outputs), where
     gradients were computed."""
     detections: InstanceData
-    maps: np.ndarray  # float32 (N, H_in, W_in)
+    maps: Sequence[np.ndarray]  # N float32 (H_in, W_in) maps: an array or a list
     data_sample: object = None
     zero_gradient_layers: List[List[str]] = field(default_factory=list)
     # text-prompted detectors with a gradient method: the prompt's tokens and, per detection,
@@ -244,17 +244,17 @@ class CapturedForward:
     def box_gradients(self, maps_of: Optional[Callable] = None):
         """Every explained box's gradients (:meth:`LayerMaps.gradients`), in runs of
         ``settings.batch_size`` boxes (gradients held at once), and with ``maps_of`` (a run's
-        ``BoxGradients`` -> their ``(K, H_in, W_in)`` maps) their maps: ``(maps or None,
+        ``BoxGradients`` -> one ``(H_in, W_in)`` map per box) their maps: ``(maps or None,
         zero_layers, own)`` for all boxes, in order (call :meth:`layer_maps` first)."""
         count, step = len(self.detections), self.session.settings.batch_size
         maps, zero, own = [], [], []
         for start in range(0, count, step):
             grads = self.maps_of.gradients(self.values, range(start, min(start + step, count)))
             if maps_of is not None:
-                maps.append(maps_of(grads))
+                maps.extend(maps_of(grads))
             zero += grads.zero_layers
             own.append(grads.own)
-        return (np.concatenate(maps) if maps else None), zero, np.concatenate(own)
+        return (maps if maps_of is not None else None), zero, np.concatenate(own)
 
     def result(self, maps: np.ndarray, zero_layers: List[List[str]],
                own: Optional[np.ndarray] = None) -> BoxCAMs:
