@@ -7,7 +7,7 @@ new maximum, ``cv2.resize``) are repeated here one map at a time, in place or in
 array: the library stacks every map of a call into a new array, and at 100 boxes of an 800 px
 input those arrays are hundreds of MB of fresh memory per call (tested equal to the library).
 """
-from typing import List, Sequence
+from typing import Iterator, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -26,59 +26,67 @@ def scaled(image: np.ndarray, size, out: np.ndarray) -> np.ndarray:
     return cv2.resize(np.asarray(normalise(image), np.float32), tuple(size), dst=out)
 
 
-def fuse(per_output: List[np.ndarray], how: str, own=None) -> List[np.ndarray]:
+def fuse(per_output: List[np.ndarray], how: str, own=None) -> np.ndarray:
     """pytorch_grad_cam's multi-layer aggregation (ReLU, mean or max, min-max per map) of
     ``[(K, H, W)]`` maps per output; ``'own'``: the mean over each box's own outputs (``own``:
-    ``[K, layers]`` indices). One ``(H, W)`` map per box."""
-    fusion = Fusion(how, len(per_output[0]), per_output[0].shape[:0:-1], len(per_output), own)
-    for index, maps in enumerate(per_output):
-        fusion.add(index, np.arange(len(maps)), maps.copy())
-    return fusion.result()
+    ``[K, layers]`` indices). Returns ``(K, H, W)``."""
+    count, size = len(per_output[0]), per_output[0].shape[:0:-1]
+    fusion = Fusion(how, size, len(per_output), own)
+    out = np.empty((count, size[1], size[0]), np.float32)
+    for row in range(count):
+        out[row] = fusion.fused(row, [(i, maps[row]) for i, maps in enumerate(per_output)],
+                                resize=False)
+    return out
 
 
 class Fusion:
-    """:func:`fuse` one output at a time, for some boxes at a time, into one map per box: the
-    same sums in the same order as over the stacked maps (an output that adds nothing to a
-    box adds an exact zero there), without holding a map per output per box."""
+    """:func:`fuse` for one box at a time, from each output's raw map at the output's own size
+    (ReLU, ``scale_cam_image`` to the fused size, ReLU, sum or maximum, min-max): the same
+    operations in the same order as over stacked maps, in two buffers of the fused size that
+    every box reuses."""
 
-    def __init__(self, how: str, count: int, size, outputs: int, own=None):
+    def __init__(self, how: str, size, outputs: int, own=None):
         self.how, self.outputs, self.own, self.size = how, outputs, own, tuple(size)
-        # one array per box: freed maps of a box's size are reused by the allocator, while an
-        # array for all boxes at once would be fresh (page-faulted) memory every call
-        self.total = [np.zeros((size[1], size[0]), np.float32) for _ in range(count)]
+        self._total = np.empty((size[1], size[0]), np.float32)
         self._scratch = np.empty((size[1], size[0]), np.float32)
 
-    def add(self, index: int, rows: np.ndarray, maps: Sequence[np.ndarray]) -> None:
-        """Output ``index``'s maps of boxes ``rows`` at the fused size (overwritten: ReLU in
-        place)."""
-        for row, image in zip(*self._mine(index, rows, maps)):
-            self._add(row, np.maximum(image, 0, out=image))
+    def fused(self, row: int, maps: Sequence[Tuple[int, np.ndarray]],
+              resize: bool = True) -> np.ndarray:
+        """Box ``row``'s fused map from ``(output index, map)`` pairs (outputs left out add
+        nothing); with ``resize``, raw maps that are ReLU'd and scaled here (and overwritten),
+        else maps already at the fused size (left as they are). The result is a buffer
+        that the next call overwrites."""
+        total = self._total
+        total.fill(0)
+        for index, image in maps:
+            if self.how == 'own' and not (self.own[row] == index).any():
+                continue
+            if resize:
+                image = scaled(np.maximum(image, 0, out=image), self.size, self._scratch)
+            image = np.maximum(image, 0, out=self._scratch)
+            if self.how == 'max':
+                np.maximum(total, image, out=total)
+            else:
+                total += image
+        if self.how == 'mean':
+            total /= self.outputs
+        elif self.how == 'own':
+            total /= self.own.shape[1]
+        return normalise(total)
 
-    def add_unscaled(self, index: int, rows: np.ndarray, maps: np.ndarray) -> None:
-        """Output ``index``'s raw maps of boxes ``rows`` at the output's own size: ReLU,
-        ``scale_cam_image`` to the fused size, then as :meth:`add` (``maps`` overwritten)."""
-        for row, image in zip(*self._mine(index, rows, maps)):
-            resized = scaled(np.maximum(image, 0, out=image), self.size, self._scratch)
-            self._add(row, np.maximum(resized, 0, out=resized))
 
-    def _mine(self, index: int, rows: np.ndarray, maps):
-        if self.how == 'own':
-            mine = (self.own[rows] == index).any(axis=1)
-            return rows[mine], [m for m, keep in zip(maps, mine) if keep]
-        return rows, maps
+class FusedMaps:
+    """The fused maps of boxes, made one at a time when iterated: ``maps[k]`` lists box
+    ``k``'s ``(output index, raw map)`` pairs. Each map yielded is valid until the next (one
+    buffer serves every box), so that 100 boxes at an 800 px input never hold 100 maps of
+    the input's size (see :func:`~.geometry.to_original_image`, their consumer)."""
 
-    def _add(self, row: int, image: np.ndarray) -> None:
-        if self.how == 'max':
-            np.maximum(self.total[row], image, out=self.total[row])
-        else:
-            self.total[row] += image
+    def __init__(self, fusion: Fusion, maps: List[List[Tuple[int, np.ndarray]]]):
+        self.fusion, self.maps = fusion, maps
 
-    def result(self) -> List[np.ndarray]:
-        """The fused, min-max normalised map of each box (the buffers themselves)."""
-        for image in self.total:
-            if self.how == 'mean':
-                image /= self.outputs
-            elif self.how == 'own':
-                image /= self.own.shape[1]
-            normalise(image)
-        return self.total
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for row, pairs in enumerate(self.maps):
+            yield self.fusion.fused(row, pairs)

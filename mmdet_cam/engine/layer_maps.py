@@ -3,12 +3,13 @@ output (pyramid level), by a CAM method's ``get_cam_image`` (pytorch_grad_cam's 
 
 :class:`LayerMaps` is the toolbox the method pipelines (``mmdet_cam.methods.pipelines``) share:
 :meth:`~LayerMaps.gradients` gives a chunk of boxes their gradients, the layers none of them
-reached and each box's own output per layer; :meth:`~LayerMaps.maps` fuses the method's maps
-of those gradients; :meth:`~LayerMaps.shared` gives a gradient-free method's maps (the same
-for every box); :meth:`~LayerMaps.cam` runs the formula on one output.
+reached and each box's own output per layer; :meth:`~LayerMaps.maps` gives the method's maps
+of those gradients per output, which :meth:`~LayerMaps.fusion` fuses; :meth:`~LayerMaps.shared`
+gives a gradient-free method's maps (the same for every box); :meth:`~LayerMaps.cam` runs the
+formula on one output.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -98,19 +99,25 @@ class LayerMaps:
                    for index in range(len(self.outputs))]
         return BoxGradients(boxes, pieces, reached, zero, self._own_outputs(pieces, reached))
 
-    def maps(self, grads: BoxGradients, fuse: str) -> List[np.ndarray]:
-        """The ``fuse``d map ``(H_in, W_in)`` of the method for each of ``grads``' boxes."""
-        boxes, pieces = grads.boxes, grads.pieces
-        fusion = Fusion(fuse, len(boxes), self.size, len(self.outputs), grads.own)
-        targets = [self.boxes[i] for i in boxes] if self.boxes else None
+    def maps(self, grads: BoxGradients) -> List[List[Tuple[int, np.ndarray]]]:
+        """Per box of ``grads``, the method's raw map of each output it has one of:
+        ``(output index, map at the output's size)`` pairs, for :meth:`fusion`."""
+        pairs = [[] for _ in grads.boxes]
+        targets = [self.boxes[i] for i in grads.boxes] if self.boxes else None
         for index, (_, act) in enumerate(self.outputs):
             kept = (grads.reached[index] if self._zero_gradient_gives_zero_map(index)
-                    else np.arange(len(boxes)))
+                    else np.arange(len(grads.boxes)))
             for chunk in _chunks(kept, act[0].size):
-                chunk_targets = None if targets is None else [targets[k] for k in chunk]
-                fusion.add_unscaled(index, chunk, self.raw_cam(
-                    index, [pieces[k][index] for k in chunk], chunk_targets))
-        return fusion.result()
+                raw = self.raw_cam(index, [grads.pieces[k][index] for k in chunk],
+                                   None if targets is None else [targets[k] for k in chunk])
+                for k, image in zip(chunk, raw):
+                    pairs[k].append((index, image))
+        return pairs
+
+    def fusion(self, how: str, own: np.ndarray = None) -> Fusion:
+        """The fusion of :meth:`maps`' pairs into one input-sized map per box (``own``:
+        every box's own outputs, for ``how='own'``)."""
+        return Fusion(how, self.size, len(self.outputs), own)
 
     def shared(self) -> List[np.ndarray]:
         """Per output, the ``(1, H_in, W_in)`` map of a method that reads no gradients."""
@@ -242,11 +249,15 @@ class LayerMaps:
         return [self.capture.names[i] for i in sorted(set(self.capture.owners) - owners)]
 
     def _zero_gradient_gives_zero_map(self, index: int) -> bool:
-        """Checked once per output by running the method on a zero gradient (true for the
-        gradient methods, false e.g. for RandomCAM's random weights)."""
+        """Checked once per output by running the method on a zero gradient over a corner of
+        the output (true for the gradient methods, false e.g. for RandomCAM's random
+        weights)."""
         if index not in self._zero_maps_zero:
-            zero = np.zeros_like(self.outputs[index][1])
-            self._zero_maps_zero[index] = not self.cam(index, zero).any()
+            owner, act = self.outputs[index]
+            corner = np.ascontiguousarray(act[..., :8, :8])
+            cam = self.method.get_cam_image(self.inputs, self.capture.layers[owner], None,
+                                            corner, np.zeros_like(corner), self.eigen_smooth)
+            self._zero_maps_zero[index] = not np.maximum(cam, 0).any()
         return self._zero_maps_zero[index]
 
 

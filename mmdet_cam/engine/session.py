@@ -244,7 +244,7 @@ class CapturedForward:
     def box_gradients(self, maps_of: Optional[Callable] = None):
         """Every explained box's gradients (:meth:`LayerMaps.gradients`), in runs of
         ``settings.batch_size`` boxes (gradients held at once), and with ``maps_of`` (a run's
-        ``BoxGradients`` -> one ``(H_in, W_in)`` map per box) their maps: ``(maps or None,
+        ``BoxGradients`` -> one item per box, e.g. its map) their maps: ``(maps or None,
         zero_layers, own)`` for all boxes, in order (call :meth:`layer_maps` first)."""
         count, step = len(self.detections), self.session.settings.batch_size
         maps, zero, own = [], [], []

@@ -4,7 +4,7 @@ activations alone (:class:`ActivationPipeline`)."""
 import numpy as np
 from pytorch_grad_cam.base_cam import BaseCAM
 
-from ..engine.fusion import fuse
+from ..engine.fusion import FusedMaps, fuse
 from ..engine.request import Request
 from ..engine.session import BoxCAMs, Session
 from ..errors import BadInputError
@@ -46,8 +46,8 @@ class GradientPipeline(_LayerPipeline):
             if not len(forward.detections):
                 return forward.nothing()
             layer_maps = forward.layer_maps(self.method)
-            maps, zero, own = forward.box_gradients(lambda grads: layer_maps.maps(grads, how))
-        return forward.result(maps, zero, own)
+            pairs, zero, own = forward.box_gradients(layer_maps.maps)
+        return forward.result(FusedMaps(layer_maps.fusion(how, own), pairs), zero, own)
 
 
 class ActivationPipeline(_LayerPipeline):
