@@ -7,7 +7,8 @@ new maximum, ``cv2.resize``) are repeated here one map at a time, in place or in
 array: the library stacks every map of a call into a new array, and at 100 boxes of an 800 px
 input those arrays are hundreds of MB of fresh memory per call (tested equal to the library).
 """
-from typing import Iterator, List, Sequence, Tuple
+import threading
+from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -47,27 +48,38 @@ class Fusion:
 
     def __init__(self, how: str, size, outputs: int, own=None):
         self.how, self.outputs, self.own, self.size = how, outputs, own, tuple(size)
-        self._total = np.empty((size[1], size[0]), np.float32)
-        self._scratch = np.empty((size[1], size[0]), np.float32)
+        self._buffers = threading.local()  # each thread its own pair (see FusedMaps)
+
+    def _pair(self) -> Tuple[np.ndarray, np.ndarray]:
+        if not hasattr(self._buffers, 'pair'):
+            shape = (self.size[1], self.size[0])
+            self._buffers.pair = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        return self._buffers.pair
 
     def fused(self, row: int, maps: Sequence[Tuple[int, np.ndarray]],
               resize: bool = True) -> np.ndarray:
         """Box ``row``'s fused map from ``(output index, map)`` pairs (outputs left out add
         nothing); with ``resize``, raw maps that are ReLU'd and scaled here (and overwritten),
         else maps already at the fused size (left as they are). The result is a buffer
-        that the next call overwrites."""
-        total = self._total
-        total.fill(0)
+        that the next call in the same thread overwrites."""
+        total, scratch = self._pair()
+        first = True
         for index, image in maps:
             if self.how == 'own' and not (self.own[row] == index).any():
                 continue
             if resize:
-                image = scaled(np.maximum(image, 0, out=image), self.size, self._scratch)
-            image = np.maximum(image, 0, out=self._scratch)
+                image = scaled(np.maximum(image, 0, out=image), self.size, scratch)
+            if first:  # what 0 + ReLU(image) and max(0, ReLU(image)) are
+                np.maximum(image, 0, out=total)
+                first = False
+                continue
+            image = np.maximum(image, 0, out=scratch)
             if self.how == 'max':
                 np.maximum(total, image, out=total)
             else:
                 total += image
+        if first:
+            total.fill(0)
         if self.how == 'mean':
             total /= self.outputs
         elif self.how == 'own':
@@ -76,10 +88,11 @@ class Fusion:
 
 
 class FusedMaps:
-    """The fused maps of boxes, made one at a time when iterated: ``maps[k]`` lists box
-    ``k``'s ``(output index, raw map)`` pairs. Each map yielded is valid until the next (one
-    buffer serves every box), so that 100 boxes at an 800 px input never hold 100 maps of
-    the input's size (see :func:`~.geometry.to_original_image`, their consumer)."""
+    """The fused maps of boxes, made when asked for: ``maps[k]`` lists box ``k``'s ``(output
+    index, raw map)`` pairs. ``fused_maps[k]`` is valid until the same thread asks for another
+    (one buffer per thread serves every box), so that 100 boxes at an 800 px input never
+    hold 100 maps of the input's size (see :func:`~.geometry.to_original_image`, their
+    consumer)."""
 
     def __init__(self, fusion: Fusion, maps: List[List[Tuple[int, np.ndarray]]]):
         self.fusion, self.maps = fusion, maps
@@ -87,6 +100,7 @@ class FusedMaps:
     def __len__(self) -> int:
         return len(self.maps)
 
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for row, pairs in enumerate(self.maps):
-            yield self.fusion.fused(row, pairs)
+    def __getitem__(self, row: int) -> np.ndarray:
+        return self.fusion.fused(row, self.maps[row])
+
+    scratch = True  # the maps may be overwritten (each is made again when asked for)

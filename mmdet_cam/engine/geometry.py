@@ -5,11 +5,15 @@ bottom/right (``Pad`` in the pipeline, ``pad_size_divisor`` in the data preproce
 on the padded input is cropped to the resized image first and only then resized to the
 original size; resizing the padded map directly shifts every map off its box.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence, Tuple
 
 import numpy as np
 
 from .fusion import scaled
+
+WORKERS = min(4, os.cpu_count() or 1)  # threads mapping boxes' maps onto the image
 
 
 def resized_image_size(metainfo: dict) -> Tuple[int, int]:
@@ -31,6 +35,16 @@ def to_original_image(maps: Sequence[np.ndarray], metainfo: dict) -> np.ndarray:
     ori_h, ori_w = metainfo['ori_shape'][:2]
     out = np.empty((len(maps), ori_h, ori_w), np.float32)
     h, w = resized_image_size(metainfo)
-    for image, into in zip(maps, out):
-        into[...] = scaled(image[:h, :w].copy(), (ori_w, ori_h), into)
+
+    scratch = getattr(maps, 'scratch', False)  # maps we may normalise in place
+
+    def one(k: int) -> None:  # maps[k]: valid until this thread's next maps[...]
+        crop = maps[k][:h, :w]
+        into = out[k]
+        result = scaled(crop if scratch else crop.copy(), (ori_w, ori_h), into)
+        if result.ctypes.data != into.ctypes.data:
+            into[...] = result
+    # numpy and OpenCV release the GIL on whole maps: the boxes share the cores
+    with ThreadPoolExecutor(min(len(maps), WORKERS) or 1) as pool:
+        list(pool.map(one, range(len(maps))))
     return out

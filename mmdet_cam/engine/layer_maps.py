@@ -83,7 +83,8 @@ class LayerMaps:
         self.as_is = [len(pieces) == 1 and pieces[0] is act for act, pieces in
                       ((a, self.reshape(a, feature_shapes)) for a in capture.activations)]
         self._zero_maps_zero = {}
-        self._window_formula = {}  # output index -> 'local', 'weights' or None (see cam_of)
+        self._window_formula = {}  # output index -> 'local', 'weights' or None (see raw_cam)
+        self._magnitudes = {}  # output index -> |activation|, for each box's own output
         self.non_finite: List[int] = []  # boxes whose gradient had NaN/inf (set to 0)
 
     def gradients(self, values: Tensor, boxes: range) -> BoxGradients:
@@ -214,7 +215,9 @@ class LayerMaps:
         energy = np.zeros((len(pieces), len(self.outputs)), np.float64)
         for index, (_, activation) in enumerate(self.outputs):
             if len(rows[index]):
-                weight = torch.from_numpy(activation).abs()
+                if index not in self._magnitudes:
+                    self._magnitudes[index] = torch.from_numpy(activation).abs()
+                weight = self._magnitudes[index]
                 for k in rows[index]:
                     grad = pieces[k][index]
                     if isinstance(grad, Window):

@@ -46,6 +46,9 @@ from .capture import tensors_in
 from .windows import Gradient, Window, add, common_corners, dense
 
 TOLERANCE = 1e-4  # max |replay - full| relative to max |full|, per level when first checked
+# boxes replayed in one batch (each call of a head costs milliseconds of fixed overhead, and
+# a box's windowed gradients take kilobytes to a few MB)
+REPLAY_BOXES = 128
 
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Sigmoid, nn.Hardswish,
                 nn.Hardsigmoid, nn.GELU, nn.Identity, nn.Dropout, nn.Sequential, nn.ModuleList,
@@ -130,6 +133,7 @@ class _HeadReplay:
             self.reason = 'the batch holds more than one image'
         self.checked = _CHECKED.setdefault(head, {})
         self._output_grads: Optional[List[SparseGrad]] = None
+        self._replayed: Dict[int, List[Gradient]] = {}  # box -> its gradients, not yet asked
         if self.reason:
             _debug(f'{type(head).__name__} uses the full backward: {self.reason}')
 
@@ -145,6 +149,16 @@ class _HeadReplay:
         a box's gradient does not reach an activation."""
         if self._output_grads is None:  # for all boxes at once
             self._output_grads = output_gradients(values, self.outputs)
+        missing = [b for b in boxes if b not in self._replayed]
+        if missing:  # the boxes asked and those after them, up to REPLAY_BOXES, in one batch
+            group = range(missing[0], min(len(values), max(missing[-1] + 1,
+                                                           missing[0] + REPLAY_BOXES)))
+            self._replayed.update(zip(group, self._replay_group(values, group, activations)))
+        return [self._replayed.pop(b) for b in boxes]
+
+    def _replay_group(self, values: Tensor, boxes: range,
+                      activations: Sequence[Tensor]) -> List[List[Gradient]]:
+        """:meth:`activation_grads` of ``boxes``, from one replay of the head."""
         # the head's inputs that are target layers' outputs: their windows are the gradients
         same = [_copy_of(f, activations) for f in self.features]
         per_box = []
@@ -218,14 +232,24 @@ class DenseReplay(_HeadReplay):
     def feature_grads(self, output_grads, values):
         """See the base class; the first replay of each level is checked."""
         grads = [[None] * len(self.features) for _ in output_grads]
-        for level in range(len(self.features)):
-            rows = [b for b, g in enumerate(output_grads) if self._cells(g, level) is not None]
-            if rows and self.checked.get(level, True):
-                windows = self._replay(output_grads, rows, level)
-                for b, window in zip(rows, windows):
+        rows_of = {level: [b for b, g in enumerate(output_grads)
+                           if self._cells(g, level) is not None]
+                   for level in range(len(self.features))}
+        replayed = {level: rows for level, rows in rows_of.items()
+                    if rows and self.checked.get(level, True)}
+        if replayed:
+            try:  # every level in one call of the head
+                windows_of = self._replay(output_grads, replayed)
+            except RuntimeError:  # a head that mixes levels: one call per level
+                windows_of = {}
+                for level, rows in replayed.items():
+                    windows_of.update(self._replay(output_grads, {level: rows}))
+            for level, windows in windows_of.items():
+                for b, window in zip(replayed[level], windows):
                     grads[b][level] = window
                 if level not in self.checked:
-                    self._check(windows[0], values[rows[0]], level)
+                    self._check(windows[0], values[replayed[level][0]], level)
+        for level, rows in rows_of.items():
             if rows and not self.checked[level]:
                 for b in rows:
                     grads[b][level], = self._full(values[b], [level])
@@ -254,35 +278,48 @@ class DenseReplay(_HeadReplay):
                                 min(x_hi + r + 1, width)) for y_lo, y_hi, x_lo, x_hi in cells],
                               height, width)
 
-    def _replay(self, output_grads, rows: List[int], level: int) -> List[Window]:
-        """Per row, its gradient w.r.t. the level, on its window."""
-        feature = self.features[level]
-        height, width = feature.shape[-2:]
-        cells = [self._cells(output_grads[b], level) for b in rows]
-        corners, (h, w) = self._windows(cells, height, width)
-        crops = torch.stack([feature[0, :, y:y + h, x:x + w] for y, x in corners]).detach()
-        crops.requires_grad_()
+    def _replay(self, output_grads, rows_of: Dict[int, List[int]]) -> Dict[int, List[Window]]:
+        """Per level of ``rows_of`` (level -> boxes), each box's gradient w.r.t. the level on
+        its window, from one call of the head: each level's windows are its input batch."""
+        crops, corners = {}, {}
+        for level, rows in rows_of.items():
+            feature = self.features[level]
+            cells = [self._cells(output_grads[b], level) for b in rows]
+            corners[level], (h, w) = self._windows(cells, *feature.shape[-2:])
+            crops[level] = torch.stack([feature[0, :, y:y + h, x:x + w]
+                                        for y, x in corners[level]]).detach().requires_grad_()
         # the other levels as 1 x 1 maps, in the graph where the recorded ones were, so that
         # the head returns the same set of outputs
-        inputs = tuple(crops if k == level else f.new_zeros(len(rows), f.shape[1], 1, 1)
+        inputs = tuple(crops[k] if k in crops else f.new_zeros(1, f.shape[1], 1, 1)
                        .requires_grad_(f.requires_grad) for k, f in enumerate(self.features))
         replayed = tensors_in(self.head.forward(inputs))  # .forward: no recording hooks
         if len(replayed) != len(self.outputs):
             raise RuntimeError('the replayed head returned a different set of outputs')
         picked, grad_outputs = [], []
         for k, out in enumerate(replayed):
-            if self.level_of[k] == level:
-                picked.append(out)
-                grad_outputs.append(torch.zeros_like(out))
-                area = height * width  # the level's, as the recorded output's
-                for i, (b, (y, x)) in enumerate(zip(rows, corners)):
-                    if k in output_grads[b]:  # its entries, all inside its window
-                        index, grad = output_grads[b][k]
-                        cell = index % area
-                        grad_outputs[-1][i, index // area, cell // width - y,
-                                         cell % width - x] = grad
-        window_grads, = torch.autograd.grad(picked, crops, grad_outputs=grad_outputs)
-        return [Window(g[None], y, x, feature.shape) for (y, x), g in zip(corners, window_grads)]
+            level = self.level_of[k]
+            rows = rows_of.get(level, ())
+            # outputs no box reads (box deltas, for a score) stay out of the backward
+            if not any(k in output_grads[b] for b in rows):
+                continue
+            picked.append(out)
+            grad_outputs.append(torch.zeros_like(out))
+            height, width = self.features[level].shape[-2:]
+            area = height * width  # the level's, as the recorded output's
+            for i, (b, (y, x)) in enumerate(zip(rows, corners[level])):
+                if k in output_grads[b]:  # its entries, all inside its window
+                    index, grad = output_grads[b][k]
+                    cell = index % area
+                    grad_outputs[-1][i, index // area, cell // width - y,
+                                     cell % width - x] = grad
+        levels = list(crops)
+        window_grads = torch.autograd.grad(picked, [crops[level] for level in levels],
+                                           grad_outputs=grad_outputs, allow_unused=True)
+        shape = {level: self.features[level].shape for level in levels}
+        return {level: [Window(torch.zeros_like(crops[level][i:i + 1]) if g is None
+                               else g[i:i + 1], y, x, shape[level])
+                        for i, (y, x) in enumerate(corners[level])]
+                for level, g in zip(levels, window_grads)}
 
     def _check(self, window: Window, value: Tensor, level: int) -> None:
         """The full backward must be exactly zero outside the window (however small a
