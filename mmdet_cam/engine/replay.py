@@ -544,9 +544,12 @@ def output_gradients(values: Tensor, outputs: Sequence[Tensor]) -> List[SparseGr
         matched = close[0] | close[1]
         cells = _cells(output, index)
         mixed |= {c for c, ok in zip(cells, matched.tolist()) if not ok}
-        for box in owner[matched].unique().tolist():
-            mine = matched & (owner == box)
-            seen[box] |= {c for c, m in zip(cells, mine.tolist()) if m}
+        # the matched entries grouped by value, each group in the entries' order
+        positions = torch.nonzero(matched).squeeze(1)
+        positions = positions[torch.argsort(owner[positions], stable=True)]
+        boxes, counts = torch.unique_consecutive(owner[positions], return_counts=True)
+        for box, mine in zip(boxes.tolist(), positions.split(counts.tolist())):
+            seen[box] |= {cells[i] for i in mine.tolist()}
             found[box][k] = (index[mine], flat[0][index[mine]])  # pass 0: weight 1
     unsure = {b for b in range(n) if not found[b] or seen[b] & mixed}
     for b in unsure:
