@@ -129,6 +129,9 @@ def main():
                         help='for long rows (DETR-style necks, N = 100): one timed engine call '
                         'per N, no warm-up call and no no-replay row (DETR-style heads have no '
                         'replay)')
+    parser.add_argument('--engine-only', action='store_true',
+                        help='the engine and forward columns only: no no-replay row, no naive '
+                        'loop (re-measuring a change)')
     parser.add_argument('--quick', action='store_true',
                         help='YOLOX-s, N = 1 10, one repeat, no memory row')
     args = parser.parse_args()
@@ -166,7 +169,8 @@ def main():
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             with PeakRSS() as memory:
-                for replay in (True, False) if n in args.n and not args.single_call else (True,):
+                both = n in args.n and not (args.single_call or args.engine_only)
+                for replay in (True, False) if both else (True,):
                     cam = DetCAM(model, target_layers=names, score_thr=0, topk=n,
                                  local_replay=replay, batched_backward=args.batched_backward)
                     if n in args.n and not args.single_call:
@@ -181,6 +185,7 @@ def main():
                          n in args.n))
         # after the engine rows: memory the naive loop's backward freed can stay in the process
         naive_calls = naive_call_seconds(model, inputs, samples, layers, detections,
+                                         0 if args.engine_only else
                                          min(args.naive_max, max(args.n), len(detections)))
         for n, engine, no_replay, peak, listed in rows:
             if not listed:  # the memory row

@@ -101,6 +101,8 @@ def _graph_keeping_swaps() -> Iterator[None]:
       backward pass, e.g. RetinaNet at 800x1088 with no score threshold: 10M entries).
     * mmcv's ``soft_nms`` (no backward) gets its decayed scores recomputed in torch from the
       boxes it kept, so soft-NMS detectors stay differentiable (``batched_nms`` looks it up).
+    * mmcv's ``batched_nms`` as mmdet's modules hold it (plain NMS or none) chooses without a
+      graph and gathers the kept boxes and scores from its inputs (:func:`_gathering_nms`).
     """
     from mmdet.models.utils import misc
     mmcv_nms = importlib.import_module('mmcv.ops.nms')  # the module; mmcv.ops.nms is a function
@@ -112,7 +114,8 @@ def _graph_keeping_swaps() -> Iterator[None]:
     replacements = {
         'select_single_mlvl': (select_single_mlvl, keep_graph),
         'filter_scores_and_topk': (misc.filter_scores_and_topk,
-                                   _gathering_filter(misc.filter_scores_and_topk))}
+                                   _gathering_filter(misc.filter_scores_and_topk)),
+        'batched_nms': (mmcv_nms.batched_nms, _gathering_nms(mmcv_nms.batched_nms))}
     with contextlib.ExitStack() as stack:
         for module_name, module in list(sys.modules.items()):
             if module_name.split('.')[0] != 'mmdet':
@@ -123,6 +126,27 @@ def _graph_keeping_swaps() -> Iterator[None]:
         stack.enter_context(swapped(mmcv_nms, 'soft_nms',
                                     _differentiable_soft_nms(mmcv_nms.soft_nms)))
         yield
+
+
+def _gathering_nms(batched_nms):
+    """mmcv's ``batched_nms`` run without a graph, then the kept boxes and scores gathered from
+    its inputs: the same detections (checked: else mmcv's own call), and a backward of one
+    gather instead of mmcv's loop over classes above 10000 boxes (a few index operations per
+    class, each pass over every candidate: most of a box's backward through a Faster R-CNN's
+    post-processing with no score threshold). Soft-NMS, which changes scores, keeps mmcv's."""
+    def gathering(boxes, scores, idxs, nms_cfg, class_agnostic=False):
+        plain = nms_cfg is None or nms_cfg.get('type', 'nms') == 'nms'
+        if not (plain and torch.is_grad_enabled() and (boxes.requires_grad
+                                                       or scores.requires_grad)):
+            return batched_nms(boxes, scores, idxs, nms_cfg, class_agnostic)
+        with torch.no_grad():
+            dets, keep = batched_nms(boxes.detach(), scores.detach(), idxs, nms_cfg,
+                                     class_agnostic)
+        gathered = torch.cat([boxes[keep], scores[keep, None]], -1)
+        if not torch.equal(gathered.detach(), dets):
+            return batched_nms(boxes, scores, idxs, nms_cfg, class_agnostic)
+        return gathered, keep
+    return gathering
 
 
 def _gathering_filter(filter_scores_and_topk):
