@@ -72,16 +72,16 @@ class LayerMaps:
                                                                 list(boxes), backward)
         self.eigen_smooth = eigen_smooth
         self.size = (inputs.shape[-1], inputs.shape[-2])  # (width, height)
+        reshaped = [self.reshape(act, feature_shapes) for act in capture.activations]
         # [(owner layer index, activation [1, C, H, W] as numpy)] after the reshape transform
         self.outputs = [(owner, piece.detach().cpu().numpy())
-                        for owner, act in zip(capture.owners, capture.activations)
-                        for piece in self.reshape(act, feature_shapes)]
+                        for owner, pieces in zip(capture.owners, reshaped) for piece in pieces]
         owners = np.array([owner for owner, _ in self.outputs])
         self.owner_outputs = [np.flatnonzero(owners == o) for o in sorted(set(owners))]
         # target layers whose output the reshape transform passes through as it is: a box's
         # gradient there can stay a window
-        self.as_is = [len(pieces) == 1 and pieces[0] is act for act, pieces in
-                      ((a, self.reshape(a, feature_shapes)) for a in capture.activations)]
+        self.as_is = [len(pieces) == 1 and pieces[0] is act
+                      for act, pieces in zip(capture.activations, reshaped)]
         self._zero_maps_zero = {}
         self._window_formula = {}  # output index -> 'local', 'weights' or None (see raw_cam)
         self._magnitudes = {}  # output index -> |activation|, for each box's own output
