@@ -22,7 +22,7 @@ from mmdet_cam.metrics import pointing_hit_mask
 from mmdet_cam.model.detector import preprocess
 from mmdet_cam.shapes import make_image
 
-from conftest import DEMO_IMAGE, make_scene
+from conftest import DEMO_IMAGE, make_scene, small_config
 
 REPO = Path(__file__).parents[1]
 INSTANCE_DEMO = (str(REPO / 'demo' / 'rtmdet-ins_shapes.py'),
@@ -158,9 +158,9 @@ def test_score_and_mask_answer_different_questions(instance_demo):
 def test_bad_uses_of_the_mask_target_are_refused(instance_demo, demo_model, models):
     with pytest.raises(UnsupportedModelError, match='no instance mask head'):
         DetCAM(demo_model, target='mask')
-    with pytest.raises(UnsupportedModelError, match='follows each mask'):
-        DetCAM(models('condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py'),
-               target='mask', method='scorecam')
+    with pytest.raises(UnsupportedModelError, match="follows each mask.*QueryInst"):
+        DetCAM(models('queryinst/queryinst_r50_fpn_1x_coco.py'), target='mask',
+               method='scorecam')
     with pytest.raises(BadInputError, match='named boxes'):
         DetCAM(instance_demo, target='mask')(DEMO_IMAGE, boxes=[[10, 10, 60, 60]])
 
@@ -284,6 +284,65 @@ def test_roi_head_candidates_carry_the_heads_own_unpasted_masks(models):
     iou = (drawn & region).sum() / (drawn | region).sum()
     tracked = tracked_mask_score(candidates[same], region, int(top.labels[0]))
     assert tracked == pytest.approx(iou * float(candidates.scores[same]), rel=0.1)
+
+
+@pytest.mark.parametrize('name', [
+    'condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py',
+    'yolact/yolact_r50_1xb8-55e_coco.py',
+    pytest.param('mask2former/mask2former_r50_8xb2-lsj-50e_coco.py', marks=pytest.mark.slow)])
+def test_other_families_candidates_carry_the_heads_own_masks(name, models):
+    """CondInst / BoxInst and YOLACT (drawn on demand by their mask head) and Mask2Former
+    (recorded): among the raw candidates with a top detection's box and label, one carries
+    the very map the head made for that detection, on the same grid. Compared as
+    probabilities: YOLACT's maps are probabilities, whose logits near 0 magnify rounding."""
+    model, image = models(name), make_scene()
+    candidates = CandidateScorer(model, DetCAM(model).pipeline, masks=True)([image])[0]
+    assert 'masks' not in candidates or name.startswith('mask2former')
+    top = _recorded(model, image)[:3]
+    assert len(top) == 3
+    for k in range(len(top)):
+        same = torch.nonzero(((candidates.bboxes - top.bboxes[k]).abs().max(1).values < 1e-3)
+                             & (candidates.labels == top.labels[k]))[:, 0]
+        assert len(same)
+        own = top.mask_logits[k].detach().sigmoid()
+        drawn = candidate_mask_logits(candidates, same).sigmoid()
+        closest = int((drawn - own).abs().flatten(1).max(1).values.argmin())
+        torch.testing.assert_close(drawn[closest], own, atol=1e-4, rtol=0)
+        torch.testing.assert_close(candidates.mask_boxes[same[closest]], top.mask_boxes[k],
+                                   atol=1e-3, rtol=1e-4)
+        assert float(candidates.mask_thresholds[same[closest]]) == float(top.mask_thresholds[k])
+
+
+def test_solo_candidates_carry_their_maps_and_the_boxes_of_their_masks():
+    """SOLO reports all-zero boxes: its candidates' boxes are their masks' and their recorded
+    maps, placed by those boxes, are their reported masks. (Without ``filter_thr``, the score
+    threshold after its matrix NMS, an untrained SOLOv2 gives candidates.)"""
+    cfg = small_config('solov2/solov2-light_r18_fpn_ms-3x_coco.py')
+    cfg.model.test_cfg.filter_thr = 0.0
+    torch.manual_seed(0)
+    model, image = build_detector(cfg), make_scene()
+    candidates = CandidateScorer(model, DetCAM(model).pipeline, masks=True)([image])[0]
+    assert len(candidates) > 10 and candidates.mask_logits.shape[0] == len(candidates)
+    for k in range(5):
+        reported = candidates.masks[k].numpy()
+        ys, xs = np.nonzero(reported)
+        assert candidates.bboxes[k].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        carried = _carried_to_image(candidates, k, image.shape[:2])
+        assert (carried & reported).sum() / (carried | reported).sum() >= 0.9
+
+
+def test_drise_follows_condinst_masks(models):
+    """D-RISE with the mask target runs on a dynamic-kernel head (refused before its
+    candidates carried masks): finite maps, other than the box target's at the same seed."""
+    model = models('condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py')
+    drise = dict(type='drise', num_masks=48, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        masks = DetCAM(model, target='mask', method=drise, score_thr=0, topk=3)(make_scene())
+        boxes = DetCAM(model, method=drise, score_thr=0, topk=3)(make_scene())
+    assert len(masks) == 3 and np.isfinite(masks.cams).all()
+    assert (masks.cams.reshape(3, -1).max(1) > 0).all()
+    assert not np.allclose(masks.cams, boxes.cams, atol=1e-3)
 
 
 @pytest.mark.slow

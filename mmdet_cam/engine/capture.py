@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import UnsupportedModelError
 from ..model.layers import predicting_detector
 from ..patching import swapped
+from .memory import current_budget
 
 
 @contextlib.contextmanager
@@ -264,24 +265,27 @@ MASK_COPIES = 8
 @contextlib.contextmanager
 def bounded_solo_candidates(model: nn.Module) -> Iterator[None]:
     """While active, a SOLO / SOLOv2 head draws the masks of at most as many candidates as
-    :data:`SOLO_MASK_BYTES` holds, the best-scored (their score threshold raised to that count
-    for the image): mmdet draws a mask for every (grid cell, class) pair above the threshold
-    before its NMS keeps ``nms_pre``, and with no threshold (every raw candidate, or an
-    untrained model) that is 3872 cells x 80 classes, over 20 GB at 256 px. With the usual
-    threshold a trained model stays far below the bound and nothing changes."""
+    :data:`SOLO_MASK_BYTES` (or half the memory budget, ``engine.memory``) holds, the
+    best-scored (their score threshold raised to that count for the image): mmdet draws a
+    mask for every (grid cell, class) pair above the threshold before its NMS keeps
+    ``nms_pre``, and with no threshold (every raw candidate, or an untrained model) that is
+    3872 cells x 80 classes, over 20 GB at 256 px. With the usual threshold a trained model
+    stays far below the bound and nothing changes."""
     from mmengine.config import ConfigDict
     heads = [m for m in model.modules()
              if any(c.__name__ == 'SOLOHead' for c in type(m).__mro__)]
 
     def bounded(head, single):
-        names = list(inspect.signature(single).parameters)
+        # the class's own signature: ``single`` may be a recording wrapper (mask_logits)
+        names = list(inspect.signature(type(head)._predict_by_feat_single).parameters)[1:]
 
         def predict(*args, **kwargs):
             bound = dict(zip(names, args), **kwargs)
             scores, meta = bound['cls_scores'], bound['img_meta']
             cfg = bound.get('cfg') or ConfigDict(head.test_cfg)
             height, width = meta['batch_input_shape'][:2]
-            limit = max(1, SOLO_MASK_BYTES // (height * width // 16 * 4 * MASK_COPIES))
+            limit = max(1, min(SOLO_MASK_BYTES, current_budget() // 2) //
+                        (height * width // 16 * 4 * MASK_COPIES))
             if scores.numel() > limit and int((scores > cfg.score_thr).sum()) > limit:
                 cutoff = scores.detach().flatten().topk(limit + 1).values[-1]
                 bound['cfg'] = ConfigDict(dict(cfg, score_thr=max(float(cfg.score_thr),

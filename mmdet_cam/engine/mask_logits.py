@@ -59,34 +59,39 @@ def unpasted_candidate_masks(detector: nn.Module, chunk: int = 512) -> Iterator[
     """While active (with :func:`~mmdet_cam.engine.every_candidate.every_candidate`), raw
     candidates carry :data:`MASK_FIELDS` and no pasted mask: thousands of candidates' masks at
     the image's size would cost more than the detector (read them with
-    :func:`candidate_mask_logits`). RTMDet-Ins: every candidate, its mask logits at stride 8
-    drawn on demand in chunks of ``chunk``; RoI mask heads: the
-    :data:`ROI_MASK_CANDIDATES` best-scored candidates (see :func:`roi_masks_unpasted`). Other
-    heads are refused."""
+    :func:`candidate_mask_logits`). RTMDet-Ins, CondInst / BoxInst and YOLACT: every
+    candidate, its mask logits drawn on demand by the head's own code in chunks of ``chunk``;
+    RoI mask heads: the :data:`ROI_MASK_CANDIDATES` best-scored candidates (see
+    :func:`roi_masks_unpasted`); SOLO / SOLOv2 and Mask2Former, whose candidates' masks are
+    drawn before their boxes exist: the masks the head draws for them, recorded. QueryInst is
+    refused (:func:`check_candidate_masks`)."""
     check_candidate_masks(detector)
     head = getattr(detector, 'bbox_head', None)
+    mask_head = getattr(detector, 'mask_head', None)
     if _is(head, 'RTMDetInsHead'):
         with _rtmdet_ins_candidate_masks(head, chunk):
             yield
-        return
-    with instance_mask_logits(detector), roi_masks_unpasted(detector.roi_head):
-        yield
+    elif any(_is(mask_head, kind) for kind in _DRAWN_ON_DEMAND):
+        with swapped(detector, 'mask_head', _MasksOnDemand(mask_head, chunk)):
+            yield
+    elif getattr(detector, 'roi_head', None) is not None:
+        with instance_mask_logits(detector), roi_masks_unpasted(detector.roi_head):
+            yield
+    else:  # SOLO / SOLOv2 (bounded, see capture.bounded_solo_candidates), Mask2Former
+        with instance_mask_logits(detector):
+            yield
 
 
 def check_candidate_masks(detector: nn.Module, method: str = 'mask faithfulness') -> None:
     """Raise ``UnsupportedModelError`` unless :func:`unpasted_candidate_masks` supports
     ``detector`` (what ``method``, which follows masks among raw candidates, needs)."""
-    roi_head = getattr(detector, 'roi_head', None)
-    # QueryInst's query-based RoI head keeps per-query fields in its results, which only line
-    # up with them at one candidate per query
-    if not (_is(getattr(detector, 'bbox_head', None), 'RTMDetInsHead') or (any(
-            _is(module, 'FCNMaskHead')
-            for module in getattr(roi_head, 'mask_head', nn.Module()).modules())
-            and not _is(roi_head, 'SparseRoIHead'))):
+    check_mask_head(detector)
+    if _is(getattr(detector, 'roi_head', None), 'SparseRoIHead'):
         raise UnsupportedModelError(
-            f'{method} follows each mask among the masks of every raw candidate, which '
-            f'mmdet-cam makes for RTMDet-Ins and RoI mask heads (not QueryInst), not for '
-            f'{type(detector).__name__}; use a gradient method (e.g. odam)')
+            f"{method} follows each mask among the masks of every raw candidate; QueryInst's "
+            "candidates are (query, class) pairs, and its mask branch reads per-query attention "
+            "features that mmdet lines up with one kept detection per query; use a gradient "
+            "method (e.g. odam)")
 
 
 @contextlib.contextmanager
@@ -181,7 +186,8 @@ def _rtmdet_ins_candidate_masks(head: nn.Module, chunk: int) -> Iterator[None]:
 
         # a plain function: metainfo is deep-copied whenever the candidates are indexed, and
         # a function is copied by reference (the features and the head are not duplicated)
-        def draw(kernels: Tensor, priors: Tensor) -> Tensor:
+        def draw(candidates: InstanceData) -> Tensor:
+            kernels, priors = candidates.kernels, candidates.priors
             # a prior's candidates (one per class) share its kernel, hence its mask
             key = (priors.double() * priors.new_tensor([1, 2 ** 20, 2 ** 40, 0])).sum(1)
             key, index = torch.unique(key, return_inverse=True)  # 1-D: 5x faster than dim=0
@@ -205,6 +211,68 @@ def _rtmdet_ins_candidate_masks(head: nn.Module, chunk: int) -> Iterator[None]:
 
     with swapped(head, '_bbox_mask_post_process', post_process):
         yield
+
+
+# single-stage instance segmentors whose mask head draws masks for the box head's results
+_DRAWN_ON_DEMAND = ('CondInstMaskHead', 'YOLACTProtonet')
+
+
+class _MasksOnDemand(nn.Module):
+    """In place of a single-stage segmentor's mask head (CondInst, BoxInst, YOLACT) while every
+    raw candidate is read: the candidates' boxes are rescaled as the mask head does, they carry
+    ``mask_boxes`` and ``mask_thresholds``, and their logits are drawn on demand
+    (:func:`candidate_mask_logits`) by the head itself, on the image's features, without a
+    graph: the maps these candidates would have had as detections."""
+
+    def __init__(self, head: nn.Module, chunk: int):
+        super().__init__()
+        self.chunk = chunk
+        self.__dict__['head'] = head  # not a submodule: the detector's modules stay as they are
+
+    def predict(self, x, batch_data_samples, rescale: bool = True, results_list=None,
+                **kwargs):
+        for index, (results, sample) in enumerate(zip(results_list, batch_data_samples)):
+            meta = sample.metainfo
+            factor = results.bboxes.new_tensor(meta['scale_factor']).repeat(2) if rescale \
+                else results.bboxes.new_ones(4)
+            results.input_bboxes = results.bboxes.detach()  # exactly the boxes it crops by
+            draw = _drawn_by(self.head, tuple(level[index:index + 1].detach() for level in x),
+                             meta, self.chunk)
+            draw(results[:1])  # sets the maps' scale
+            results.mask_boxes = (results.bboxes * draw.scale).detach().float().reshape(-1, 4)
+            results.mask_thresholds = results.bboxes.new_full(
+                (len(results),), _logit(self.head.test_cfg.mask_thr))
+            results.bboxes = results.bboxes / factor
+            results.set_metainfo(dict(draw_mask_logits=draw))
+        return results_list
+
+
+def _drawn_by(head: nn.Module, features: tuple, meta: dict, chunk: int):
+    """A function from candidates (with their boxes in input pixels as ``input_bboxes``) to
+    their ``[n, h, w]`` mask logits, made by ``head``'s own forward and ``predict_by_feat`` on
+    one image's ``features``, in chunks of ``chunk``: the maps :func:`_maps_in_call_head`
+    records for detections. Its ``scale`` (set by a call with a candidate) is the factor from
+    input pixels to the maps' pixels."""
+    probabilities = _is(head, 'YOLACTProtonet')
+
+    def draw(candidates: InstanceData) -> Tensor:
+        maps = []
+
+        def single(mask_preds, bboxes, img_meta, rescale, cfg=None):
+            logits, draw.scale = _image_part(mask_preds, img_meta, probabilities)
+            maps.append(logits)
+            return mask_preds.new_zeros((len(mask_preds), 0, 0), dtype=torch.bool)
+
+        with torch.no_grad(), swapped(head, '_predict_by_feat_single', single):
+            for first in range(0, len(candidates), chunk):
+                part = candidates[first:first + chunk]
+                part.bboxes = part.input_bboxes
+                head.predict_by_feat(*head(features, [part]), batch_img_metas=[meta],
+                                     rescale=False, results_list=[part])
+        return torch.cat(maps).cpu() if maps else torch.zeros((0, 0, 0))
+
+    draw.scale = 1.0
+    return draw
 
 
 def rtmdet_ins_masks(head: nn.Module, mask_feat: Tensor, kernels: Tensor, priors: Tensor) -> Tensor:
@@ -236,14 +304,13 @@ def rtmdet_ins_masks(head: nn.Module, mask_feat: Tensor, kernels: Tensor, priors
 
 def candidate_mask_logits(candidates: InstanceData, keep: Tensor) -> Tensor:
     """``[n, h, w]`` unpasted mask logits of the raw candidates ``keep`` selects (a boolean or
-    index tensor): recorded ones (RoI heads) or drawn now (RTMDet-Ins, see
-    :func:`_rtmdet_ins_candidate_masks`)."""
+    index tensor): recorded ones (RoI heads, SOLO, Mask2Former) or drawn now (RTMDet-Ins,
+    CondInst / BoxInst, YOLACT; see :func:`unpasted_candidate_masks`)."""
     if 'mask_logits' in candidates:
         return candidates.mask_logits[keep]
     if 'draw_mask_logits' not in candidates.metainfo:
         raise ValueError('these candidates carry no masks: read them with masks=True')
-    return candidates.metainfo['draw_mask_logits'](candidates.kernels[keep],
-                                                   candidates.priors[keep])
+    return candidates.metainfo['draw_mask_logits'](candidates[keep])
 
 
 def rtmdet_ins_boxes_only(head: nn.Module):
@@ -382,12 +449,9 @@ def _maps_in_call_head(probabilities: bool):
         recorded: List[tuple] = []
 
         def recording(mask_preds, bboxes, img_meta, rescale, cfg=None):
-            input_height, input_width = img_meta['batch_input_shape'][:2]
-            scale = mask_preds.shape[-1] / input_width
-            height, width = img_meta['img_shape'][:2]
-            maps = mask_preds[:, :math.ceil(height * scale), :math.ceil(width * scale)]
-            recorded.append((_as_logits(maps) if probabilities else maps,
-                             bboxes.detach().clone() * scale, (cfg or head.test_cfg).mask_thr))
+            logits, scale = _image_part(mask_preds, img_meta, probabilities)
+            recorded.append((logits, bboxes.detach().clone() * scale,
+                             (cfg or head.test_cfg).mask_thr))
             return single(mask_preds, bboxes, img_meta, rescale, cfg)
 
         predict_by_feat = head.predict_by_feat
@@ -405,10 +469,21 @@ def _maps_in_call_head(probabilities: bool):
     return adapter
 
 
+def _image_part(mask_preds: Tensor, img_meta: dict, probabilities: bool):
+    """The image's part of ``[N, h, w]`` maps of the padded input, as logits, and the factor
+    from input pixels to the maps' pixels."""
+    scale = mask_preds.shape[-1] / img_meta['batch_input_shape'][1]
+    height, width = img_meta['img_shape'][:2]
+    maps = mask_preds[:, :math.ceil(height * scale), :math.ceil(width * scale)]
+    return (_as_logits(maps) if probabilities else maps), scale
+
+
 def _solo_head(head: nn.Module, stack: contextlib.ExitStack) -> None:
     """SOLO / SOLOv2: ``_predict_by_feat_single`` makes the kept detections' mask
     probabilities at stride 4 of the padded input and resizes them first thing; SOLO reports
-    no boxes, so a detection's box is that of its thresholded map."""
+    all-zero boxes, so a detection's box is that of its thresholded map (``mask_boxes``) and
+    of its reported mask (``bboxes``, as mmdet's ``mask2bbox``)."""
+    from mmdet.structures.mask import mask2bbox
     single = head._predict_by_feat_single
 
     def recording(*args, **kwargs):
@@ -418,6 +493,10 @@ def _solo_head(head: nn.Module, stack: contextlib.ExitStack) -> None:
             logits = _as_logits(first.input[0])
             threshold = _logit(head.test_cfg.mask_thr)
             attach(results, logits, _boxes_of(logits > threshold), threshold)
+            if 'masks' in results and not results.bboxes.any():  # mmdet's are all zero
+                results.bboxes = mask2bbox(results.masks).to(results.bboxes)
+        elif not len(results):
+            attach(results, torch.zeros((0, 1, 1)), torch.zeros((0, 4)), 0.0)
         return results
 
     stack.enter_context(swapped(head, '_predict_by_feat_single', recording))
@@ -434,13 +513,15 @@ def _maskformer_fusion_head(head: nn.Module, stack: contextlib.ExitStack) -> Non
             results = postprocess(mask_cls, mask_pred)
         if thresholded.input is not None and len(results):
             attach(results, thresholded.input, results.bboxes, 0.0)
+        elif not len(results):
+            attach(results, torch.zeros((0, 1, 1)), torch.zeros((0, 4)), 0.0)
         return results
 
     stack.enter_context(swapped(head, 'instance_postprocess', recording))
 
 
 class _Thresholded(TorchFunctionMode):
-    """Records the last 3-D tensor in the graph compared with ``>`` while active."""
+    """Records the last 3-D float tensor compared with ``>`` while active."""
 
     def __init__(self):
         super().__init__()
@@ -448,7 +529,7 @@ class _Thresholded(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if (getattr(func, '__name__', '') in ('gt', '__gt__') and isinstance(args[0], Tensor)
-                and args[0].dim() == 3 and args[0].requires_grad):
+                and args[0].dim() == 3 and args[0].is_floating_point()):
             self.input = args[0]
         return func(*args, **(kwargs or {}))
 
