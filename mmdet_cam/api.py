@@ -14,6 +14,7 @@ from mmengine.structures import InstanceData
 from torch import nn
 
 from .engine.geometry import to_original_image
+from .engine.memory import memory_budget
 from .engine.request import Detections, NamedBoxes, Request, default_fuse
 from .engine.reshape import build_reshape_transform
 from .engine.session import ExplainSpec, Session
@@ -229,7 +230,7 @@ class DetCAM:
         """
         image = read_image(img)
         cam = self if texts is None else self.with_texts(texts)
-        with PATCH_LOCK:
+        with PATCH_LOCK, memory_budget(cam.settings.memory_budget):
             result = cam._call(image, candidates, boxes, labels, explain_class, contrast)
         result.dataset_meta = dict(getattr(cam.model, 'dataset_meta', None) or {},
                                    classes=cam.class_names)

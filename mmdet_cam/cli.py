@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--batch-size', type=int, default=CAM.batch_size,
                         help='detections whose gradients are held in memory at once (default: '
                         f'{CAM.batch_size})')
+    parser.add_argument('--memory-budget', default=CAM.memory_budget, metavar='SIZE',
+                        help='what reading every raw candidate (drise, scorecam, ablationcam, '
+                        'occlusion, --boxes, metrics) may hold at once, e.g. 2GB (default: '
+                        f'{CAM.memory_budget})')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='allow a full unpickle of a checkpoint that a weights-only load '
                         'refuses (it can run code from the file: trusted files only)')
@@ -203,7 +207,8 @@ def run(args) -> int:
                             f'got {args.method!r}')
     texts = args.texts[0] if args.texts and len(args.texts) == 1 else args.texts
     options = dict(score_thr=args.score_thr, topk=args.topk, classes=args.classes,
-                   target=target, fuse=args.fuse, batch_size=args.batch_size, texts=texts)
+                   target=target, fuse=args.fuse, batch_size=args.batch_size, texts=texts,
+                   memory_budget=args.memory_budget)
     config = resolve_config(args.config)
     if args.language_model:
         if not Path(args.language_model).is_dir():

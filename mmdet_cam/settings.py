@@ -78,6 +78,11 @@ class CAMSettings(_Settings):
             maps). Defaults to False: for DINO-R50 at 800 px it saved nothing measurable on a
             CPU (peak memory 6.4 -> 11.9 GB) and about 10% on an H200 GPU (CUDA memory 4.4 ->
             9.7 GB; docs/benchmarks.md).
+        memory_budget: what the paths that read every raw candidate (D-RISE, the perturbation
+            methods, faithfulness metrics, named boxes, mask tracking) may hold at once: bytes
+            or a size such as ``'4GB'``. They run as many perturbed copies per forward as fit,
+            and one image whose candidates alone exceed it is refused with one line
+            (``engine.memory``). Defaults to ``'4GB'``.
         texts: the prompt of a text-prompted detector (Grounding DINO, GLIP): entities
             separated by ``' . '`` (``'cat . dog'``) or a list of entity names. Defaults to None:
             the model's class names, as mmdet's test configs prompt it.
@@ -94,9 +99,12 @@ class CAMSettings(_Settings):
     batch_size: int = 16
     local_replay: bool = True
     batched_backward: bool = False
+    memory_budget: Union[int, str] = '4GB'
     texts: Optional[Union[str, Sequence[str]]] = None
 
     def __post_init__(self):
+        from .engine.memory import parse_size
+        parse_size(self.memory_budget)  # a bad size is refused here, in one line
         if self.fuse is not None and self.fuse not in FUSE_MODES:
             raise UnknownNameError(
                 f"fuse must be one of {', '.join(FUSE_MODES)}, got {self.fuse!r}")

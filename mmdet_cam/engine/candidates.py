@@ -9,7 +9,7 @@ a detection among the candidates is ``mmdet_cam.boxes.tracked_score``.
 """
 import contextlib
 import copy
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from ..model.detector import preprocess
 from ..model.layers import predicting_detector
 from .every_candidate import every_candidate
 from .geometry import resized_image_size
+from .memory import copies_within, held_bytes
 
 
 class CandidateScorer:
@@ -36,13 +37,23 @@ class CandidateScorer:
         self.masks = masks
         self.dtype = None if dtype == torch.float32 else dtype
         self.channels_last: Optional[bool] = None  # known after the first batch
+        self.copy_bytes: Optional[int] = None  # one image's candidates, after the first
 
     def __call__(self, images: Sequence[np.ndarray]) -> List[InstanceData]:
-        results = []
-        for first in range(0, len(images), self.batch_size):
-            chunk = images[first:first + self.batch_size]
+        results, first = [], 0
+        while first < len(images):
+            chunk = images[first:first + self.step()]
             results += self.candidates(*preprocess(self.model, self.pipeline, chunk))
+            first += len(chunk)
         return results
+
+    def step(self) -> int:
+        """Images per forward: ``batch_size``, or fewer where their candidates would exceed
+        the memory budget (``engine.memory``); 1 until one image's candidates are measured."""
+        if self.copy_bytes is None:
+            return 1
+        return copies_within(self.copy_bytes, self.batch_size,
+                             "one image's raw candidates" + (' and their masks' * self.masks))
 
     def candidates(self, inputs: Tensor, samples: list) -> List[InstanceData]:
         """Raw candidates for a batch of network inputs and their data samples."""
@@ -53,8 +64,12 @@ class CandidateScorer:
                 self.channels_last = self._same_in_channels_last(inputs[:1], samples[:1])
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            return [_float32(s.pred_instances.cpu())
-                    for s in self.model.predict(inputs, samples)]
+            results = [_float32(s.pred_instances.cpu())
+                       for s in self.model.predict(inputs, samples)]
+        if self.copy_bytes is None and results:
+            self.copy_bytes = max(held_bytes(r) for r in results) + inputs[0].nbytes
+            self.step()  # one image over the budget is refused before the next
+        return results
 
     def _same_in_channels_last(self, inputs: Tensor, samples: list) -> bool:
         """Whether the model gives the same candidates for a channels-last input. Most do, to
@@ -98,22 +113,23 @@ class MaskedCandidates:
         height, width = self.size
         return self.image[:, :height, :width].float()
 
-    def __call__(self, masks: np.ndarray) -> List[InstanceData]:
+    def __call__(self, masks: np.ndarray) -> Iterator[InstanceData]:
         return self.perturbed(self.resized * torch.from_numpy(masks)[:, None])
 
-    def perturbed(self, images: Tensor) -> List[InstanceData]:
-        """Candidates of ``[B, 3, h, w]`` perturbed copies of :attr:`resized`."""
+    def perturbed(self, images: Tensor) -> Iterator[InstanceData]:
+        """Candidates of ``[B, 3, h, w]`` perturbed copies of :attr:`resized`, one copy at a
+        time, from forwards of as many copies as the memory budget holds."""
         height, width = self.size
-        results = []
-        for first in range(0, len(images), self.scorer.batch_size):
-            chunk = images[first:first + self.scorer.batch_size]
+        first = 0
+        while first < len(images):
+            chunk = images[first:first + self.scorer.step()]
+            first += len(chunk)
             padded = self.image.float().repeat(len(chunk), 1, 1, 1)
             padded[:, :, :height, :width] = chunk
             batch = self.scorer.model.data_preprocessor(dict(  # a list, as a data loader gives
                 inputs=list(padded), data_samples=[copy.deepcopy(self.sample) for _ in chunk]),
                 False)
-            results += self.scorer.candidates(batch['inputs'], batch['data_samples'])
-        return results
+            yield from self.scorer.candidates(batch['inputs'], batch['data_samples'])
 
 
 class RawCandidatesModel(nn.Module):

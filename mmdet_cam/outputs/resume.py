@@ -12,7 +12,7 @@ from ..errors import BadInputError
 
 # options that do not change what a run writes
 NOT_SETTINGS = ('img', 'out_dir', 'resume', 'show', 'list_layers', 'device', 'batch_size',
-                'trust_checkpoint')
+                'memory_budget', 'trust_checkpoint')
 
 
 def run_settings(args) -> dict:

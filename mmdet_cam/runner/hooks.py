@@ -35,6 +35,7 @@ from mmengine.structures import InstanceData
 from ..api import DetCAM
 from ..engine.candidates import CandidateScorer
 from ..engine.mask_logits import check_candidate_masks
+from ..engine.memory import memory_budget
 from ..errors import BadInputError, UnknownNameError
 from ..metrics import detection_faithfulness, mask_tracker, tracker, triage
 from ..model.layers import predicting_detector
@@ -276,8 +277,9 @@ class DetCAMHook(Hook):
         score_fn = (mask_tracker(self.scorer, result.detections.masks[k].numpy(), label)
                     if self.request.reads_masks else
                     tracker(self.scorer, result.detections.bboxes[k].tolist(), label))
-        return detection_faithfulness(result.image, result.cams[k], score_fn,
-                                      self.faithfulness_steps)
+        with memory_budget(self.settings.memory_budget):
+            return detection_faithfulness(result.image, result.cams[k], score_fn,
+                                          self.faithfulness_steps)
 
 
 _NO_OBJECTS = (np.zeros((0, 4), np.float32), np.zeros(0, int), np.zeros(0, bool))
