@@ -72,3 +72,25 @@ def test_the_cli_refuses_a_budget_one_image_exceeds_in_one_line(tmp_path):
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and 'over the memory budget of 10.0 KB' in lines[0], done.stderr
+
+
+def test_scorecam_reruns_as_many_copies_as_fit_with_the_same_maps(demo_model, monkeypatch):
+    from mmdet_cam.engine.candidates import RawCandidatesModel
+    options = dict(method=dict(type='scorecam', batch_size=16),
+                   target_layers=['neck.out_convs.2'], topk=2)
+    copies = []
+    forward = RawCandidatesModel.forward
+
+    def counting(self, inputs, count=None):
+        copies.append(count or len(inputs))
+        return forward(self, inputs, count)
+    monkeypatch.setattr(RawCandidatesModel, 'forward', counting)
+    wide = DetCAM(demo_model, **options)(DEMO_IMAGE)
+    assert max(copies) == 16
+    one_copy = CandidateScorer(demo_model, DetCAM(demo_model).pipeline)
+    one_copy([wide.image])
+    copies.clear()
+    narrow = DetCAM(demo_model, memory_budget=int(one_copy.copy_bytes * 3.5), **options)(
+        DEMO_IMAGE)
+    assert copies[0] == 1 and max(copies) == 3
+    np.testing.assert_allclose(narrow.cams, wide.cams, atol=1e-6)

@@ -50,10 +50,7 @@ class CandidateScorer:
     def step(self) -> int:
         """Images per forward: ``batch_size``, or fewer where their candidates would exceed
         the memory budget (``engine.memory``); 1 until one image's candidates are measured."""
-        if self.copy_bytes is None:
-            return 1
-        return copies_within(self.copy_bytes, self.batch_size,
-                             "one image's raw candidates" + (' and their masks' * self.masks))
+        return _copies(self.copy_bytes, self.batch_size, self.masks)
 
     def candidates(self, inputs: Tensor, samples: list) -> List[InstanceData]:
         """Raw candidates for a batch of network inputs and their data samples."""
@@ -84,6 +81,15 @@ class CandidateScorer:
             return False
         return len(fast) == len(plain) and torch.allclose(
             fast.scores.sort().values, plain.scores.sort().values, rtol=1e-4, atol=1e-7)
+
+
+def _copies(copy_bytes: Optional[int], wanted: int, masks: bool) -> int:
+    """Copies per forward within the memory budget: 1 until one copy's candidates are
+    measured (``copy_bytes``), then as many of ``wanted`` as fit."""
+    if copy_bytes is None:
+        return 1
+    return copies_within(copy_bytes, wanted,
+                         "one image's raw candidates" + (' and their masks' * masks))
 
 
 def _float32(instances: InstanceData) -> InstanceData:
@@ -141,11 +147,21 @@ class RawCandidatesModel(nn.Module):
     def __init__(self, detector: nn.Module, data_sample, masks: bool = False):
         super().__init__()
         self.detector, self.data_sample, self.masks = detector, data_sample, masks
+        self.copy_bytes: Optional[int] = None  # one copy's candidates, after the first run
 
     def forward(self, inputs: Tensor, copies: Optional[int] = None) -> List[InstanceData]:
         samples = [copy.deepcopy(self.data_sample) for _ in range(copies or len(inputs))]
         with torch.no_grad(), every_candidate(self.detector, masks=self.masks):
-            return [s.pred_instances.cpu() for s in self.detector.predict(inputs, samples)]
+            results = [s.pred_instances.cpu() for s in self.detector.predict(inputs, samples)]
+        if self.copy_bytes is None and results:
+            self.copy_bytes = max(held_bytes(r) for r in results) + inputs[0].nbytes
+            self.step(1)
+        return results
+
+    def step(self, wanted: int) -> int:
+        """Copies per re-run: up to ``wanted``, as many as the memory budget holds (1 until
+        one copy's candidates are measured)."""
+        return _copies(self.copy_bytes, wanted, self.masks)
 
     def with_layer_output(self, inputs: Tensor, layer: nn.Module, replace: Callable,
                           copies: int) -> List[InstanceData]:

@@ -128,8 +128,11 @@ class BoxScoreCAM(_SharedForwards, ScoreCAM):
         upsample = torch.nn.UpsamplingBilinear2d(size=input_tensor.shape[-2:])
         scores, bar = [], self._bar(channels)
         with torch.no_grad():
-            for first in range(0, channels, self.batch_size):
-                part = torch.from_numpy(activations[:1, first:first + self.batch_size].copy())
+            first = 0
+            while first < channels:  # as many masked copies as the memory budget holds
+                step = targets.model.step(self.batch_size)
+                part = torch.from_numpy(activations[:1, first:first + step].copy())
+                first += part.shape[1]
                 part = part.to(input_tensor.device)
                 masks = upsample(part)[0]  # [b, H, W], scaled per channel as the library does
                 flat = masks.reshape(len(masks), -1)
@@ -190,8 +193,9 @@ class BoxAblationCAM(_SharedForwards, AblationCAM):
             activations[0], self.ratio_channels_to_ablate)
         ablated_scores, bar = [], self._bar(len(channels))
         with torch.no_grad():
-            for first in range(0, len(channels), self.batch_size):
-                count = min(self.batch_size, len(channels) - first)
+            first = 0
+            while first < len(channels):  # as many copies as the memory budget holds
+                count = min(targets.model.step(self.batch_size), len(channels) - first)
                 # the library's ablation layer, fed as the library feeds it
                 self.ablation_layer.set_next_batch(input_batch_index=0,
                                                    activations=layer_output,
@@ -201,6 +205,7 @@ class BoxAblationCAM(_SharedForwards, AblationCAM):
                 outputs = targets.model.with_layer_output(
                     image, target_layer, _Substitute(ablated, targets.output_index), count)
                 ablated_scores.append(self._scores(outputs, targets))
+                first += count
                 if bar is not None:
                     bar.update(count)
         ablated_scores = np.concatenate(ablated_scores)  # [ablated channels, targets]
