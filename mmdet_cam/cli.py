@@ -246,9 +246,7 @@ def run(args) -> int:
                 continue
             boxes, labels = named[Path(source).name]
             what = dict(boxes=boxes, labels=labels)
-        # a video's atlas part is not kept per frame: with --atlas it is explained again
-        earlier = (earlier_summaries(writers, Path(source).stem)
-                   if args.resume and not (is_video(source) and output.atlas) else None)
+        earlier = earlier_summaries(writers, Path(source).stem) if args.resume else None
         if earlier is not None:
             for _, sinks in panels:
                 sinks.restore(Path(source).stem)
@@ -448,6 +446,7 @@ def explain_video(panels, source: str, what: dict) -> int:
         for video in videos:
             video.release()
     for (_, sinks), described in zip(panels, frames):
+        sinks.end_video(stem)
         writer = sinks.files
         summary = dict(video=source, fps=reader.fps, image_size=[reader.height, reader.width],
                        **writer.settings, **writer.panel_fields(stem), frames=described,

@@ -2,6 +2,7 @@
 with the same files as a run that was never interrupted; a folder made with other settings is
 refused before anything in it is overwritten."""
 import copy
+import json
 import signal
 import subprocess
 import sys
@@ -92,3 +93,35 @@ def test_a_hooks_recorded_settings_name_objects_without_memory_addresses():
         assert first == again and '0x' not in json.dumps(first)
     assert DetCAMHook(target=BoxCoordinateTarget('y2')).run_settings() != \
         DetCAMHook(target=BoxCoordinateTarget('x1')).run_settings()
+
+
+def test_a_resumed_run_keeps_a_finished_video_and_its_atlas_part(tmp_path):
+    """A video explained with --atlas keeps its frames' atlas part (``<stem>.atlas.npz``,
+    written before its JSON), so a resumed run restores it instead of explaining it again,
+    and the atlas is the same."""
+    import cv2
+    import numpy as np
+
+    from mmdet_cam.shapes import make_image
+    folder, out = tmp_path / 'in', tmp_path / 'out'
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    writer = cv2.VideoWriter(str(folder / 'clip.mp4'), cv2.VideoWriter_fourcc(*'mp4v'), 5,
+                             (320, 240))
+    for _ in range(3):
+        writer.write(make_image(rng, 240, 320, kind='evidence')[0])
+    writer.release()
+    cv2.imwrite(str(folder / 'still.jpg'), make_image(rng, 240, 320, kind='evidence')[0])
+    command = COMMAND + [str(folder), '--out-dir', str(out), '--atlas']
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    atlas = json.loads((out / 'atlas.json').read_text())
+    assert atlas['images'] == 4 and (out / 'clip.atlas.npz').is_file()
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()
+              if p.name != 'atlas.json' and not p.name.startswith('atlas_')}
+    again = subprocess.run(command + ['--resume'], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert '(2 kept from the earlier run)' in again.stdout
+    assert json.loads((out / 'atlas.json').read_text()) == atlas
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()
+            if p.name in before} == before  # the video was not explained again

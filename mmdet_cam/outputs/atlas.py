@@ -6,7 +6,7 @@ the atlas from the images an earlier run explained. At the end of the run it wri
 processes' atlases are gathered and the main process writes them."""
 import re
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import cv2
 import mmcv
@@ -42,6 +42,7 @@ class AtlasSink(Sink):
         self.palette = dataset_meta.get('palette') or 'random'
         self.classes: Dict[int, ClassAtlas] = {}
         self.images = 0
+        self.video: List[dict] = []  # the frames of the video being explained
 
     def part_path(self, stem: str) -> Path:
         return self.out_dir / f'{stem}.{self.name}.npz'
@@ -54,7 +55,17 @@ class AtlasSink(Sink):
         self.take(part)
 
     def add_frame(self, result) -> None:
-        self.take(image_part(result))
+        part = image_part(result)
+        self.video.append(part)
+        self.take(part)
+
+    def end_video(self, stem: str) -> None:
+        """The video's frames as one part (``images``: how many frames), as an image's."""
+        part = {key: np.concatenate([frame[key] for frame in self.video])
+                for key in ('labels', 'frames', 'valid', 'shares')} if self.video else {}
+        with atomic_path(self.part_path(stem)) as path:
+            np.savez_compressed(path, images=len(self.video), **part)
+        self.video = []
 
     def restore(self, stem: str) -> None:
         path = self.part_path(stem)
@@ -65,8 +76,11 @@ class AtlasSink(Sink):
             self.take(dict(part))
 
     def take(self, part: dict) -> None:
-        """One image's detections (:func:`image_part`) into their classes' atlases."""
-        self.images += 1
+        """One image's detections (:func:`image_part`; a video's frames, ``images`` of them)
+        into their classes' atlases."""
+        self.images += int(part.get('images', 1))
+        if 'labels' not in part:  # a video without frames
+            return
         for label, frame, valid, shares in zip(part['labels'], part['frames'], part['valid'],
                                                part['shares']):
             atlas = self.classes.setdefault(int(label), ClassAtlas(ATLAS_SIZE))

@@ -16,6 +16,10 @@ class Sink:
     def add_frame(self, result) -> None:
         """One explained frame of a video (whose files the CLI writes itself)."""
 
+    def end_video(self, stem: str) -> None:
+        """After the last frame of the video named ``stem``, before its JSON (the mark of a
+        finished video for a resumed run): keep what a resumed run needs to restore it."""
+
     def restore(self, stem: str) -> None:
         """An image that an earlier run with the same settings explained into the same folder
         (a resumed run skips it): take what that run wrote, as if it had been ``add``-ed."""
@@ -43,6 +47,10 @@ class Sinks(List[Sink]):
     def add_frame(self, result) -> None:
         for sink in self:
             sink.add_frame(result)
+
+    def end_video(self, stem: str) -> None:
+        for sink in self:
+            sink.end_video(stem)
 
     def restore(self, stem: str) -> None:
         for sink in self:
