@@ -37,20 +37,28 @@ class CandidateScorer:
         self.masks = masks
         self.dtype = None if dtype == torch.float32 else dtype
         self.channels_last: Optional[bool] = None  # known after the first batch
-        self.copy_bytes: Optional[int] = None  # one image's candidates, after the first
+        self.copy_bytes: Optional[int] = None  # one image's candidates, as last measured
 
     def __call__(self, images: Sequence[np.ndarray]) -> List[InstanceData]:
-        results, first = [], 0
-        while first < len(images):
-            chunk = images[first:first + self.step()]
-            results += self.candidates(*preprocess(self.model, self.pipeline, chunk))
-            first += len(chunk)
-        return results
+        return list(self.in_budget(images, lambda chunk: self.candidates(
+            *preprocess(self.model, self.pipeline, chunk))))
 
-    def step(self) -> int:
-        """Images per forward: ``batch_size``, or fewer where their candidates would exceed
-        the memory budget (``engine.memory``); 1 until one image's candidates are measured."""
-        return _copies(self.copy_bytes, self.batch_size, self.masks)
+    def in_budget(self, items: Sequence, run: Callable) -> Iterator[InstanceData]:
+        """``run`` (a chunk of ``items`` -> their candidates) over ``items``, one item's
+        candidates at a time: the first item alone, its candidates measured (``copy_bytes``),
+        then as many per forward as the memory budget holds (``engine.memory``; at most
+        ``batch_size``). One item whose candidates exceed the budget is refused before the
+        next. The chunks depend on ``items`` only, not on earlier calls: batch composition
+        changes a detector's numbers in the last bits, and a resumed run must give the same."""
+        first, step = 0, 1
+        while first < len(items):
+            chunk = items[first:first + step]
+            results = run(chunk)
+            if first == 0 and results:
+                self.copy_bytes = max(held_bytes(r) for r in results)
+                step = copies_within(self.copy_bytes, self.batch_size, _what(self.masks))
+            first += len(chunk)
+            yield from results
 
     def candidates(self, inputs: Tensor, samples: list) -> List[InstanceData]:
         """Raw candidates for a batch of network inputs and their data samples."""
@@ -61,12 +69,8 @@ class CandidateScorer:
                 self.channels_last = self._same_in_channels_last(inputs[:1], samples[:1])
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            results = [_float32(s.pred_instances.cpu())
-                       for s in self.model.predict(inputs, samples)]
-        if self.copy_bytes is None and results:
-            self.copy_bytes = max(held_bytes(r) for r in results) + inputs[0].nbytes
-            self.step()  # one image over the budget is refused before the next
-        return results
+            return [_float32(s.pred_instances.cpu())
+                    for s in self.model.predict(inputs, samples)]
 
     def _same_in_channels_last(self, inputs: Tensor, samples: list) -> bool:
         """Whether the model gives the same candidates for a channels-last input. Most do, to
@@ -83,13 +87,8 @@ class CandidateScorer:
             fast.scores.sort().values, plain.scores.sort().values, rtol=1e-4, atol=1e-7)
 
 
-def _copies(copy_bytes: Optional[int], wanted: int, masks: bool) -> int:
-    """Copies per forward within the memory budget: 1 until one copy's candidates are
-    measured (``copy_bytes``), then as many of ``wanted`` as fit."""
-    if copy_bytes is None:
-        return 1
-    return copies_within(copy_bytes, wanted,
-                         "one image's raw candidates" + (' and their masks' * masks))
+def _what(masks: bool) -> str:
+    return "one image's raw candidates" + (' and their masks' * masks)
 
 
 def _float32(instances: InstanceData) -> InstanceData:
@@ -126,16 +125,15 @@ class MaskedCandidates:
         """Candidates of ``[B, 3, h, w]`` perturbed copies of :attr:`resized`, one copy at a
         time, from forwards of as many copies as the memory budget holds."""
         height, width = self.size
-        first = 0
-        while first < len(images):
-            chunk = images[first:first + self.scorer.step()]
-            first += len(chunk)
+
+        def run(chunk: Tensor) -> List[InstanceData]:
             padded = self.image.float().repeat(len(chunk), 1, 1, 1)
             padded[:, :, :height, :width] = chunk
             batch = self.scorer.model.data_preprocessor(dict(  # a list, as a data loader gives
                 inputs=list(padded), data_samples=[copy.deepcopy(self.sample) for _ in chunk]),
                 False)
-            yield from self.scorer.candidates(batch['inputs'], batch['data_samples'])
+            return self.scorer.candidates(batch['inputs'], batch['data_samples'])
+        return self.scorer.in_budget(images, run)
 
 
 class RawCandidatesModel(nn.Module):
@@ -154,14 +152,16 @@ class RawCandidatesModel(nn.Module):
         with torch.no_grad(), every_candidate(self.detector, masks=self.masks):
             results = [s.pred_instances.cpu() for s in self.detector.predict(inputs, samples)]
         if self.copy_bytes is None and results:
-            self.copy_bytes = max(held_bytes(r) for r in results) + inputs[0].nbytes
-            self.step(1)
+            self.copy_bytes = max(held_bytes(r) for r in results)
+            self.step(1)  # one copy over the budget is refused before the next
         return results
 
     def step(self, wanted: int) -> int:
         """Copies per re-run: up to ``wanted``, as many as the memory budget holds (1 until
         one copy's candidates are measured)."""
-        return _copies(self.copy_bytes, wanted, self.masks)
+        if self.copy_bytes is None:
+            return 1
+        return copies_within(self.copy_bytes, wanted, _what(self.masks))
 
     def with_layer_output(self, inputs: Tensor, layer: nn.Module, replace: Callable,
                           copies: int) -> List[InstanceData]:
