@@ -232,18 +232,19 @@ class DenseReplay(_HeadReplay):
     def feature_grads(self, output_grads, values):
         """See the base class; the first replay of each level is checked."""
         grads = [[None] * len(self.features) for _ in output_grads]
-        rows_of = {level: [b for b, g in enumerate(output_grads)
-                           if self._cells(g, level) is not None]
-                   for level in range(len(self.features))}
+        cells_of = {level: {b: cells for b, g in enumerate(output_grads)
+                            if (cells := self._cells(g, level)) is not None}
+                    for level in range(len(self.features))}
+        rows_of = {level: list(cells) for level, cells in cells_of.items()}
         replayed = {level: rows for level, rows in rows_of.items()
                     if rows and self.checked.get(level, True)}
         if replayed:
             try:  # every level in one call of the head
-                windows_of = self._replay(output_grads, replayed)
+                windows_of = self._replay(output_grads, cells_of, replayed)
             except RuntimeError:  # a head that mixes levels: one call per level
                 windows_of = {}
                 for level, rows in replayed.items():
-                    windows_of.update(self._replay(output_grads, {level: rows}))
+                    windows_of.update(self._replay(output_grads, cells_of, {level: rows}))
             for level, windows in windows_of.items():
                 for b, window in zip(replayed[level], windows):
                     grads[b][level] = window
@@ -278,13 +279,15 @@ class DenseReplay(_HeadReplay):
                                 min(x_hi + r + 1, width)) for y_lo, y_hi, x_lo, x_hi in cells],
                               height, width)
 
-    def _replay(self, output_grads, rows_of: Dict[int, List[int]]) -> Dict[int, List[Window]]:
+    def _replay(self, output_grads, cells_of: Dict[int, dict],
+                rows_of: Dict[int, List[int]]) -> Dict[int, List[Window]]:
         """Per level of ``rows_of`` (level -> boxes), each box's gradient w.r.t. the level on
-        its window, from one call of the head: each level's windows are its input batch."""
+        its window (``cells_of``: level -> box -> its cells, :meth:`_cells`), from one call of
+        the head: each level's windows are its input batch."""
         crops, corners = {}, {}
         for level, rows in rows_of.items():
             feature = self.features[level]
-            cells = [self._cells(output_grads[b], level) for b in rows]
+            cells = [cells_of[level][b] for b in rows]
             corners[level], (h, w) = self._windows(cells, *feature.shape[-2:])
             crops[level] = torch.stack([feature[0, :, y:y + h, x:x + w]
                                         for y, x in corners[level]]).detach().requires_grad_()
