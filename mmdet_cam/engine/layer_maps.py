@@ -8,6 +8,7 @@ of those gradients per output, which :meth:`~LayerMaps.fusion` fuses; :meth:`~La
 gives a gradient-free method's maps (the same for every box); :meth:`~LayerMaps.cam` runs the
 formula on one output.
 """
+import weakref
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -23,6 +24,18 @@ from .gradients import Backward
 from .windows import Gradient, Window, any_nonzero, common_corners, dense, values_of
 
 TOLERANCE = 1e-4  # max |window formula - full formula| relative to the full's max, when checked
+# per method object, what its formula was found to allow (see LayerMaps.raw_cam): checked on the
+# first box of a level's first call, not again on every image of a folder (0.25 s per call for
+# Faster R-CNN's levels at 800 px)
+_WINDOW_FORMULAS: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
+
+
+def _weakly_referable(value) -> bool:
+    try:
+        weakref.ref(value)
+    except TypeError:
+        return False
+    return True
 
 
 @dataclass
@@ -83,17 +96,27 @@ class LayerMaps:
         self.as_is = [len(pieces) == 1 and pieces[0] is act
                       for act, pieces in zip(capture.activations, reshaped)]
         self._zero_maps_zero = {}
-        self._window_formula = {}  # output index -> 'local', 'weights' or None (see raw_cam)
+        # (output index, its shape) -> 'local', 'weights' or None (see raw_cam); the method's
+        # own, shared by its calls: a formula's kind is the method's, not an image's
+        self._window_formula = _WINDOW_FORMULAS.setdefault(method, {}) \
+            if _weakly_referable(method) else {}
         self._magnitudes = {}  # output index -> |activation|, for each box's own output
         self.non_finite: List[int] = []  # boxes whose gradient had NaN/inf (set to 0)
 
     def gradients(self, values: Tensor, boxes: range) -> BoxGradients:
         """The gradients of ``values[boxes]`` at every output, and where they reach."""
         grads = self.backward(values, boxes)
-        per_box = [self._finite(i, g) for i, g in zip(boxes, grads)]
-        pieces = [[piece for g, act, as_is in zip(box_grads, self.capture.activations, self.as_is)
-                   for piece in self._pieces(g, act, as_is)] for box_grads in per_box]
-        hit = [[any_nonzero(piece) for piece in box_pieces] for box_pieces in pieces]
+        pieces, hit = [], []
+        for i, box_grads in zip(boxes, grads):
+            box_grads, sizes = self._finite(i, box_grads)
+            pieces.append([])
+            hit.append([])
+            for g, size, act, as_is in zip(box_grads, sizes, self.capture.activations,
+                                           self.as_is):
+                own = self._pieces(g, act, as_is)
+                pieces[-1] += own
+                # an output that passes as it is is its one piece: its size says if it is hit
+                hit[-1] += [size > 0] if as_is else [any_nonzero(piece) for piece in own]
         zero = [self._layers_without_gradient(box_hit) for box_hit in hit]
         # a box usually reaches one pyramid level: the others' all-zero rows are skipped
         reached = [np.array([k for k in range(len(boxes)) if hit[k][index]], int)
@@ -132,18 +155,20 @@ class LayerMaps:
     def raw_cam(self, index: int, grads: List[Gradient], targets=None) -> np.ndarray:
         """The method's raw maps ``(K, H, W)`` of output ``index`` (at its own size) for
         ``grads`` (one per box). Gradients held as windows stay windows where the method's
-        formula allows it, which is checked on the first box against the formula on the
-        full-size gradient: ``'local'``, a map that is zero where the gradient is (HiResCAM,
-        ODAM, LayerCAM: the formula runs on the windows), or ``'weights'``, pytorch_grad_cam's
-        channel weights that are spatial means of the gradient (GradCAM: the window's mean,
-        scaled by its share of the level, then one matrix product with the activations)."""
+        formula allows it, which is checked on the first box of the method's first call at
+        this output and size, against the formula on the full-size gradient: ``'local'``, a
+        map that is zero where the gradient is (HiResCAM, ODAM, LayerCAM: the formula runs on
+        the windows), or ``'weights'``, pytorch_grad_cam's channel weights that are spatial
+        means of the gradient (GradCAM: the window's mean, scaled by its share of the level,
+        then one matrix product with the activations)."""
         formula = None
         if all(isinstance(g, Window) for g in grads):
-            if index not in self._window_formula:
+            key = (index, self.outputs[index][1].shape, self.eigen_smooth)
+            if key not in self._window_formula:
                 found = self._window_formula_of(index, grads[0], targets and targets[:1])
                 if found != 'unknown':  # 'unknown': the window is the whole level
-                    self._window_formula[index] = found
-            formula = self._window_formula.get(index)
+                    self._window_formula[key] = found
+            formula = self._window_formula.get(key)
         if formula is None:
             act = torch.from_numpy(self.outputs[index][1])
             grad = torch.cat([dense(g, act) for g in grads]).numpy()
@@ -211,23 +236,27 @@ class LayerMaps:
     def _own_outputs(self, pieces: List[List[Gradient]], rows: List[np.ndarray]) -> np.ndarray:
         """``[K, layers]``: per box and target layer, the output with the largest
         ``sum |grad * activation|`` (``pieces[k][output]``: box ``k``'s gradient there;
-        ``rows``: per output, the boxes with a gradient there)."""
-        energy = np.zeros((len(pieces), len(self.outputs)), np.float64)
-        for index, (_, activation) in enumerate(self.outputs):
-            if len(rows[index]):
-                if index not in self._magnitudes:
-                    self._magnitudes[index] = torch.from_numpy(activation).abs()
-                weight = self._magnitudes[index]
-                for k in rows[index]:
-                    grad = pieces[k][index]
-                    if isinstance(grad, Window):
-                        mine = weight[..., grad.slices[0], grad.slices[1]]
-                        grad = grad.values
-                    else:
-                        mine = weight
-                    energy[k, index] = float(grad.abs().flatten() @ mine.flatten().to(grad))
+        ``rows``: per output, the boxes with a gradient there). A box that reaches one
+        output of a layer (a box score reaches its own pyramid level) owns it, unmeasured."""
+        reached = np.zeros((len(pieces), len(self.outputs)), bool)
+        for index, rows_here in enumerate(rows):
+            reached[rows_here, index] = True
+        energy = reached.astype(np.float64)  # 1 where reached: what decides a single one
+        for outputs in self.owner_outputs:
+            for k in np.flatnonzero(reached[:, outputs].sum(axis=1) > 1):
+                for index in np.asarray(outputs)[reached[k, outputs]]:
+                    energy[k, index] = self._energy(pieces[k][index], index)
         return np.stack([outputs[energy[:, outputs].argmax(axis=1)]
                          for outputs in self.owner_outputs], axis=1)
+
+    def _energy(self, grad: Gradient, index: int) -> float:
+        """``sum |grad * activation|`` of a box's gradient at output ``index``."""
+        if index not in self._magnitudes:
+            self._magnitudes[index] = torch.from_numpy(self.outputs[index][1]).abs()
+        weight = self._magnitudes[index]
+        if isinstance(grad, Window):
+            weight, grad = weight[..., grad.slices[0], grad.slices[1]], grad.values
+        return float(grad.abs().flatten() @ weight.flatten().to(grad))
 
     def _pieces(self, grad: Gradient, activation: Tensor, as_is: bool) -> List[Gradient]:
         """A gradient at a target layer's output as pieces of its reshaped outputs (on the
@@ -238,13 +267,19 @@ class LayerMaps:
             return [None if grad is None else grad.cpu()]
         return [piece.cpu() for piece in self.reshape(dense(grad, activation), self.shapes)]
 
-    def _finite(self, box: int, grads: List[Gradient]) -> List[Gradient]:
-        # a finite sum has no NaN or inf in it (one reduction, no mask); else look closer
-        if all(g is None or bool(torch.isfinite(values_of(g).sum()))
-               or bool(torch.isfinite(values_of(g)).all()) for g in grads):
-            return grads
+    def _finite(self, box: int, grads: List[Gradient]) -> Tuple[List[Gradient], List[float]]:
+        """``grads`` with NaN and inf set to 0 (the box noted in ``non_finite``), and the sum
+        of each one's absolute values (0 for None): a finite sum has no NaN or inf in it, and
+        it is 0 exactly when the gradient is (one reduction, no mask)."""
+        sizes = [0.0 if g is None else float(torch.linalg.vector_norm(values_of(g), 1))
+                 for g in grads]
+        if all(np.isfinite(size) or bool(torch.isfinite(values_of(g)).all())
+               for g, size in zip(grads, sizes)):
+            return grads, sizes
         self.non_finite.append(box)
-        return [None if g is None else _nan_to_zero(g) for g in grads]
+        grads = [None if g is None else _nan_to_zero(g) for g in grads]
+        return grads, [0.0 if g is None else float(torch.linalg.vector_norm(values_of(g), 1))
+                       for g in grads]
 
     def _layers_without_gradient(self, reached: List[bool]) -> List[str]:
         """The target layers none of whose outputs got a gradient (``reached``: per output)."""
