@@ -7,8 +7,10 @@ one plain forward, measured in one run on the same image.
               whole dense head instead of a window of it around the box's cell
   naive       pytorch_grad_cam's GradCAM.__call__ once per box, with a target returning that
               box's score: a fresh forward and a full backward each time
-  forward     mmdet's own inference on the image (``model.predict`` under ``no_grad``; median
-              of --repeats after an untimed one)
+  forward     mmdet's own inference on the image (``model.predict`` under ``no_grad``), timed
+              right before each timed engine call: its column is the median of all of them,
+              and engine/forward the median of each call's own ratio, so that a shared
+              machine's drift between rows does not move the ratio (it moved it by 10-20%)
   peak RSS    the process's peak resident memory during the engine rows (taken before the
               naive loop runs, whose freed memory can stay with the process)
 
@@ -88,10 +90,10 @@ def timed(fn):
     return time.perf_counter() - start
 
 
-def forward_seconds(model, pipeline, image):
+def forward_seconds(model, pipeline, image, device: str = 'cpu'):
     inputs, samples = preprocess(model, pipeline, image)
     with torch.no_grad():
-        return timed(lambda: model.predict(inputs, samples))
+        return timed(lambda: (model.predict(inputs, samples), sync(device)))
 
 
 def naive_call_seconds(model, inputs, samples, layers, detections, count):
@@ -160,9 +162,8 @@ def main():
         inputs, samples = preprocess(model, probe.pipeline, image)
         size = 'x'.join(str(s) for s in inputs.shape[-2:])
         detections = probe.detect(image)  # the boxes the engine explains, without maps
-        forward_seconds(model, probe.pipeline, image)  # warm-up
-        forward = statistics.median(forward_seconds(model, probe.pipeline, image)
-                                    for _ in range(args.repeats))
+        forward_seconds(model, probe.pipeline, image, args.device)  # warm-up
+        forwards, ratios = [], {}  # forward seconds; per N, each engine call / its forward
         rows = []
         for n in args.n + ([args.memory_n] if args.memory_n else []):
             runs = {True: [], False: []}
@@ -176,13 +177,20 @@ def main():
                     if n in args.n and not args.single_call:
                         cam(image)  # warm-up, as a folder's first image
                     for _ in range(args.repeats if n in args.n else 1):
+                        timed_pair = replay and n in args.n
+                        forward = (forward_seconds(model, probe.pipeline, image, args.device)
+                                   if timed_pair else None)
                         runs[replay].append(timed(lambda: (cam(image), sync(args.device))))
+                        if forward is not None:
+                            forwards.append(forward)
+                            ratios.setdefault(n, []).append(runs[replay][-1] / forward)
             peak = f'{memory.peak:.0f}'
             if cuda:
                 peak += f' (CUDA {torch.cuda.max_memory_allocated() / 2**20:.0f})'
             rows.append((n, statistics.median(runs[True]),
                          statistics.median(runs[False]) if runs[False] else None, peak,
                          n in args.n))
+        forward = statistics.median(forwards)
         # after the engine rows: memory the naive loop's backward freed can stay in the process
         naive_calls = naive_call_seconds(model, inputs, samples, layers, detections,
                                          0 if args.engine_only else
@@ -203,7 +211,7 @@ def main():
                                             (f'{no_replay:.2f}', f'{no_replay / engine:.1f}'))
             print(f'| {key} | {size} | {n} | {engine:.2f} | {no_replay_text} | {naive_text} | '
                   f'{forward:.2f} | {ratio} | {replay_ratio} | '
-                  f'{engine / forward:.2f} | {peak} |', flush=True)
+                  f'{statistics.median(ratios[n]):.2f} | {peak} |', flush=True)
         del model
 
 
