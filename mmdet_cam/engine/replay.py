@@ -58,6 +58,10 @@ _CHECKED: 'weakref.WeakKeyDictionary[nn.Module, Dict[object, bool]]' = \
     weakref.WeakKeyDictionary()
 
 
+# per head, per tuple of input channel counts: its receptive radius (receptive_radius)
+_RADII: 'weakref.WeakKeyDictionary[nn.Module, Dict[tuple, int]]' = weakref.WeakKeyDictionary()
+
+
 def _debug(message: str) -> None:
     print_log(f'mmdet-cam local replay: {message}', logger='current', level=logging.DEBUG)
 
@@ -104,6 +108,17 @@ def receptive_radius(head: nn.Module, features: Sequence[Tensor]) -> int:
             longest[node] = own + max((radius(n) for n, _ in node.next_functions), default=0)
         return longest[node]
     return max((radius(t.grad_fn) for t in outputs), default=0)
+
+
+@contextlib.contextmanager
+def _unpadded(head: nn.Module) -> Iterator[None]:
+    """While active, ``head``'s convolutions (stride 1, zero 'same' padding: ``not_local``
+    checked) run without padding."""
+    with contextlib.ExitStack() as stack:
+        for module in head.modules():
+            if isinstance(module, nn.Conv2d):
+                stack.enter_context(swapped(module, 'padding', (0, 0)))
+        yield
 
 
 def _copy_of(feature: Tensor, activations: Sequence[Tensor]) -> Optional[int]:
@@ -227,7 +242,14 @@ class DenseReplay(_HeadReplay):
         elif reason is None and None in self.level_of:
             reason = 'an output of the head is not a map of one of its input levels'
         super().__init__(head, features, outputs, reason)
-        self.radius = receptive_radius(head, self.features) if self.usable else 0
+        if self.usable:  # a property of the head and its input channels: found once
+            key = tuple(f.shape[1] for f in self.features)
+            radii = _RADII.setdefault(head, {})
+            if key not in radii:
+                radii[key] = receptive_radius(head, self.features)
+            self.radius = radii[key]
+        else:
+            self.radius = 0
 
     def feature_grads(self, output_grads, values):
         """See the base class; the first replay of each level is checked."""
@@ -238,6 +260,23 @@ class DenseReplay(_HeadReplay):
         rows_of = {level: list(cells) for level, cells in cells_of.items()}
         replayed = {level: rows for level, rows in rows_of.items()
                     if rows and self.checked.get(level, True)}
+        inner = self._inner(cells_of, replayed)
+        if inner:
+            try:  # the windows away from the level's edges, without padding (see _unpadded)
+                windows_of = self._replay(output_grads, cells_of, inner, unpadded=True)
+            except RuntimeError:  # a head whose outputs then do not line up
+                self.checked['unpadded'] = False
+                windows_of = {}
+            for level, windows in windows_of.items():
+                key = ('unpadded', level)
+                if key not in self.checked:
+                    self._check(windows[0], values[inner[level][0]], key)
+                if self.checked[key]:
+                    for b, window in zip(inner[level], windows):
+                        grads[b][level] = window
+        replayed = {level: [b for b in rows if grads[b][level] is None]
+                    for level, rows in replayed.items()}
+        replayed = {level: rows for level, rows in replayed.items() if rows}
         if replayed:
             try:  # every level in one call of the head
                 windows_of = self._replay(output_grads, cells_of, replayed)
@@ -251,7 +290,7 @@ class DenseReplay(_HeadReplay):
                 if level not in self.checked:
                     self._check(windows[0], values[replayed[level][0]], level)
         for level, rows in rows_of.items():
-            if rows and not self.checked[level]:
+            if rows and not self.checked.get(level, True):
                 for b in rows:
                     grads[b][level], = self._full(values[b], [level])
         return grads
@@ -270,6 +309,24 @@ class DenseReplay(_HeadReplay):
         ys, xs = torch.cat(ys), torch.cat(xs)
         return int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
 
+    def _inner(self, cells_of: Dict[int, dict], rows_of: Dict[int, List[int]]):
+        """Per level, the boxes whose cells are at least ``radius`` cells from every edge of
+        the level: their windows hold every cell their outputs read, so the head can run on
+        them without its convolutions' padding (:meth:`_replay` ``unpadded``)."""
+        if not self.checked.get('unpadded', True) or not self.radius:
+            return {}
+        r, inner = self.radius, {}
+        for level, rows in rows_of.items():
+            if not self.checked.get(('unpadded', level), True):
+                continue
+            height, width = self.features[level].shape[-2:]
+            mine = [b for b in rows if (lambda y_lo, y_hi, x_lo, x_hi: y_lo >= r and x_lo >= r
+                                        and y_hi + r < height and x_hi + r < width)(
+                                            *cells_of[level][b])]
+            if mine:
+                inner[level] = mine
+        return inner
+
     def _windows(self, cells: List[Tuple[int, int, int, int]], height: int, width: int):
         """One window per box, all of one size, each holding every cell within ``radius`` of
         the box's cells and lying inside the level (so its edges are either the level's own
@@ -280,10 +337,13 @@ class DenseReplay(_HeadReplay):
                               height, width)
 
     def _replay(self, output_grads, cells_of: Dict[int, dict],
-                rows_of: Dict[int, List[int]]) -> Dict[int, List[Window]]:
+                rows_of: Dict[int, List[int]], unpadded: bool = False) -> Dict[int, List[Window]]:
         """Per level of ``rows_of`` (level -> boxes), each box's gradient w.r.t. the level on
         its window (``cells_of``: level -> box -> its cells, :meth:`_cells`), from one call of
-        the head: each level's windows are its input batch."""
+        the head: each level's windows are its input batch. ``unpadded`` (windows away from
+        the level's edges, :meth:`_inner`): the head's convolutions run without padding, so
+        each layer computes only the cells the next one reads (RetinaNet: a quarter of the
+        work); an output then covers its window less its own radius on every side."""
         crops, corners = {}, {}
         for level, rows in rows_of.items():
             feature = self.features[level]
@@ -291,11 +351,13 @@ class DenseReplay(_HeadReplay):
             corners[level], (h, w) = self._windows(cells, *feature.shape[-2:])
             crops[level] = torch.stack([feature[0, :, y:y + h, x:x + w]
                                         for y, x in corners[level]]).detach().requires_grad_()
-        # the other levels as 1 x 1 maps, in the graph where the recorded ones were, so that
+        # the other levels as small maps, in the graph where the recorded ones were, so that
         # the head returns the same set of outputs
-        inputs = tuple(crops[k] if k in crops else f.new_zeros(1, f.shape[1], 1, 1)
+        side = 2 * self.radius + 1 if unpadded else 1
+        inputs = tuple(crops[k] if k in crops else f.new_zeros(1, f.shape[1], side, side)
                        .requires_grad_(f.requires_grad) for k, f in enumerate(self.features))
-        replayed = tensors_in(self.head.forward(inputs))  # .forward: no recording hooks
+        with (_unpadded(self.head) if unpadded else contextlib.nullcontext()):
+            replayed = tensors_in(self.head.forward(inputs))  # .forward: no recording hooks
         if len(replayed) != len(self.outputs):
             raise RuntimeError('the replayed head returned a different set of outputs')
         picked, grad_outputs = [], []
@@ -309,12 +371,15 @@ class DenseReplay(_HeadReplay):
             grad_outputs.append(torch.zeros_like(out))
             height, width = self.features[level].shape[-2:]
             area = height * width  # the level's, as the recorded output's
+            # an unpadded output's first cell is its window's (dy, dx)-th
+            dy = (crops[level].shape[-2] - out.shape[-2]) // 2
+            dx = (crops[level].shape[-1] - out.shape[-1]) // 2
             for i, (b, (y, x)) in enumerate(zip(rows, corners[level])):
                 if k in output_grads[b]:  # its entries, all inside its window
                     index, grad = output_grads[b][k]
                     cell = index % area
-                    grad_outputs[-1][i, index // area, cell // width - y,
-                                     cell % width - x] = grad
+                    grad_outputs[-1][i, index // area, cell // width - y - dy,
+                                     cell % width - x - dx] = grad
         levels = list(crops)
         window_grads = torch.autograd.grad(picked, [crops[level] for level in levels],
                                            grad_outputs=grad_outputs, allow_unused=True)
@@ -324,15 +389,17 @@ class DenseReplay(_HeadReplay):
                         for i, (y, x) in enumerate(corners[level])]
                 for level, g in zip(levels, window_grads)}
 
-    def _check(self, window: Window, value: Tensor, level: int) -> None:
+    def _check(self, window: Window, value: Tensor, key) -> None:
         """The full backward must be exactly zero outside the window (however small a
-        dependence on the rest of the level, it shows there) and match the replay inside."""
+        dependence on the rest of the level, it shows there) and match the replay inside
+        (``key``: the level, or ``('unpadded', level)``; recorded under it)."""
+        level = key[1] if isinstance(key, tuple) else key
         reference, = self._full(value, [level])
         outside = reference.clone()
         outside[0, :, window.slices[0], window.slices[1]] = 0
-        if (self._agrees(window.dense(), reference, level, f'level {level}')
+        if (self._agrees(window.dense(), reference, key, f'{key}')
                 and outside.any()):
-            self.checked[level] = False
+            self.checked[key] = False
             _debug(f'{type(self.head).__name__} level {level}: the full backward reaches '
                    'beyond the window; the full backward is used')
 
