@@ -72,6 +72,30 @@ def test_a_head_that_reads_beyond_the_window_is_caught_by_the_check():
     np.testing.assert_allclose(again, full, atol=1e-5)
 
 
+def test_windows_away_from_the_edges_replay_unpadded_with_the_same_maps(monkeypatch):
+    """Boxes whose cells are a radius away from every edge of their level replay the head
+    without its convolutions' padding (each layer only the cells the next one reads), those
+    at an edge with it; both checked, and the maps equal the full backward's."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = build_detector(small_config(COVERAGE[0], size=640))
+    scene = make_scene(480, 640)
+    kinds = []
+    replay_call = replay.DenseReplay._replay
+
+    def recording(self, output_grads, cells_of, rows_of, unpadded=False):
+        kinds.append(unpadded)
+        return replay_call(self, output_grads, cells_of, rows_of, unpadded)
+    monkeypatch.setattr(replay.DenseReplay, '_replay', recording)
+    local = maps(model, scene, True, topk=300)
+    full = maps(model, scene, False, topk=300)
+    assert True in kinds and False in kinds  # inner and edge windows in one call
+    checked = replay._CHECKED[model.bbox_head]
+    assert any(isinstance(k, tuple) and v for k, v in checked.items()), checked
+    np.testing.assert_allclose(local, full, atol=1e-5)
+
+
 def test_windows_hold_every_cell_within_the_radius_and_lie_inside_the_level():
     head = torch.nn.Conv2d(4, 4, 3, padding=1)
     head.forward = lambda levels: [torch.nn.Conv2d.forward(head, levels[0])]

@@ -320,9 +320,11 @@ class DenseReplay(_HeadReplay):
             if not self.checked.get(('unpadded', level), True):
                 continue
             height, width = self.features[level].shape[-2:]
-            mine = [b for b in rows if (lambda y_lo, y_hi, x_lo, x_hi: y_lo >= r and x_lo >= r
-                                        and y_hi + r < height and x_hi + r < width)(
-                                            *cells_of[level][b])]
+            mine = []
+            for b in rows:
+                y_lo, y_hi, x_lo, x_hi = cells_of[level][b]
+                if min(y_lo, x_lo) >= r and y_hi + r < height and x_hi + r < width:
+                    mine.append(b)
             if mine:
                 inner[level] = mine
         return inner
