@@ -29,7 +29,7 @@ class CandidateScorer:
     pipeline, e.g. ``DetCAM.pipeline``), in original-image pixels. With ``dtype``
     (``torch.bfloat16``, ``torch.float16``) the detector runs under autocast at that precision
     (candidates come back in float32). With ``masks``, each candidate also carries its unpasted
-    mask logits (``mask_logits.MASK_FIELDS``; RTMDet-Ins)."""
+    mask logits (``mask_logits.MASK_FIELDS``; every instance family but QueryInst)."""
 
     def __init__(self, model: nn.Module, pipeline, batch_size: int = 8,
                  dtype: Optional[torch.dtype] = None, masks: bool = False):
