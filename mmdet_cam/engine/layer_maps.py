@@ -271,15 +271,16 @@ class LayerMaps:
         """``grads`` with NaN and inf set to 0 (the box noted in ``non_finite``), and the sum
         of each one's absolute values (0 for None): a finite sum has no NaN or inf in it, and
         it is 0 exactly when the gradient is (one reduction, no mask)."""
-        sizes = [0.0 if g is None else float(torch.linalg.vector_norm(values_of(g), 1))
-                 for g in grads]
+        def sizes_of(grads):
+            return [0.0 if g is None else float(torch.linalg.vector_norm(values_of(g), 1))
+                    for g in grads]
+        sizes = sizes_of(grads)
         if all(np.isfinite(size) or bool(torch.isfinite(values_of(g)).all())
                for g, size in zip(grads, sizes)):
             return grads, sizes
         self.non_finite.append(box)
         grads = [None if g is None else _nan_to_zero(g) for g in grads]
-        return grads, [0.0 if g is None else float(torch.linalg.vector_norm(values_of(g), 1))
-                       for g in grads]
+        return grads, sizes_of(grads)
 
     def _layers_without_gradient(self, reached: List[bool]) -> List[str]:
         """The target layers none of whose outputs got a gradient (``reached``: per output)."""

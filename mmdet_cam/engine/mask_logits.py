@@ -16,6 +16,7 @@ QueryInst), RTMDet-Ins, CondInst / BoxInst, SOLO / SOLOv2, YOLACT and MaskFormer
 """
 import contextlib
 import math
+import weakref
 from typing import Iterator, List, Optional
 
 import torch
@@ -215,6 +216,8 @@ def _rtmdet_ins_candidate_masks(head: nn.Module, chunk: int) -> Iterator[None]:
 
 # single-stage instance segmentors whose mask head draws masks for the box head's results
 _DRAWN_ON_DEMAND = ('CondInstMaskHead', 'YOLACTProtonet')
+# per such head, per network input size: the factor from input pixels to its maps' pixels
+_MAP_SCALES: 'weakref.WeakKeyDictionary[nn.Module, dict]' = weakref.WeakKeyDictionary()
 
 
 class _MasksOnDemand(nn.Module):
@@ -238,8 +241,15 @@ class _MasksOnDemand(nn.Module):
             results.input_bboxes = results.bboxes.detach()  # exactly the boxes it crops by
             draw = _drawn_by(self.head, tuple(level[index:index + 1].detach() for level in x),
                              meta, self.chunk)
-            draw(results[:1])  # sets the maps' scale
-            results.mask_boxes = (results.bboxes * draw.scale).detach().float().reshape(-1, 4)
+            # the maps' scale: a property of the head and the input size, so the first
+            # candidate is drawn for it once, not for every perturbed copy of an image
+            scales = _MAP_SCALES.setdefault(self.head, {})
+            size = tuple(meta['batch_input_shape'])
+            if size not in scales and len(results):
+                draw(results[:1])
+                scales[size] = draw.scale
+            results.mask_boxes = (results.bboxes * scales.get(size, 1.0)).detach().float() \
+                .reshape(-1, 4)
             results.mask_thresholds = results.bboxes.new_full(
                 (len(results),), _logit(self.head.test_cfg.mask_thr))
             results.bboxes = results.bboxes / factor
@@ -358,6 +368,11 @@ def attach(results: InstanceData, logits: Tensor, boxes: Tensor, threshold: floa
     results.mask_logits = logits
     results.mask_boxes = boxes.detach().float().reshape(-1, 4)
     results.mask_thresholds = logits.new_full((len(logits),), float(threshold)).detach()
+
+
+def _attach_empty(results: InstanceData) -> None:
+    """:data:`MASK_FIELDS` of no detections, so that readers of candidates find them."""
+    attach(results, torch.zeros((0, 1, 1)), torch.zeros((0, 4)), 0.0)
 
 
 def _logit(probability: float) -> float:
@@ -496,7 +511,7 @@ def _solo_head(head: nn.Module, stack: contextlib.ExitStack) -> None:
             if 'masks' in results and not results.bboxes.any():  # mmdet's are all zero
                 results.bboxes = mask2bbox(results.masks).to(results.bboxes)
         elif not len(results):
-            attach(results, torch.zeros((0, 1, 1)), torch.zeros((0, 4)), 0.0)
+            _attach_empty(results)
         return results
 
     stack.enter_context(swapped(head, '_predict_by_feat_single', recording))
@@ -514,7 +529,7 @@ def _maskformer_fusion_head(head: nn.Module, stack: contextlib.ExitStack) -> Non
         if thresholded.input is not None and len(results):
             attach(results, thresholded.input, results.bboxes, 0.0)
         elif not len(results):
-            attach(results, torch.zeros((0, 1, 1)), torch.zeros((0, 4)), 0.0)
+            _attach_empty(results)
         return results
 
     stack.enter_context(swapped(head, 'instance_postprocess', recording))
