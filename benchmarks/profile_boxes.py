@@ -58,6 +58,7 @@ def main():
     parser.add_argument('--model', default='faster_rcnn_r50', choices=list(MODELS))
     parser.add_argument('--n', type=int, default=100, help='boxes explained')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--method', default='gradcam')
     parser.add_argument('--operators', type=int, default=15, help='operator rows to print')
     parser.add_argument('--quick', action='store_true', help='YOLOX-s, N = 10')
     args = parser.parse_args()
@@ -70,7 +71,7 @@ def main():
     model = build_detector(benchmark_config(config, args.n), None, device=args.device,
                            warn_untrained=False)
     image = make_image(np.random.default_rng(0), 480, 640)[0]
-    cam = DetCAM(model, target_layers=layers, score_thr=0, topk=args.n, method='gradcam')
+    cam = DetCAM(model, target_layers=layers, score_thr=0, topk=args.n, method=args.method)
     cam(image)  # untimed: first-call costs are not a box's
 
     profile = cProfile.Profile()

@@ -12,7 +12,7 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 
 from mmdet_cam import DetCAM, build_detector
 from mmdet_cam.engine import layer_maps
-from mmdet_cam.engine.fusion import fuse
+from mmdet_cam.engine.fusion import FusedMaps, Fusion, fuse
 from mmdet_cam.engine.geometry import to_original_image
 from mmdet_cam.engine.replay import RoIReplay
 from mmdet_cam.engine.windows import Window
@@ -63,6 +63,39 @@ def test_fusion_equals_pytorch_grad_cams_aggregation_and_scaling():
     np.testing.assert_allclose(to_original_image(list(per_output[0]), metainfo),
                                scale_cam_image(per_output[0][:, :20, :25], (37, 30)),
                                rtol=1e-6, atol=1e-7)
+
+
+
+@pytest.mark.parametrize('how', ['mean', 'max'])
+@pytest.mark.parametrize('crop, original', [((24, 32), (24, 32)), ((20, 25), (30, 37)),
+                                            ((20, 30), (10, 15))])
+def test_fused_maps_onto_the_image_equal_the_librarys_steps_one_after_another(how, crop,
+                                                                              original):
+    """Boxes' maps fused from raw level maps and carried onto the original image in folded
+    steps (``FusedMaps.onto``) equal pytorch_grad_cam's steps one after another: per level
+    ReLU and ``scale_cam_image`` to the input, ReLU, mean or max, ``scale_cam_image``, the
+    crop to the resized image, ``scale_cam_image`` to the original size; also for a map far
+    from zero with a tiny range, a map zero outside the crop and a map of zeros."""
+    rng = np.random.default_rng(1)
+    size = (32, 24)  # (w, h) of the network input
+    levels = [rng.normal(size=(4, 12, 16)).astype(np.float32),
+              rng.normal(size=(4, 6, 8)).astype(np.float32)]
+    levels[0][1] = 50 + 1e-3 * rng.random((12, 16))  # far from zero, tiny range
+    levels[1][1] = -1  # so that the first level alone decides box 1
+    levels[0][2, :6, :8], levels[0][2, 6:] = 1, -1  # positive in one corner only
+    levels[0][3] = levels[1][3] = -1  # nothing left after the ReLU
+    per_box = [[(i, level[k].copy()) for i, level in enumerate(levels)] for k in range(4)]
+    metainfo = {'ori_shape': original, 'img_shape': (24, 32),
+                'scale_factor': (crop[1] / original[1], crop[0] / original[0])}
+    fused = to_original_image(FusedMaps(Fusion(how, size, 2), per_box), metainfo)
+
+    reduce = np.mean if how == 'mean' else np.max
+    inputs = np.maximum(np.stack([scale_cam_image(np.maximum(level, 0), size)
+                                  for level in levels], axis=1), 0)
+    expected = scale_cam_image(
+        scale_cam_image(reduce(inputs, axis=1))[:, :crop[0], :crop[1]], original[::-1])
+    np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-6)
+    assert np.ptp(fused[1]) > 0.5 and fused[3].max() == 0  # the tiny range is spread over [0, 1]
 
 
 class FormulaSpy:

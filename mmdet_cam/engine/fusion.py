@@ -23,10 +23,9 @@ def normalise(image: np.ndarray) -> np.ndarray:
         image -= np.min(image)
         image /= 1e-7 + np.max(image)
         return image
-    low, high, _, _ = cv2.minMaxLoc(image)
-    low = np.float32(low)
+    low, high = _min_max(image)
     image -= low
-    image /= 1e-7 + (np.float32(high) - low)
+    image /= 1e-7 + (high - low)
     return image
 
 
@@ -34,6 +33,11 @@ def scaled(image: np.ndarray, size, out: np.ndarray) -> np.ndarray:
     """``scale_cam_image(image[None], size)[0]``, written into ``out`` (float32, of ``size``
     ``(w, h)``) and returned; ``image`` is normalised in place."""
     return cv2.resize(np.asarray(normalise(image), np.float32), tuple(size), dst=out)
+
+
+def _min_max(image: np.ndarray) -> Tuple[np.float32, np.float32]:
+    low, high, _, _ = cv2.minMaxLoc(image)
+    return np.float32(low), np.float32(high)
 
 
 def fuse(per_output: List[np.ndarray], how: str, own=None) -> np.ndarray:
@@ -71,6 +75,15 @@ class Fusion:
         nothing); with ``resize``, raw maps that are ReLU'd and scaled here (and overwritten),
         else maps already at the fused size (left as they are). The result is a buffer
         that the next call in the same thread overwrites."""
+        total, divisor = self.summed(row, maps, resize)
+        if divisor != 1:
+            total /= divisor
+        return normalise(total)
+
+    def summed(self, row: int, maps: Sequence[Tuple[int, np.ndarray]],
+               resize: bool = True) -> Tuple[np.ndarray, int]:
+        """:meth:`fused` before its last steps: ``(total, divisor)``, the fused map being
+        ``normalise(total / divisor)``."""
         total, scratch = self._pair()
         first = True
         for index, image in maps:
@@ -94,11 +107,9 @@ class Fusion:
                 total += image
         if first:
             total.fill(0)
-        if self.how == 'mean':
-            total /= self.outputs
-        elif self.how == 'own':
-            total /= self.own.shape[1]
-        return normalise(total)
+        divisor = {'mean': self.outputs, 'own': self.own.shape[1] if self.own is not None
+                   else 1}.get(self.how, 1)
+        return total, divisor
 
 
 class FusedMaps:
@@ -116,5 +127,32 @@ class FusedMaps:
 
     def __getitem__(self, row: int) -> np.ndarray:
         return self.fusion.fused(row, self.maps[row])
+
+    def onto(self, row: int, height: int, width: int, out: np.ndarray) -> None:
+        """``scaled(self[row][:height, :width], out's size, out)``: box ``row``'s fused map
+        cropped, min-max scaled and resized into ``out``, in fewer passes over the fused size.
+
+        Both min-max steps and the mean's division are affine, so they fold into one:
+        with ``u = total / n``, ``y = (u - min u) / (1e-7 + max u - min u)`` and the crop's
+        ``(y - min y) / (1e-7 + max y - min y)`` is ``(total - c) * s`` where ``c`` is the
+        crop's minimum of ``total`` and ``s = 1 / (n * 1e-7 * d + crop's max - c)``, ``d`` the
+        first step's divisor. The crop's minimum is subtracted before the resize, so that
+        the resize's rounding is relative to the map's range, not its offset."""
+        total, divisor = self.fusion.summed(row, self.maps[row])
+        crop = total[:height, :width]
+        low, high = _min_max(crop)
+        full_low, full_high = low, high
+        for rest in (total[height:], total[:height, width:]):
+            if rest.size:
+                rest_low, rest_high = _min_max(rest)
+                full_low, full_high = min(full_low, rest_low), max(full_high, rest_high)
+        first_divisor = np.float32(1e-7) + (full_high - full_low) / np.float32(divisor)
+        scale = np.float32(1) / (np.float32(divisor * 1e-7) * first_divisor + (high - low))
+        if crop.shape == out.shape:
+            np.subtract(crop, low, out=out)
+        else:
+            crop -= low
+            cv2.resize(crop, out.shape[::-1], dst=out)
+        out *= scale
 
     scratch = True  # the maps may be overwritten (each is made again when asked for)

@@ -39,6 +39,9 @@ def to_original_image(maps: Sequence[np.ndarray], metainfo: dict) -> np.ndarray:
     scratch = getattr(maps, 'scratch', False)  # maps we may normalise in place
 
     def one(k: int) -> None:  # maps[k]: valid until this thread's next maps[...]
+        if hasattr(maps, 'onto'):  # fused maps scaled on the way (fusion.FusedMaps.onto)
+            maps.onto(k, h, w, out[k])
+            return
         crop = maps[k][:h, :w]
         into = out[k]
         result = scaled(crop if scratch else crop.copy(), (ori_w, ori_h), into)
