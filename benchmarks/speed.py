@@ -38,6 +38,7 @@ from pytorch_grad_cam import GradCAM
 
 from mmdet_cam import DetCAM, build_detector, get_layer, resolve_config
 from mmdet_cam.model.detector import keep_all_detections, preprocess
+from mmdet_cam.settings import DEFAULT_METHOD
 from mmdet_cam.shapes import make_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
@@ -145,8 +146,8 @@ def main():
     image = make_image(np.random.default_rng(0), 480, 640)[0]
     print(f'machine: {platform.processor() or platform.machine()}, '
           f'{torch.get_num_threads()} torch threads, device {args.device}, torch '
-          f'{torch.__version__}; image 480x640; method gradcam; every neck level (_encoder '
-          'rows: the encoder memory)'
+          f'{torch.__version__}; image 480x640; method {DEFAULT_METHOD} (the default; naive: '
+          "pytorch_grad_cam's GradCAM); every neck level (_encoder rows: the encoder memory)"
           f'{"; batched backward" if args.batched_backward else ""}\n')
     print('| model | input | N | engine s | no replay s | naive s | forward s | naive/engine '
           '| no replay/engine | engine/forward | peak RSS MB |')

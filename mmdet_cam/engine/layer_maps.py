@@ -19,6 +19,7 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import Tensor
 
 from .capture import LayerCapture
+from .deformable import ChannelSums
 from .fusion import Fusion
 from .gradients import Backward
 from .windows import Gradient, Window, any_nonzero, common_corners, dense, values_of
@@ -96,11 +97,12 @@ class LayerMaps:
         self.as_is = [len(pieces) == 1 and pieces[0] is act
                       for act, pieces in zip(capture.activations, reshaped)]
         self._zero_maps_zero = {}
+        # the backward gives each box's sum_c dS/dA_c * A_c (the formula's map) at the memory
+        self.channel_sums = isinstance(backward.replay, ChannelSums)
         # (output index, its shape) -> 'local', 'weights' or None (see raw_cam); the method's
         # own, shared by its calls: a formula's kind is the method's, not an image's
         self._window_formula = _WINDOW_FORMULAS.setdefault(method, {}) \
             if _weakly_referable(method) else {}
-        self._magnitudes = {}  # output index -> |activation|, for each box's own output
         self.non_finite: List[int] = []  # boxes whose gradient had NaN/inf (set to 0)
 
     def gradients(self, values: Tensor, boxes: range) -> BoxGradients:
@@ -161,6 +163,8 @@ class LayerMaps:
         the windows), or ``'weights'``, pytorch_grad_cam's channel weights that are spatial
         means of the gradient (GradCAM: the window's mean, scaled by its share of the level,
         then one matrix product with the activations)."""
+        if self.channel_sums:  # pieces [1, 1, H, W] of each box's map
+            return torch.cat(grads)[:, 0].numpy()
         formula = None
         if all(isinstance(g, Window) for g in grads):
             key = (index, self.outputs[index][1].shape, self.eigen_smooth)
@@ -235,7 +239,7 @@ class LayerMaps:
 
     def _own_outputs(self, pieces: List[List[Gradient]], rows: List[np.ndarray]) -> np.ndarray:
         """``[K, layers]``: per box and target layer, the output with the largest
-        ``sum |grad * activation|`` (``pieces[k][output]``: box ``k``'s gradient there;
+        ``sum |sum_c grad_c * activation_c|`` (``pieces[k][output]``: box ``k``'s gradient there;
         ``rows``: per output, the boxes with a gradient there). A box that reaches one
         output of a layer (a box score reaches its own pyramid level) owns it, unmeasured."""
         reached = np.zeros((len(pieces), len(self.outputs)), bool)
@@ -250,13 +254,14 @@ class LayerMaps:
                          for outputs in self.owner_outputs], axis=1)
 
     def _energy(self, grad: Gradient, index: int) -> float:
-        """``sum |grad * activation|`` of a box's gradient at output ``index``."""
-        if index not in self._magnitudes:
-            self._magnitudes[index] = torch.from_numpy(self.outputs[index][1]).abs()
-        weight = self._magnitudes[index]
+        """``sum |sum_c grad_c * activation_c|`` of a box's gradient at output ``index``: the
+        mass of its gradient-times-activation map there."""
+        if self.channel_sums:
+            return float(grad.abs().sum())
+        act = torch.from_numpy(self.outputs[index][1])
         if isinstance(grad, Window):
-            weight, grad = weight[..., grad.slices[0], grad.slices[1]], grad.values
-        return float(grad.abs().flatten() @ weight.flatten().to(grad))
+            act, grad = act[..., grad.slices[0], grad.slices[1]], grad.values
+        return float((grad * act.to(grad)).sum(1).abs().sum())
 
     def _pieces(self, grad: Gradient, activation: Tensor, as_is: bool) -> List[Gradient]:
         """A gradient at a target layer's output as pieces of its reshaped outputs (on the

@@ -44,6 +44,7 @@ from .capture import (
     differentiable_inference,
     frozen_parameters,
 )
+from .deformable import ChannelSums, DeformableReads
 from .every_candidate import every_candidate, scores_of_class
 from .gradients import Backward, local_replay
 from .layer_maps import BoxTarget, LayerMaps
@@ -52,6 +53,7 @@ from .prompt_chunks import chunk_count, graph_only_for
 from .proposals import added_proposals
 from .replay import recording_rois
 from .request import Request
+from .reshape import AutoReshape
 from .saturation import saturated, saturation_proof_scores
 from .targets import ScoreTarget
 
@@ -149,9 +151,9 @@ class CapturedForward:
         pristine_sample: the data sample before the forward (for re-runs of the detector).
         inputs: the network input.
         values, detections: as above.
-        capture, shapes, head, final, rois, tokens, attention: the recorders
-            (``capture.py``, ``replay.py``, ``attention.py``); ``attention`` is None unless
-            asked for.
+        capture, shapes, head, final, rois, tokens, deformable, attention: the recorders
+            (``capture.py``, ``replay.py``, ``deformable.py``, ``attention.py``);
+            ``attention`` is None unless asked for.
     """
 
     def __init__(self, session: Session, request: Request, attention: bool = False):
@@ -185,6 +187,7 @@ class CapturedForward:
             self.final = stack.enter_context(FinalHeadOutputs(detector))
             self.rois = stack.enter_context(recording_rois(detector))
             self.tokens = stack.enter_context(TokenEmbeddings(detector))
+            self.deformable = stack.enter_context(DeformableReads(detector))
             stack.enter_context(chunks)
             self.attention = (stack.enter_context(AttentionCapture(detector))
                               if self.reads_attention else None)
@@ -230,9 +233,12 @@ class CapturedForward:
         reads_masks = self.request.reads_masks
         # a mask's value also depends on what the box head's outputs and RoIs do not carry
         # (the mask branch): its gradients come from the plain backward
-        replay = (local_replay(self.session.detector, self.head, self.rois, self.capture)
-                  if settings.local_replay and gradients and not self.tokens.embeddings
-                  and not reads_masks else None)
+        replay = None
+        if settings.local_replay and gradients and not self.tokens.embeddings and not reads_masks:
+            replay = local_replay(self.session.detector, self.head, self.rois, self.capture)
+            if replay is None and isinstance(self.session.spec.reshape, AutoReshape):
+                replay = ChannelSums.of(self.session.detector, self.deformable, self.capture,
+                                        method)
         self.backward = Backward(self.capture.activations,
                                  () if reads_masks else self.head.tensors, replay,
                                  self.tokens.embeddings, settings.batched_backward)
