@@ -254,9 +254,10 @@ class DenseReplay(_HeadReplay):
     def feature_grads(self, output_grads, values):
         """See the base class; the first replay of each level is checked."""
         grads = [[None] * len(self.features) for _ in output_grads]
-        cells_of = {level: {b: cells for b, g in enumerate(output_grads)
-                            if (cells := self._cells(g, level)) is not None}
-                    for level in range(len(self.features))}
+        cells_of = {level: {} for level in range(len(self.features))}
+        for b, g in enumerate(output_grads):
+            for level, cells in self._cells(g).items():
+                cells_of[level][b] = cells
         rows_of = {level: list(cells) for level, cells in cells_of.items()}
         replayed = {level: rows for level, rows in rows_of.items()
                     if rows and self.checked.get(level, True)}
@@ -295,19 +296,19 @@ class DenseReplay(_HeadReplay):
                     grads[b][level], = self._full(values[b], [level])
         return grads
 
-    def _cells(self, box_grads: 'SparseGrad', level: int):
-        """``(y_lo, y_hi, x_lo, x_hi)`` of the cells of ``level`` where the box's output
-        gradient is non-zero (None: nowhere)."""
-        ys, xs = [], []
+    def _cells(self, box_grads: 'SparseGrad') -> Dict[int, Tuple[int, int, int, int]]:
+        """Per level where the box's output gradient is non-zero, ``(y_lo, y_hi, x_lo, x_hi)``
+        of the cells there."""
+        spans: Dict[int, List[int]] = {}
         for k, (index, _) in box_grads.items():
-            if self.level_of[k] == level:
-                height, width = self.outputs[k].shape[-2:]
-                ys.append(index // width % height)
-                xs.append(index % width)
-        if not ys:
-            return None
-        ys, xs = torch.cat(ys), torch.cat(xs)
-        return int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+            height, width = self.outputs[k].shape[-2:]
+            index = index.cpu().numpy()
+            ys, xs = index // width % height, index % width
+            span = [int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())]
+            old = spans.setdefault(self.level_of[k], span)
+            old[0], old[1] = min(old[0], span[0]), max(old[1], span[1])
+            old[2], old[3] = min(old[2], span[2]), max(old[3], span[3])
+        return {level: tuple(span) for level, span in spans.items()}
 
     def _inner(self, cells_of: Dict[int, dict], rows_of: Dict[int, List[int]]):
         """Per level, the boxes whose cells are at least ``radius`` cells from every edge of
