@@ -73,8 +73,8 @@ class CAMSettings(_Settings):
         batch_size: detections whose gradients are kept in memory at once. Defaults to 16.
         local_replay: back-propagate each detection through the part of the box head it
             depends on instead of the whole head, and at a deformable DETR's encoder memory
-            through the decoder's queries only for ODAM / HiResCAM (same maps). Defaults to
-            True.
+            through the decoder's queries only for ODAM, HiResCAM and GradCAM (same maps).
+            Defaults to True.
         batched_backward: where no local replay applies (DETR-style heads, the mask target),
             back-propagate many detections in one vmapped pass (``is_grads_batched``; same
             maps). Defaults to False: for DINO-R50 at 800 px it saved nothing measurable on a

@@ -1,4 +1,4 @@
-"""Channel-sum maps at a deformable DETR's encoder memory from the decoder's samples
+"""Maps at a deformable DETR's encoder memory from the decoder's samples
 (``engine/deformable.py``): the same maps as the full backward, used only where they apply,
 and given up where a decoder reads the memory some other way."""
 import warnings
@@ -19,7 +19,7 @@ DEFORMABLE_DETR = 'deformable_detr/deformable-detr_r50_16xb2-50e_coco.py'
 DINO = 'dino/dino-4scale_r50_8xb2-12e_coco.py'
 
 
-ORIGINAL = deformable.ChannelSums.activation_grads
+ORIGINAL = deformable.DecoderSamples.activation_grads
 
 
 class SumsSpy:
@@ -39,17 +39,17 @@ def explain(model, scene, spy=None, **options):
     cam = DetCAM(model, topk=8, score_thr=0, **options)
     if spy is None:
         return cam(scene)
-    with swapped(deformable.ChannelSums, 'activation_grads', spy.activation_grads()):
+    with swapped(deformable.DecoderSamples, 'activation_grads', spy.activation_grads()):
         return cam(scene)
 
 
 @pytest.mark.parametrize('config', [DEFORMABLE_DETR, DINO])
-@pytest.mark.parametrize('method', ['odam', 'hirescam'])
+@pytest.mark.parametrize('method', ['odam', 'hirescam', 'gradcam'])
 def test_maps_from_the_decoders_samples_equal_the_full_backwards(models, scene, config,
                                                                  method):
-    """ODAM and HiResCAM at the encoder memory (the default layer) from the decoder's samples:
-    every box's map and level equal those of the full backward (local_replay=False) to 1e-5,
-    and two boxes' maps differ."""
+    """ODAM, HiResCAM and GradCAM at the encoder memory (the default layer) from the decoder's
+    samples: every box's map and level equal those of the full backward (local_replay=False)
+    to 1e-5, and two boxes' maps differ."""
     model = models(config)
     spy = SumsSpy()
     fast = explain(model, scene, spy, method=method)
@@ -60,18 +60,18 @@ def test_maps_from_the_decoders_samples_equal_the_full_backwards(models, scene, 
     assert not np.allclose(fast.cams[0], fast.cams[1], atol=1e-3)
 
 
-def test_only_channel_sum_formulas_are_recognised():
+def test_the_formulas_the_samples_give_are_recognised():
     model = torch.nn.Linear(1, 1)
-    assert deformable.is_channel_sum(ODAM(model, []))
-    assert deformable.is_channel_sum(HiResCAM(model, []))
-    assert not deformable.is_channel_sum(GradCAM(model, []))
-    assert not deformable.is_channel_sum(GradCAMPlusPlus(model, []))
+    assert deformable.formula_of(ODAM(model, [])) == 'channel_sum'
+    assert deformable.formula_of(HiResCAM(model, [])) == 'channel_sum'
+    assert deformable.formula_of(GradCAM(model, [])) == 'mean_weights'
+    assert deformable.formula_of(GradCAMPlusPlus(model, [])) is None
 
 
-def test_gradcam_at_the_memory_takes_the_full_backward(models, scene):
-    """GradCAM's channel weights need every channel's gradient: no decoder samples."""
+def test_gradcam_plus_plus_at_the_memory_takes_the_full_backward(models, scene):
+    """GradCAM++'s channel weights need every channel's gradient: no decoder samples."""
     spy = SumsSpy()
-    explain(models(DEFORMABLE_DETR), scene, spy, method='gradcam')
+    explain(models(DEFORMABLE_DETR), scene, spy, method='gradcam++')
     assert spy.boxes == 0
 
 

@@ -1,4 +1,4 @@
-"""Channel-sum maps (ODAM, HiResCAM) at a deformable DETR's encoder memory without the memory's
+"""ODAM, HiResCAM and GradCAM maps at a deformable DETR's encoder memory without the memory's
 gradient.
 
 A deformable decoder (Deformable DETR, DINO, DDQ, Grounding DINO) reads the encoder memory ``m``
@@ -18,11 +18,13 @@ output projection, ``[Q, heads, D]``), the layer adds to token ``j``
 (``<g', v - b> = <W^T g', m>``: the projection folded into the activation). So each box needs
 the backward through the decoder's queries only (what its score reads of the samples'
 positions and weights), then one batched product of its ``G`` with the values at the sample
-corners: work in proportion to the samples, not to the memory.
+corners: work in proportion to the samples, not to the memory. GradCAM's channel weights, the
+gradient's mean over a level's tokens, are per layer ``W^T`` times the sum over queries of each
+query's ``G`` weighted by its samples' share in the level.
 
 Exactness is checked, not assumed: the first box of a detector's first call at a target layer
-is compared with the full backward's ``sum_c g_c a_c``; one that differs (e.g. a decoder that
-also reads the memory elsewhere) uses the full backward from then on.
+is compared with the full backward's map and channel sums; one that differs (e.g. a decoder
+that also reads the memory elsewhere) uses the full backward from then on.
 """
 import contextlib
 import importlib
@@ -43,8 +45,6 @@ TOLERANCE = 1e-4  # max |fast - full| relative to max |full|, when first checked
 # per detector, per target layer: whether its channel sums matched the full backward's
 _CHECKED: 'weakref.WeakKeyDictionary[nn.Module, Dict[nn.Module, bool]]' = \
     weakref.WeakKeyDictionary()
-# per method object: whether its formula is sum_c g_c a_c
-_CHANNEL_SUM: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -126,104 +126,148 @@ class _RecordingFunction:
         return output
 
 
-def is_channel_sum(method) -> bool:
-    """Whether ``method.get_cam_image`` is ``sum_c grads * activations`` (ODAM, HiResCAM),
-    checked once per method object on random arrays."""
+# the formulas the decoder's samples give (pytorch_grad_cam's get_cam_image on [K, C, H, W]):
+# a channel sum of gradient x activation (ODAM, HiResCAM), and channel weights that are the
+# gradient's spatial means (GradCAM)
+FORMULAS = {
+    'channel_sum': lambda grads, acts: (grads * acts).sum(1),
+    'mean_weights': lambda grads, acts: (grads.mean((2, 3))[:, :, None, None] * acts).sum(1),
+}
+_FORMULA: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()  # method -> name or None
+
+
+def formula_of(method) -> Optional[str]:
+    """Which of :data:`FORMULAS` ``method.get_cam_image`` is (None: neither), checked once per
+    method object on random arrays."""
     try:
-        return _CHANNEL_SUM[method]
+        return _FORMULA[method]
     except (KeyError, TypeError):
         pass
     rng = np.random.default_rng(0)
     grads, acts = (rng.normal(size=(2, 3, 4, 5)).astype(np.float32) for _ in range(2))
+    found = None
     try:
         cam = np.asarray(method.get_cam_image(None, None, None, acts, grads, False))
-        found = cam.shape == (2, 4, 5) and np.allclose(cam, (grads * acts).sum(1), atol=1e-5)
     except Exception:  # a formula that needs its real inputs
-        found = False
+        cam = None
+    for name, formula in FORMULAS.items():
+        if cam is not None and cam.shape == (2, 4, 5) and np.allclose(
+                cam, formula(grads, acts), atol=1e-5):
+            found = name
     try:
-        _CHANNEL_SUM[method] = found
+        _FORMULA[method] = found
     except TypeError:
         pass
     return found
 
 
-class ChannelSums:
-    """Per box, ``sum_c dS/dm_c * m_c`` at every memory token (``[1, T, 1]``), as the
-    gradient of :class:`~.gradients.Backward` at the memory (one activation) for a formula
-    that is that channel sum (:func:`is_channel_sum`)."""
+class DecoderSamples:
+    """Per box, its map at every memory token from the decoder's samples, as the gradient of
+    :class:`~.gradients.Backward` at the memory (one activation): ``[1, T, 2]``, the
+    method's map (:func:`formula_of`) and the channel sums ``sum_c dS/dm_c * m_c`` (which
+    choose the box's own level)."""
 
     def __init__(self, detector: nn.Module, reads: Sequence[DeformableRead], memory: Tensor,
-                 checked: Dict[nn.Module, bool], layer: nn.Module):
+                 formula: str, checked: Dict[nn.Module, bool], layer: nn.Module):
         self.detector, self.reads, self.memory = detector, list(reads), memory
-        self.checked, self.layer = checked, layer
+        self.formula, self.checked, self.layer = formula, checked, layer
+        read = self.reads[0]
+        self.levels = [(int(h), int(w)) for h, w in read.shapes.tolist()]
+        self.starts = np.cumsum([0] + [h * w for h, w in self.levels])
         self._tables: Dict[int, tuple] = {}
 
     @classmethod
-    def of(cls, detector, reads: DeformableReads, capture, method) -> Optional['ChannelSums']:
-        """The channel sums where they apply: one target layer and output (``capture``), the
-        memory (``[1, T, C]``) that every recorded read has as many tokens as, and a
-        channel-sum formula; not for a detector and layer whose first check failed."""
+    def of(cls, detector, reads: DeformableReads, capture, method) -> Optional['DecoderSamples']:
+        """The decoder's samples where they apply: one target layer and output (``capture``),
+        the memory (``[1, T, C]``) that every recorded read has as many tokens as, and a
+        formula of :data:`FORMULAS`; not for a detector and layer whose first check failed."""
         activations = capture.activations
-        if len(activations) != 1 or not reads.reads or not is_channel_sum(method):
+        if len(activations) != 1 or not reads.reads:
             return None
+        formula = formula_of(method)
         layer = capture.layers[capture.owners[0]]
         checked = _CHECKED.setdefault(detector, {})
-        if checked.get(layer) is False:
+        if formula is None or checked.get(layer) is False:
             return None
         memory = activations[0]
+        shapes = reads.reads[0].shapes
         if memory.dim() != 3 or memory.shape[0] != 1 or any(
-                r.value.shape[:2] != memory.shape[:2] for r in reads.reads):
+                r.value.shape[:2] != memory.shape[:2] or not torch.equal(r.shapes, shapes)
+                for r in reads.reads):
             return None
-        return cls(detector, reads.reads, memory, checked, layer)
+        return cls(detector, reads.reads, memory, formula, checked, layer)
 
     def activation_grads(self, values: Tensor, boxes: Sequence[int],
                          activations: Sequence[Tensor]) -> List[List[Tensor]]:
-        """Per box, ``[channel sums [1, T, 1]]``; the first box of a detector's first call at
-        a target layer is checked against the full backward (see the module's docstring)."""
+        """Per box, ``[maps [1, T, 2]]``; the first box of a detector's first call at a target
+        layer is checked against the full backward (see the module's docstring)."""
         if self.checked.get(self.layer) is False:
             return [[self._full(values[b])] for b in boxes]
         outputs = [r.output for r in self.reads]
-        sums = self._sums([torch.autograd.grad(values[b], outputs, retain_graph=True,
+        maps = self._maps([torch.autograd.grad(values[b], outputs, retain_graph=True,
                                                allow_unused=True) for b in boxes])
         if self.layer not in self.checked and len(boxes):
-            reference = self._full(values[boxes[0]])[0, :, 0]
-            error = float((sums[0] - reference).abs().max())
-            scale = float(reference.abs().max())
-            self.checked[self.layer] = error <= TOLERANCE * scale
+            reference = self._full(values[boxes[0]])[0]
+            error = (maps[0] - reference).abs().amax(0)
+            scale = reference.abs().amax(0)
+            self.checked[self.layer] = bool((error <= TOLERANCE * scale).all())
             if not self.checked[self.layer]:
-                print_log(f'{type(self.detector).__name__}: the decoder\'s channel sums differ '
-                          f'from the full backward by {error:.3g} (max {scale:.3g}); the full '
-                          'backward is used', logger='current', level=logging.DEBUG)
+                print_log(f'{type(self.detector).__name__}: the maps from the decoder\'s samples '
+                          f'differ from the full backward\'s by {error.tolist()} (max '
+                          f'{scale.tolist()}); the full backward is used', logger='current',
+                          level=logging.DEBUG)
                 return self.activation_grads(values, boxes, activations)
-        return [[s[None, :, None]] for s in sums]
+        return [[m[None]] for m in maps]
 
     def _full(self, value: Tensor) -> Tensor:
-        """``[1, T, 1]``: the channel sums of the full backward's gradient at the memory."""
-        grad = grads_for(value, [self.memory])[0]
-        return (grad * self.memory.detach()).sum(-1, keepdim=True)
+        """``[1, T, 2]`` from the full backward's gradient at the memory."""
+        grad = grads_for(value, [self.memory])[0][0]
+        memory = self.memory.detach()[0]
+        sums = (grad * memory).sum(-1)
+        if self.formula == 'channel_sum':
+            return torch.stack([sums, sums], -1)[None]
+        weighted = torch.cat([memory[a:b] @ grad[a:b].mean(0)
+                              for a, b in zip(self.starts[:-1], self.starts[1:])])
+        return torch.stack([weighted, sums], -1)[None]
 
-    def _sums(self, sampled: List[Sequence[Optional[Tensor]]]) -> List[Tensor]:
-        """``[T]`` channel sums per box from its gradients at each read's output."""
+    def _maps(self, sampled: List[Sequence[Optional[Tensor]]]) -> List[Tensor]:
+        """``[T, 2]`` per box from its gradients at each read's output."""
+        count, (tokens_total, channels) = len(sampled), self.memory.shape[1:]
         # summed in float64: the corners' products cancel (signed terms of ODAM's sum)
-        total = self.memory.new_zeros(len(sampled), self.memory.shape[1], dtype=torch.float64)
+        sums = self.memory.new_zeros(count, tokens_total, dtype=torch.float64)
+        # per level, the gradient's sum over the level's tokens (for 'mean_weights')
+        level_sums = self.memory.new_zeros(len(self.levels), count, channels,
+                                           dtype=torch.float64)
         for k, read in enumerate(self.reads):
             rows = [g[k] for g in sampled]
             if all(g is None for g in rows):
                 continue
+            tokens, weights, corners, entry_levels = self._table(k)
+            queries, heads, _, depth = corners.shape
             grads = torch.stack([torch.zeros_like(read.output) if g is None else g
-                                 for g in rows])[:, 0]  # [B, Q, heads * D]
-            tokens, weights, corners = self._table(k)
-            queries, heads, samples, depth = corners.shape
-            products = torch.einsum('bqhd,qhkd->bqhk',
-                                    grads.reshape(len(rows), queries, heads, depth), corners)
-            products = (products * weights).reshape(len(rows), -1)
-            total.index_add_(1, tokens, products.double())
-        return list(total.float())
+                                 for g in rows])[:, 0].reshape(count, queries, heads, depth)
+            products = torch.einsum('bqhd,qhkd->bqhk', grads, corners)
+            sums.index_add_(1, tokens, (products * weights).reshape(count, -1).double())
+            if self.formula == 'mean_weights':
+                projection = read.module.value_proj.weight  # [out, in]: g_in = g_out @ W
+                for level in range(len(self.levels)):
+                    share = (weights * (entry_levels == level)).sum(-1)  # [Q, heads]
+                    at_values = torch.einsum('qh,bqhd->bhd', share, grads).reshape(count, -1)
+                    level_sums[level] += (at_values @ projection).double()
+        sums = sums.float()
+        if self.formula == 'channel_sum':
+            return list(torch.stack([sums, sums], -1))
+        memory = self.memory.detach()[0].double()
+        weighted = torch.cat([
+            (memory[a:b] @ (level_sums[level] / (b - a)).T).T
+            for level, (a, b) in enumerate(zip(self.starts[:-1], self.starts[1:]))], 1)
+        return list(torch.stack([weighted.float(), sums], -1))
 
     def _table(self, k: int):
         """Read ``k``'s samples as ``(token [Q * heads * S], weight [Q, heads, S], value -
-        bias at the token [Q, heads, S, D])``, S = levels x points x 4 corners: mmcv's
-        ``grid_sample`` (bilinear, zero padding, ``align_corners=False``) written out."""
+        bias at the token [Q, heads, S, D], level of each of the S)``, S = levels x points x 4
+        corners: mmcv's ``grid_sample`` (bilinear, zero padding, ``align_corners=False``)
+        written out."""
         if k in self._tables:
             return self._tables[k]
         read = self.reads[k]
@@ -233,10 +277,8 @@ class ChannelSums:
             if bias is not None:
                 value = value - bias.reshape(value.shape[1:])
             locations, attention = read.locations[0], read.weights[0]  # [Q, h, L, P, (2)]
-            shapes = [(int(h), int(w)) for h, w in read.shapes.tolist()]
-            starts = np.cumsum([0] + [h * w for h, w in shapes])[:-1]
-            tokens, weights = [], []
-            for level, ((height, width), start) in enumerate(zip(shapes, starts)):
+            tokens, weights, levels = [], [], []
+            for level, ((height, width), start) in enumerate(zip(self.levels, self.starts)):
                 grid = 2 * locations[:, :, level] - 1  # as mmcv computes it
                 x = ((grid[..., 0] + 1) * width - 1) / 2
                 y = ((grid[..., 1] + 1) * height - 1) / 2
@@ -246,16 +288,18 @@ class ChannelSums:
                     weight = ((x - x0) if dx else (x0 + 1 - x)) * ((y - y0) if dy else
                                                                    (y0 + 1 - y))
                     inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
-                    token = start + (cy.clamp(0, height - 1) * width
-                                     + cx.clamp(0, width - 1)).long()
+                    token = int(start) + (cy.clamp(0, height - 1) * width
+                                          + cx.clamp(0, width - 1)).long()
                     tokens.append(token)
                     weights.append(weight * inside * attention[:, :, level])
-            token = torch.stack(tokens, -1).flatten(2)  # [Q, heads, S]
-            weight = torch.stack(weights, -1).flatten(2)
+                    levels.append(level)
+            token = torch.cat(tokens, -1)  # [Q, heads, S], S in (level, corner, point) order
+            weight = torch.cat(weights, -1)
+            points = tokens[0].shape[-1]
+            entry_levels = torch.tensor(levels, device=value.device).repeat_interleave(points)
             if read.padding is not None:
                 weight = weight * ~read.padding[0][token]
             heads = torch.arange(value.shape[1], device=value.device)[None, :, None]
             corners = value[token, heads.expand_as(token)]  # [Q, heads, S, D]
-        self._tables[k] = (token.reshape(-1), weight, corners)
+        self._tables[k] = (token.reshape(-1), weight, corners, entry_levels)
         return self._tables[k]
-

@@ -19,7 +19,7 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import Tensor
 
 from .capture import LayerCapture
-from .deformable import ChannelSums
+from .deformable import DecoderSamples
 from .fusion import Fusion
 from .gradients import Backward
 from .windows import Gradient, Window, any_nonzero, common_corners, dense, values_of
@@ -97,8 +97,9 @@ class LayerMaps:
         self.as_is = [len(pieces) == 1 and pieces[0] is act
                       for act, pieces in zip(capture.activations, reshaped)]
         self._zero_maps_zero = {}
-        # the backward gives each box's sum_c dS/dA_c * A_c (the formula's map) at the memory
-        self.channel_sums = isinstance(backward.replay, ChannelSums)
+        # the backward gives each box's map at the memory ([1, 2, H, W] pieces: the formula's
+        # map and the channel sums sum_c dS/dA_c * A_c), not its gradient
+        self.from_samples = isinstance(backward.replay, DecoderSamples)
         # (output index, its shape) -> 'local', 'weights' or None (see raw_cam); the method's
         # own, shared by its calls: a formula's kind is the method's, not an image's
         self._window_formula = _WINDOW_FORMULAS.setdefault(method, {}) \
@@ -163,7 +164,7 @@ class LayerMaps:
         the windows), or ``'weights'``, pytorch_grad_cam's channel weights that are spatial
         means of the gradient (GradCAM: the window's mean, scaled by its share of the level,
         then one matrix product with the activations)."""
-        if self.channel_sums:  # pieces [1, 1, H, W] of each box's map
+        if self.from_samples:  # the maps themselves (channel 0)
             return torch.cat(grads)[:, 0].numpy()
         formula = None
         if all(isinstance(g, Window) for g in grads):
@@ -256,8 +257,8 @@ class LayerMaps:
     def _energy(self, grad: Gradient, index: int) -> float:
         """``sum |sum_c grad_c * activation_c|`` of a box's gradient at output ``index``: the
         mass of its gradient-times-activation map there."""
-        if self.channel_sums:
-            return float(grad.abs().sum())
+        if self.from_samples:  # the channel sums (channel 1)
+            return float(grad[:, 1].abs().sum())
         act = torch.from_numpy(self.outputs[index][1])
         if isinstance(grad, Window):
             act, grad = act[..., grad.slices[0], grad.slices[1]], grad.values

@@ -44,7 +44,7 @@ from .capture import (
     differentiable_inference,
     frozen_parameters,
 )
-from .deformable import ChannelSums, DeformableReads
+from .deformable import DecoderSamples, DeformableReads
 from .every_candidate import every_candidate, scores_of_class
 from .gradients import Backward, local_replay
 from .layer_maps import BoxTarget, LayerMaps
@@ -237,8 +237,8 @@ class CapturedForward:
         if settings.local_replay and gradients and not self.tokens.embeddings and not reads_masks:
             replay = local_replay(self.session.detector, self.head, self.rois, self.capture)
             if replay is None and isinstance(self.session.spec.reshape, AutoReshape):
-                replay = ChannelSums.of(self.session.detector, self.deformable, self.capture,
-                                        method)
+                replay = DecoderSamples.of(self.session.detector, self.deformable,
+                                           self.capture, method)
         self.backward = Backward(self.capture.activations,
                                  () if reads_masks else self.head.tensors, replay,
                                  self.tokens.embeddings, settings.batched_backward)
