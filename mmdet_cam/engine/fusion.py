@@ -107,9 +107,9 @@ class Fusion:
                 total += image
         if first:
             total.fill(0)
-        divisor = {'mean': self.outputs, 'own': self.own.shape[1] if self.own is not None
-                   else 1}.get(self.how, 1)
-        return total, divisor
+        if self.how == 'mean':
+            return total, self.outputs
+        return total, self.own.shape[1] if self.how == 'own' else 1
 
 
 class FusedMaps:
