@@ -42,7 +42,7 @@ from ..patching import swapped
 from .capture import grads_for
 
 TOLERANCE = 1e-4  # max |fast - full| relative to max |full|, when first checked
-# per detector, per target layer: whether its channel sums matched the full backward's
+# per detector, per target layer: whether its maps from the samples matched the full backward's
 _CHECKED: 'weakref.WeakKeyDictionary[nn.Module, Dict[nn.Module, bool]]' = \
     weakref.WeakKeyDictionary()
 
