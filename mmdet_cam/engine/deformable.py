@@ -242,7 +242,7 @@ class DecoderSamples:
             rows = [g[k] for g in sampled]
             if all(g is None for g in rows):
                 continue
-            tokens, weights, corners, entry_levels = self._table(k)
+            tokens, weights, corners, shares = self._table(k)
             queries, heads, _, depth = corners.shape
             grads = torch.stack([torch.zeros_like(read.output) if g is None else g
                                  for g in rows])[:, 0].reshape(count, queries, heads, depth)
@@ -250,10 +250,8 @@ class DecoderSamples:
             sums.index_add_(1, tokens, (products * weights).reshape(count, -1).double())
             if self.formula == 'mean_weights':
                 projection = read.module.value_proj.weight  # [out, in]: g_in = g_out @ W
-                for level in range(len(self.levels)):
-                    share = (weights * (entry_levels == level)).sum(-1)  # [Q, heads]
-                    at_values = torch.einsum('qh,bqhd->bhd', share, grads).reshape(count, -1)
-                    level_sums[level] += (at_values @ projection).double()
+                at_values = torch.einsum('lqh,bqhd->lbhd', shares, grads).flatten(2)
+                level_sums += (at_values @ projection).double()
         sums = sums.float()
         if self.formula == 'channel_sum':
             return list(torch.stack([sums, sums], -1))
@@ -265,9 +263,9 @@ class DecoderSamples:
 
     def _table(self, k: int):
         """Read ``k``'s samples as ``(token [Q * heads * S], weight [Q, heads, S], value -
-        bias at the token [Q, heads, S, D], level of each of the S)``, S = levels x points x 4
-        corners: mmcv's ``grid_sample`` (bilinear, zero padding, ``align_corners=False``)
-        written out."""
+        bias at the token [Q, heads, S, D], each level's share of the weights [levels, Q,
+        heads])``, S = levels x points x 4 corners: mmcv's ``grid_sample`` (bilinear, zero
+        padding, ``align_corners=False``) written out."""
         if k in self._tables:
             return self._tables[k]
         read = self.reads[k]
@@ -277,7 +275,7 @@ class DecoderSamples:
             if bias is not None:
                 value = value - bias.reshape(value.shape[1:])
             locations, attention = read.locations[0], read.weights[0]  # [Q, h, L, P, (2)]
-            tokens, weights, levels = [], [], []
+            tokens, weights = [], []
             for level, ((height, width), start) in enumerate(zip(self.levels, self.starts)):
                 grid = 2 * locations[:, :, level] - 1  # as mmcv computes it
                 x = ((grid[..., 0] + 1) * width - 1) / 2
@@ -292,14 +290,12 @@ class DecoderSamples:
                                           + cx.clamp(0, width - 1)).long()
                     tokens.append(token)
                     weights.append(weight * inside * attention[:, :, level])
-                    levels.append(level)
             token = torch.cat(tokens, -1)  # [Q, heads, S], S in (level, corner, point) order
             weight = torch.cat(weights, -1)
-            points = tokens[0].shape[-1]
-            entry_levels = torch.tensor(levels, device=value.device).repeat_interleave(points)
             if read.padding is not None:
                 weight = weight * ~read.padding[0][token]
+            shares = weight.unflatten(-1, (len(self.levels), -1)).sum(-1).permute(2, 0, 1)
             heads = torch.arange(value.shape[1], device=value.device)[None, :, None]
             corners = value[token, heads.expand_as(token)]  # [Q, heads, S, D]
-        self._tables[k] = (token.reshape(-1), weight, corners, entry_levels)
+        self._tables[k] = (token.reshape(-1), weight, corners, shares)
         return self._tables[k]
