@@ -366,8 +366,8 @@ def test_mask_scoring_rcnn_candidates_are_rescored_in_chunks_without_pasting(mod
 
 @pytest.mark.slow
 def test_methods_that_rerun_the_detector_follow_the_mask(instance_demo):
-    """D-RISE, occlusion and the perturbation methods weigh each re-run by the best mask IoU x class
-    agreement among the raw candidates' unpasted masks, not by boxes."""
+    """D-RISE, occlusion, region search and the perturbation methods weigh each re-run by the
+    best mask IoU x class agreement among the raw candidates' unpasted masks, not by boxes."""
     drise = dict(type='drise', num_masks=200, progress=False)
     masks = DetCAM(instance_demo, target='mask', method=drise, score_thr=0.3)(DEMO_IMAGE)
     boxes = DetCAM(instance_demo, method=drise, score_thr=0.3)(DEMO_IMAGE)
@@ -387,6 +387,13 @@ def test_methods_that_rerun_the_detector_follow_the_mask(instance_demo):
     by_box = DetCAM(instance_demo, method=occlusion, score_thr=0.3)(DEMO_IMAGE)
     assert len(hidden) == len(masks) and np.isfinite(hidden.cams).all()
     assert not np.allclose(hidden.cams, by_box.cams, atol=1e-3)
+    search = dict(type='region_search', rounds=3, progress=False)
+    searched = DetCAM(instance_demo, target='mask', method=search, topk=2)(DEMO_IMAGE)
+    assert len(searched) == 2 and np.isfinite(searched.cams).all()
+    assert not np.allclose(searched.cams,
+                           DetCAM(instance_demo, method=search, topk=2)(DEMO_IMAGE).cams)
+    for cam, mask in zip(searched.cams, searched.detections.masks.numpy()):
+        assert cam[mask].mean() > cam[~mask].mean()
     ablation = DetCAM(instance_demo, target='mask', method='ablationcam', score_thr=0.3)(
         DEMO_IMAGE)
     assert np.isfinite(ablation.cams).all() and ablation.cams.max() > 0

@@ -105,7 +105,8 @@ def test_every_method_has_one_kind_and_a_users_basecam_gets_its_kind_from_the_li
     expected = {'odam': MethodKind.GRADIENT, 'gradcam++': MethodKind.GRADIENT,
                 'eigencam': MethodKind.ACTIVATION, 'fem': MethodKind.ACTIVATION,
                 'scorecam': MethodKind.PERTURBATION, 'ablationcam': MethodKind.PERTURBATION,
-                'drise': MethodKind.BLACK_BOX, 'occlusion': MethodKind.BLACK_BOX}
+                'drise': MethodKind.BLACK_BOX, 'occlusion': MethodKind.BLACK_BOX,
+                'region_search': MethodKind.BLACK_BOX}
     for name in method_names():
         kind = DetCAM(demo_model, method=name).kind
         assert isinstance(kind, MethodKind)

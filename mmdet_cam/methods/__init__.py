@@ -41,7 +41,7 @@ from ..registry import CAM_METHODS, lookup, normalize_name
 from ..settings import DEFAULT_METHOD
 
 # register the methods of this package
-from . import gcame, occlusion, odam, ssgradcam  # noqa: F401
+from . import gcame, occlusion, odam, search, ssgradcam  # noqa: F401
 from .drise import BlackBoxPipeline
 from .gradient import ActivationPipeline, GradientPipeline
 from .kinds import MethodKind, method_kind  # noqa: F401  (MethodKind: re-exported)

@@ -1,0 +1,178 @@
+"""``region_search``: the regions of the image that keep a detection and whose removal takes it
+away, found by asking the detector, greedily (Visual Precision Search, Chen et al., CVPR 2025,
+arXiv 2411.16198, ``hrw-neurolab/VPS``).
+
+VPS grows a set ``S`` of image regions one at a time, each time adding the region ``r`` that
+maximises ``score(only S + r shown) + (1 - score(S + r hidden))``: the detection's tracked
+score when every other pixel is removed (insertion) and when those pixels are removed
+(deletion). The order in which regions join is the explanation. VPS searches all of an
+image's regions to the end, ``n (n + 1) / 2`` pairs of forwards; here, per detection:
+
+* the regions are a grid aligned to its box (``cells`` per box side) over the box grown by
+  ``context`` box sizes on each side, plus the rest of the image as one region: a part of the
+  object, its neighbourhood, or everything else can each come first;
+* the greedy runs ``rounds`` steps; the regions left are ranked by their gain in the last
+  step (PhaseWin, Gu et al., arXiv 2511.10914, prunes a greedy search likewise), so a
+  detection costs about ``2 x rounds x regions`` forwards;
+* removed pixels take the substrates of the deletion/insertion metrics
+  (``mmdet_cam.metrics.faithfulness.substrate``): hidden pixels become the image's mean colour
+  (deletion), shown ones are restored into the image blurred (insertion).
+
+All detections' copies of a step go through the detector together. A region's value is its
+rank: the first region 1, the last ``1 / regions``; pixels of one region are equal.
+"""
+import sys
+from typing import List, Sequence
+
+import numpy as np
+import torch
+from mmengine.utils import ProgressBar
+
+from ..engine.candidates import TrackedDetection, TrackedMask
+from ..metrics.faithfulness import substrate
+from ..registry import CAM_METHODS
+from .kinds import MethodKind
+
+
+def box_regions(size, box: Sequence[float], cells: int, context: float) -> np.ndarray:
+    """``[h, w]`` region index of every pixel of an image of ``size = (h, w)``, for a box
+    ``(x1, y1, x2, y2)`` in its pixels: ``cells`` x ``cells`` cells of the box, the same cells
+    continued over ``context`` box sizes on each side (clipped to the image; empty ones
+    dropped), numbered in raster order, and last the rest of the image (when anything is
+    left)."""
+    height, width = size
+    x1, y1, x2, y2 = box
+    step_x, step_y = max((x2 - x1) / cells, 1.0), max((y2 - y1) / cells, 1.0)
+    reach = int(np.ceil(context * cells))
+    edges_x = np.unique(np.clip(np.round(x1 + step_x * np.arange(-reach, cells + reach + 1)),
+                                0, width).astype(int))
+    edges_y = np.unique(np.clip(np.round(y1 + step_y * np.arange(-reach, cells + reach + 1)),
+                                0, height).astype(int))
+    # a pixel's cell column / row (-1 or the count: outside the grid)
+    column = np.searchsorted(edges_x, np.arange(width) + 0.5) - 1
+    row = np.searchsorted(edges_y, np.arange(height) + 0.5) - 1
+    columns, rows = len(edges_x) - 1, len(edges_y) - 1
+    inside = ((row >= 0) & (row < rows))[:, None] & ((column >= 0) & (column < columns))[None]
+    index = np.where(inside, row[:, None] * columns + column[None], columns * rows)
+    return np.unique(index, return_inverse=True)[1].reshape(size).astype(np.int32)
+
+
+class _Search:
+    """One detection's greedy search: its regions (``box_regions``), those chosen so far and
+    the gains of the last step."""
+
+    def __init__(self, regions: np.ndarray):
+        self.regions = regions
+        self.count = int(regions.max()) + 1
+        self.chosen: List[int] = []
+        self.left = list(range(self.count))
+        self.gains = np.zeros(self.count)
+
+    def candidate(self, region: int) -> np.ndarray:
+        """``[h, w]``: the pixels shown once ``region`` joins the chosen ones."""
+        return np.isin(self.regions, self.chosen + [region])
+
+    def take(self, gains: np.ndarray) -> None:
+        """Record a step's gains (one per region left, in order) and add the best region."""
+        self.gains[self.left] = gains
+        self.chosen.append(self.left.pop(int(np.argmax(gains))))
+
+    def saliency(self) -> np.ndarray:
+        """``[h, w]`` ranks in (0, 1]: the chosen regions in order, then the rest by their
+        last gains."""
+        order = self.chosen + sorted(self.left, key=lambda r: -self.gains[r])
+        rank = np.empty(self.count, np.float32)
+        rank[order] = 1 - np.arange(self.count, dtype=np.float32) / self.count
+        return rank[self.regions]
+
+
+@CAM_METHODS.register_module(name='region_search')
+class RegionSearch:
+    """Greedy search, per detection, for the image regions that keep it and whose removal
+    takes it away (VPS-style; see the module's docstring).
+
+    Args:
+        cells: cells per box side (each region is ``1 / cells`` of the box's width and height).
+        context: how far around the box the cells continue, in box sizes per side; beyond
+            them the rest of the image is one region.
+        rounds: greedy steps; the regions left are ranked by their last gains.
+        batch_size: copies per forward pass.
+        progress: show a progress bar over the forwards.
+    """
+
+    kind = MethodKind.BLACK_BOX  # BlackBoxPipeline runs it on the image, no gradients
+
+    def __init__(self, cells: int = 2, context: float = 0.5, rounds: int = 6,
+                 batch_size: int = 16, progress: bool = True):
+        if cells < 1 or context < 0 or rounds < 1 or batch_size < 1:
+            raise ValueError('region_search needs cells, rounds and batch_size >= 1 and context '
+                             f'>= 0, got {cells}, {rounds}, {batch_size} and {context}')
+        self.cells, self.context, self.rounds = int(cells), float(context), int(rounds)
+        self.batch_size, self.progress = batch_size, progress
+
+    def __call__(self, size, bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                 candidates_fn, num_classes: int, instance_masks=None) -> np.ndarray:
+        """``[N, height, width]`` maps in [0, 1] for the ``N`` detections ``(bboxes, labels)``
+        (original-image pixels) of an image of network-input ``size = (height, width)``;
+        ``candidates_fn`` is a ``MaskedCandidates``. With ``instance_masks`` (``[N, H, W]``
+        boolean), the detections' masks are followed instead of their boxes."""
+        if len(bboxes) == 0:
+            return np.zeros((0, *size), np.float32)
+        image = candidates_fn.resized
+        pixels = image.permute(1, 2, 0).numpy()
+        shown_on = torch.from_numpy(substrate(pixels, 'blur').copy()).permute(2, 0, 1)
+        hidden_as = torch.from_numpy(substrate(pixels, 'mean').copy()).permute(2, 0, 1)
+        targets = ([TrackedDetection(box, label) for box, label in zip(bboxes, labels)]
+                   if instance_masks is None else
+                   [TrackedMask(mask, label) for mask, label in zip(instance_masks, labels)])
+        scale = np.tile(candidates_fn.sample.metainfo.get('scale_factor', (1.0, 1.0))[:2], 2)
+        searches = [_Search(box_regions(size, box * scale, self.cells, self.context))
+                    for box in np.asarray(bboxes, np.float64)]
+        steps = [min(self.rounds, s.count) for s in searches]
+        total = sum(2 * sum(s.count - k for k in range(n)) for s, n in zip(searches, steps))
+        bar = ProgressBar(total, file=sys.stderr) if self.progress else None
+        for step in range(max(steps)):
+            active = [k for k, n in enumerate(steps) if step < n]
+            asked = [(k, region) for k in active for region in searches[k].left]
+            owners = [k for k, _ in asked]
+
+            def shown(chunk):
+                return torch.from_numpy(np.stack([searches[k].candidate(r) for k, r in chunk]))
+
+            kept = self._scores(candidates_fn, _Copies(asked, shown, image, shown_on), owners,
+                                targets, bar)
+            lost = self._scores(candidates_fn, _Copies(asked, shown, hidden_as, image), owners,
+                                targets, bar)
+            gains, first = kept - lost, 0
+            for k in active:
+                count = len(searches[k].left)
+                searches[k].take(gains[first:first + count])
+                first += count
+        if bar is not None:
+            sys.stderr.write('\n')
+        return np.stack([s.saliency() for s in searches])
+
+    @staticmethod
+    def _scores(candidates_fn, copies, owners: List[int], targets, bar) -> np.ndarray:
+        """Each copy's tracked score of the detection it was made for."""
+        scores = []
+        for owner, candidates in zip(owners, candidates_fn.perturbed(copies)):
+            scores.append(float(targets[owner](candidates)))
+            if bar is not None:
+                bar.update()
+        return np.asarray(scores)
+
+
+class _Copies:
+    """The copies of one step, made a forward's worth at a time (what
+    ``MaskedCandidates.perturbed`` slices): per ``(detection, region)`` asked, ``inside``
+    where ``shown`` says and ``outside`` elsewhere."""
+
+    def __init__(self, asked, shown, inside: torch.Tensor, outside: torch.Tensor):
+        self.asked, self.shown, self.inside, self.outside = asked, shown, inside, outside
+
+    def __len__(self):
+        return len(self.asked)
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        return torch.where(self.shown(self.asked[index])[:, None], self.inside, self.outside)
