@@ -155,11 +155,10 @@ class RegionSearch:
     @staticmethod
     def _scores(candidates_fn, copies, owners: List[int], targets, bar) -> np.ndarray:
         """Each copy's tracked score of the detection it was made for."""
-        scores = []
-        for owner, candidates in zip(owners, candidates_fn.perturbed(copies)):
-            scores.append(float(targets[owner](candidates)))
-            if bar is not None:
-                bar.update()
+        scores = [float(targets[owner](candidates))
+                  for owner, candidates in zip(owners, candidates_fn.perturbed(copies))]
+        if bar is not None:
+            bar.update(len(scores))
         return np.asarray(scores)
 
 
