@@ -10,29 +10,42 @@ from mmdet_cam.boxes import box_mask
 from mmdet_cam.engine.candidates import CandidateScorer, MaskedCandidates, TrackedDetection
 from mmdet_cam.errors import UnknownNameError
 from mmdet_cam.methods import build_cam_method
-from mmdet_cam.methods.search import box_regions
+from mmdet_cam.methods.search import _Search, box_regions
 from mmdet_cam.metrics.faithfulness import substrate
 
 from conftest import DEMO_IMAGE
 
 
-def test_regions_are_cells_of_the_box_its_surroundings_and_the_rest():
+def test_regions_are_cells_of_the_box_and_its_surroundings():
     regions = box_regions((100, 120), (30, 20, 70, 60), cells=2, context=0.5)
     assert regions.shape == (100, 120) and regions.dtype == np.int32
-    sizes = np.bincount(regions.ravel())
-    # 4 x 4 cells of 20 x 20 pixels over the box grown by half its size, then everything else
-    assert sizes.tolist() == [400] * 16 + [100 * 120 - 80 * 80]
-    assert (regions[0:80, 10:90] < 16).all() and (regions[80:] == 16).all()
+    # 4 x 4 cells of 20 x 20 pixels over the box grown by half its size; -1 elsewhere
+    assert np.bincount(regions[regions >= 0]).tolist() == [400] * 16
+    assert (regions[0:80, 10:90] >= 0).all() and (regions[80:] == -1).all()
+    assert (regions[:, :10] == -1).all() and (regions[:, 90:] == -1).all()
     box = box_mask((100, 120), (30, 20, 70, 60))
     assert len(np.unique(regions[box])) == 4  # the box is exactly its four inner cells
     assert not np.isin(np.unique(regions[box]), np.unique(regions[~box])).any()
-    # no context: the box's cells and the rest; at the border the cells are clipped
-    assert np.bincount(box_regions((100, 120), (30, 20, 70, 60), 2, 0).ravel()).tolist() == \
-        [400] * 4 + [100 * 120 - 1600]
-    corner = np.bincount(box_regions((100, 120), (0, 0, 40, 40), 2, 0.5).ravel())
-    assert corner.tolist() == [400] * 9 + [100 * 120 - 3600]
-    whole = box_regions((50, 60), (0, 0, 60, 50), 1, 1.0)
-    assert (whole == 0).all()  # a box over the whole image: one region, nothing left over
+    # no context: the box's cells only; at the border the cells are clipped
+    alone = box_regions((100, 120), (30, 20, 70, 60), 2, 0)
+    assert np.bincount(alone[alone >= 0]).tolist() == [400] * 4 and (alone >= 0).sum() == 1600
+    corner = box_regions((100, 120), (0, 0, 40, 40), 2, 0.5)
+    assert np.bincount(corner[corner >= 0]).tolist() == [400] * 9
+    assert (box_regions((50, 60), (0, 0, 60, 50), 1, 1.0) == 0).all()  # the whole image
+
+
+def test_a_regions_rank_orders_the_map_and_nearness_only_its_pixels():
+    search = _Search(box_regions((100, 120), (30, 20, 70, 60), 2, 0.5))
+    for _ in range(3):  # the gains favour the highest-numbered region left
+        search.take(np.arange(len(search.left), dtype=float))
+    assert search.chosen == [15, 14, 13]
+    values = search.saliency((30, 20, 70, 60))
+    ranks = [values[search.regions == r] for r in search.chosen + [12, 0]]
+    assert all(a.min() > b.max() for a, b in zip(ranks, ranks[1:]))  # regions never reorder
+    assert values[search.regions < 0].max() < ranks[-1].min()
+    assert values.max() <= 1 + 0.4 / 16 and values.min() >= 0
+    # inside a region, nearer the box's centre first
+    assert values[45, 45] > values[21, 31]
 
 
 def test_options_are_checked():
@@ -42,6 +55,7 @@ def test_options_are_checked():
         build_cam_method(dict(type='region_search', context=-1), None)
     method = build_cam_method(dict(type='region_search', cells=3, rounds=4), None)
     assert (method.cells, method.context, method.rounds) == (3, 0.5, 4)
+    assert build_cam_method('region_search', None).rounds is None  # to the last region
 
 
 @pytest.fixture(scope='module')

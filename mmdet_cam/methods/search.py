@@ -1,28 +1,28 @@
-"""``region_search``: the regions of the image that keep a detection and whose removal takes it
+"""``region_search``: the regions around a detection that keep it and whose removal takes it
 away, found by asking the detector, greedily (Visual Precision Search, Chen et al., CVPR 2025,
 arXiv 2411.16198, ``hrw-neurolab/VPS``).
 
 VPS grows a set ``S`` of image regions one at a time, each time adding the region ``r`` that
 maximises ``score(only S + r shown) + (1 - score(S + r hidden))``: the detection's tracked
 score when every other pixel is removed (insertion) and when those pixels are removed
-(deletion). The order in which regions join is the explanation. VPS searches all of an
-image's regions to the end, ``n (n + 1) / 2`` pairs of forwards; here, per detection:
+(deletion). The order in which regions join is the explanation. Here, per detection:
 
-* the regions are a grid aligned to its box (``cells`` per box side) over the box grown by
-  ``context`` box sizes on each side, plus the rest of the image as one region: a part of the
-  object, its neighbourhood, or everything else can each come first;
-* the greedy runs ``rounds`` steps; the regions left are ranked by their gain in the last
-  step (PhaseWin, Gu et al., arXiv 2511.10914, prunes a greedy search likewise), so a
-  detection costs about ``2 x rounds x regions`` forwards;
+* the regions are a grid aligned to its box, ``cells`` per box side, continued over
+  ``context`` box sizes on each side (by default 4 x 4 cells of half the box's size);
 * removed pixels take the substrates of the deletion/insertion metrics
-  (``mmdet_cam.metrics.faithfulness.substrate``): hidden pixels become the image's mean colour
-  (deletion), shown ones are restored into the image blurred (insertion).
+  (``mmdet_cam.metrics.faithfulness.substrate``): hidden pixels become the image's mean colour,
+  shown ones are restored into the image blurred;
+* the greedy runs to the last region (``n (n + 1) - 2`` forwards for ``n`` regions: 270 by
+  default), or ``rounds`` steps, the regions left then ranked by their gains in the last one
+  (PhaseWin, Gu et al., arXiv 2511.10914, prunes a greedy search likewise).
 
 All detections' copies of a step go through the detector together. A region's value is its
-rank: the first region 1, the last ``1 / regions``; pixels of one region are equal.
+rank (the first 1, the last ``1 / n``). The search says nothing about the order of pixels
+inside one region or outside all of them; there, nearer the box's centre comes first (a
+term smaller than one rank step, so it never reorders regions).
 """
 import sys
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,10 +36,9 @@ from .kinds import MethodKind
 
 def box_regions(size, box: Sequence[float], cells: int, context: float) -> np.ndarray:
     """``[h, w]`` region index of every pixel of an image of ``size = (h, w)``, for a box
-    ``(x1, y1, x2, y2)`` in its pixels: ``cells`` x ``cells`` cells of the box, the same cells
-    continued over ``context`` box sizes on each side (clipped to the image; empty ones
-    dropped), numbered in raster order, and last the rest of the image (when anything is
-    left)."""
+    ``(x1, y1, x2, y2)`` in its pixels: ``cells`` x ``cells`` cells of the box and the same
+    cells continued over ``context`` box sizes on each side (clipped to the image; empty ones
+    dropped), numbered in raster order; -1 for the rest of the image."""
     height, width = size
     x1, y1, x2, y2 = box
     step_x, step_y = max((x2 - x1) / cells, 1.0), max((y2 - y1) / cells, 1.0)
@@ -53,8 +52,9 @@ def box_regions(size, box: Sequence[float], cells: int, context: float) -> np.nd
     row = np.searchsorted(edges_y, np.arange(height) + 0.5) - 1
     columns, rows = len(edges_x) - 1, len(edges_y) - 1
     inside = ((row >= 0) & (row < rows))[:, None] & ((column >= 0) & (column < columns))[None]
-    index = np.where(inside, row[:, None] * columns + column[None], columns * rows)
-    return np.unique(index, return_inverse=True)[1].reshape(size).astype(np.int32)
+    index = np.where(inside, row[:, None] * columns + column[None], -1)
+    numbered = np.unique(index, return_inverse=True)[1].reshape(size)
+    return (numbered - (index < 0).any()).astype(np.int32)
 
 
 class _Search:
@@ -77,13 +77,25 @@ class _Search:
         self.gains[self.left] = gains
         self.chosen.append(self.left.pop(int(np.argmax(gains))))
 
-    def saliency(self) -> np.ndarray:
-        """``[h, w]`` ranks in (0, 1]: the chosen regions in order, then the rest by their
-        last gains."""
+    def saliency(self, box: Sequence[float]) -> np.ndarray:
+        """``[h, w]``: each region's rank (the chosen regions in order, then the others by
+        their last gains; 1 for the first, ``1 / n`` for the last, 0 outside every region),
+        plus less than half a rank step for nearness to the centre of ``box``."""
         order = self.chosen + sorted(self.left, key=lambda r: -self.gains[r])
-        rank = np.empty(self.count, np.float32)
+        rank = np.empty(self.count + 1, np.float32)
         rank[order] = 1 - np.arange(self.count, dtype=np.float32) / self.count
-        return rank[self.regions]
+        rank[-1] = 0  # index -1: outside every region
+        return rank[self.regions] + 0.4 / self.count * nearness(self.regions.shape, box)
+
+
+def nearness(size, box: Sequence[float]) -> np.ndarray:
+    """``[h, w]`` in (0, 1]: 1 at the centre of ``box``, falling with the distance in box
+    sizes (a Gaussian of a quarter of the box's width and height)."""
+    x1, y1, x2, y2 = box
+    ys, xs = np.mgrid[:size[0], :size[1]] + 0.5
+    sx, sy = max((x2 - x1) / 4, 1), max((y2 - y1) / 4, 1)
+    return np.exp(-(((xs - (x1 + x2) / 2) / sx) ** 2 + ((ys - (y1 + y2) / 2) / sy) ** 2)
+                  / 2).astype(np.float32)
 
 
 @CAM_METHODS.register_module(name='region_search')
@@ -95,19 +107,21 @@ class RegionSearch:
         cells: cells per box side (each region is ``1 / cells`` of the box's width and height).
         context: how far around the box the cells continue, in box sizes per side; beyond
             them the rest of the image is one region.
-        rounds: greedy steps; the regions left are ranked by their last gains.
+        rounds: greedy steps (default: to the last region); the regions left are ranked by
+            their gains in the last step.
         batch_size: copies per forward pass.
         progress: show a progress bar over the forwards.
     """
 
     kind = MethodKind.BLACK_BOX  # BlackBoxPipeline runs it on the image, no gradients
 
-    def __init__(self, cells: int = 2, context: float = 0.5, rounds: int = 6,
+    def __init__(self, cells: int = 2, context: float = 0.5, rounds: Optional[int] = None,
                  batch_size: int = 16, progress: bool = True):
-        if cells < 1 or context < 0 or rounds < 1 or batch_size < 1:
+        if cells < 1 or context < 0 or (rounds is not None and rounds < 1) or batch_size < 1:
             raise ValueError('region_search needs cells, rounds and batch_size >= 1 and context '
                              f'>= 0, got {cells}, {rounds}, {batch_size} and {context}')
-        self.cells, self.context, self.rounds = int(cells), float(context), int(rounds)
+        self.cells, self.context = int(cells), float(context)
+        self.rounds = None if rounds is None else int(rounds)
         self.batch_size, self.progress = batch_size, progress
 
     def __call__(self, size, bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
@@ -126,9 +140,10 @@ class RegionSearch:
                    if instance_masks is None else
                    [TrackedMask(mask, label) for mask, label in zip(instance_masks, labels)])
         scale = np.tile(candidates_fn.sample.metainfo.get('scale_factor', (1.0, 1.0))[:2], 2)
-        searches = [_Search(box_regions(size, box * scale, self.cells, self.context))
-                    for box in np.asarray(bboxes, np.float64)]
-        steps = [min(self.rounds, s.count) for s in searches]
+        boxes = np.asarray(bboxes, np.float64) * scale  # network-input pixels
+        searches = [_Search(box_regions(size, box, self.cells, self.context)) for box in boxes]
+        # the last region left needs no step
+        steps = [min(self.rounds or s.count - 1, s.count - 1) for s in searches]
         total = sum(2 * sum(s.count - k for k in range(n)) for s, n in zip(searches, steps))
         bar = ProgressBar(total, file=sys.stderr) if self.progress else None
         for step in range(max(steps)):
@@ -150,7 +165,7 @@ class RegionSearch:
                 first += count
         if bar is not None:
             sys.stderr.write('\n')
-        return np.stack([s.saliency() for s in searches])
+        return np.stack([s.saliency(box) for s, box in zip(searches, boxes)])
 
     @staticmethod
     def _scores(candidates_fn, copies, owners: List[int], targets, bar) -> np.ndarray:
