@@ -100,13 +100,13 @@ def nearness(size, box: Sequence[float]) -> np.ndarray:
 
 @CAM_METHODS.register_module(name='region_search')
 class RegionSearch:
-    """Greedy search, per detection, for the image regions that keep it and whose removal
+    """Greedy search, per detection, for the regions around it that keep it and whose removal
     takes it away (VPS-style; see the module's docstring).
 
     Args:
         cells: cells per box side (each region is ``1 / cells`` of the box's width and height).
         context: how far around the box the cells continue, in box sizes per side; beyond
-            them the rest of the image is one region.
+            them nothing is searched (the map is 0 there, but for the order of nearness).
         rounds: greedy steps (default: to the last region); the regions left are ranked by
             their gains in the last step.
         batch_size: copies per forward pass.
