@@ -47,6 +47,7 @@ from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
 
 from mmdet_cam import DetCAM, build_detector
+from mmdet_cam.boxes import box_gaussian
 from mmdet_cam.engine.candidates import CandidateScorer
 from mmdet_cam.methods import MethodKind, method_names
 from mmdet_cam.metrics import (
@@ -79,11 +80,7 @@ def baseline_map(kind: str, shape, box, rng) -> np.ndarray:
     if kind == 'random':
         coarse = rng.random((5, 5)).astype(np.float32)
         return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    x1, y1, x2, y2 = box
-    ys, xs = np.mgrid[:h, :w] + 0.5
-    sx, sy = max((x2 - x1) / 4, 1), max((y2 - y1) / 4, 1)
-    return np.exp(-((xs - (x1 + x2) / 2) ** 2 / (2 * sx ** 2)
-                    + (ys - (y1 + y2) / 2) ** 2 / (2 * sy ** 2))).astype(np.float32)
+    return box_gaussian(shape, box)
 
 
 def evaluate(model, method, samples, scorer, steps, score_thr, road_images, sanity_images,

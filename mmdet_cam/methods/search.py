@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from mmengine.utils import ProgressBar
 
+from ..boxes import box_gaussian
 from ..engine.candidates import TrackedDetection, TrackedMask
 from ..metrics.faithfulness import substrate
 from ..registry import CAM_METHODS
@@ -80,22 +81,13 @@ class _Search:
     def saliency(self, box: Sequence[float]) -> np.ndarray:
         """``[h, w]``: each region's rank (the chosen regions in order, then the others by
         their last gains; 1 for the first, ``1 / n`` for the last, 0 outside every region),
-        plus less than half a rank step for nearness to the centre of ``box``."""
+        plus less than half a rank step for nearness to the centre of ``box``
+        (``box_gaussian``)."""
         order = self.chosen + sorted(self.left, key=lambda r: -self.gains[r])
         rank = np.empty(self.count + 1, np.float32)
         rank[order] = 1 - np.arange(self.count, dtype=np.float32) / self.count
         rank[-1] = 0  # index -1: outside every region
-        return rank[self.regions] + 0.4 / self.count * nearness(self.regions.shape, box)
-
-
-def nearness(size, box: Sequence[float]) -> np.ndarray:
-    """``[h, w]`` in (0, 1]: 1 at the centre of ``box``, falling with the distance in box
-    sizes (a Gaussian of a quarter of the box's width and height)."""
-    x1, y1, x2, y2 = box
-    ys, xs = np.mgrid[:size[0], :size[1]] + 0.5
-    sx, sy = max((x2 - x1) / 4, 1), max((y2 - y1) / 4, 1)
-    return np.exp(-(((xs - (x1 + x2) / 2) / sx) ** 2 + ((ys - (y1 + y2) / 2) / sy) ** 2)
-                  / 2).astype(np.float32)
+        return rank[self.regions] + 0.4 / self.count * box_gaussian(self.regions.shape, box)
 
 
 @CAM_METHODS.register_module(name='region_search')
@@ -150,14 +142,10 @@ class RegionSearch:
             active = [k for k, n in enumerate(steps) if step < n]
             asked = [(k, region) for k in active for region in searches[k].left]
             owners = [k for k, _ in asked]
-
-            def shown(chunk):
-                return torch.from_numpy(np.stack([searches[k].candidate(r) for k, r in chunk]))
-
-            kept = self._scores(candidates_fn, _Copies(asked, shown, image, shown_on), owners,
-                                targets, bar)
-            lost = self._scores(candidates_fn, _Copies(asked, shown, hidden_as, image), owners,
-                                targets, bar)
+            kept = self._scores(candidates_fn, _Copies(searches, asked, image, shown_on),
+                                owners, targets, bar)
+            lost = self._scores(candidates_fn, _Copies(searches, asked, hidden_as, image),
+                                owners, targets, bar)
             gains, first = kept - lost, 0
             for k in active:
                 count = len(searches[k].left)
@@ -179,14 +167,17 @@ class RegionSearch:
 
 class _Copies:
     """The copies of one step, made a forward's worth at a time (what
-    ``MaskedCandidates.perturbed`` slices): per ``(detection, region)`` asked, ``inside``
-    where ``shown`` says and ``outside`` elsewhere."""
+    ``MaskedCandidates.perturbed`` slices): per ``(detection, region)`` asked, ``inside`` on
+    the pixels shown once the region joins that detection's chosen ones, ``outside``
+    elsewhere."""
 
-    def __init__(self, asked, shown, inside: torch.Tensor, outside: torch.Tensor):
-        self.asked, self.shown, self.inside, self.outside = asked, shown, inside, outside
+    def __init__(self, searches: List[_Search], asked, inside: torch.Tensor,
+                 outside: torch.Tensor):
+        self.searches, self.asked, self.inside, self.outside = searches, asked, inside, outside
 
     def __len__(self):
         return len(self.asked)
 
     def __getitem__(self, index: slice) -> torch.Tensor:
-        return torch.where(self.shown(self.asked[index])[:, None], self.inside, self.outside)
+        shown = np.stack([self.searches[k].candidate(r) for k, r in self.asked[index]])
+        return torch.where(torch.from_numpy(shown)[:, None], self.inside, self.outside)
